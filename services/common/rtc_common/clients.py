@@ -1,0 +1,42 @@
+"""Clients of shared infrastructure, built in `cleanup_ctx` and closed with the app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from .web import READINESS_KEY
+
+REDIS_KEY = web.AppKey("rtc_redis", Redis)
+
+
+def make_redis(url: str) -> Redis:
+    """A Redis client that fails fast when Redis is down (callers have fallbacks or answer 503)."""
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=1.0,
+        socket_timeout=2.0,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+        health_check_interval=15,
+    )
+
+
+def redis_context(
+    key: web.AppKey[Redis], url: str, readiness_name: str = "redis"
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        client = make_redis(url)
+        app[key] = client
+
+        async def ping() -> None:
+            await client.ping()
+
+        app[READINESS_KEY][readiness_name] = ping
+        yield
+        await client.aclose()
+
+    return context

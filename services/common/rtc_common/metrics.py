@@ -1,0 +1,32 @@
+"""Prometheus metrics shared by the services (one process runs one service)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+
+HTTP_REQUESTS = Counter(
+    "rtc_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "rtc_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+RATE_LIMIT_FALLBACK = Counter(
+    "rtc_ratelimit_fallback_total",
+    "Rate-limit decisions taken by the per-process fallback limiter because Redis was unreachable",
+    ["scope"],
+)
+RATE_LIMITED = Counter("rtc_ratelimit_rejected_total", "Requests refused by a rate limit", ["scope"])
+DIRECTORY_ERRORS = Counter(
+    "rtc_directory_errors_total", "Directory lookups that failed", ["backend"]
+)
+FLAG_STALE_SERVED = Counter(
+    "rtc_flag_stale_served_total",
+    "Feature-flag answers served from the last known value because the directory failed",
+)
+
+
+def render_metrics() -> tuple[bytes, str]:
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,142 @@
+"""Atomic GCRA rate limiting in Redis, with a per-process fallback for when Redis is down.
+
+GCRA (generic cell rate algorithm) admits `limit` requests per `period` with no clock-aligned
+window, so no boundary lets 2x through. One EVALSHA per decision; the script reads Redis's own
+clock, so every process shares one time source and one counter.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .errors import ApiError, unavailable
+from .metrics import RATE_LIMIT_FALLBACK, RATE_LIMITED
+
+log = logging.getLogger("rtc.ratelimit")
+
+# KEYS[1]: the bucket. ARGV[1]: emission interval (µs). ARGV[2]: burst = interval * limit (µs).
+# Returns {allowed, remaining, reset_after_us, retry_after_us}.
+_GCRA_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - burst
+if now < allow_at then
+  return {0, 0, tat - now, allow_at - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000))
+return {1, math.floor((burst - (new_tat - now)) / interval), new_tat - now, 0}
+"""
+
+_MICRO = 1_000_000
+_FALLBACK_MAX_KEYS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitResult:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: float
+    retry_after: float
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(math.ceil(self.reset_after)),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        return headers
+
+    def raise_if_limited(self) -> None:
+        if not self.allowed:
+            raise ApiError(
+                "rate_limited",
+                f"rate limit exceeded, retry in {max(1, math.ceil(self.retry_after))} s",
+                headers=self.headers(),
+            )
+
+
+class _LocalGcra:
+    """The same algorithm in process memory, bounded in keys (oldest evicted)."""
+
+    def __init__(self) -> None:
+        self._tats: OrderedDict[str, int] = OrderedDict()
+
+    def hit(self, key: str, interval: int, burst: int) -> tuple[bool, int, int, int]:
+        now = int(time.monotonic() * _MICRO)
+        tat = max(self._tats.get(key, now), now)
+        new_tat = tat + interval
+        allow_at = new_tat - burst
+        if now < allow_at:
+            return False, 0, tat - now, allow_at - now
+        self._tats[key] = new_tat
+        self._tats.move_to_end(key)
+        while len(self._tats) > _FALLBACK_MAX_KEYS:
+            self._tats.popitem(last=False)
+        return True, (burst - (new_tat - now)) // interval, new_tat - now, 0
+
+
+class RateLimiter:
+    """`limit` requests per `period` seconds per key, shared by every process using the Redis."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        scope: str,
+        limit: int,
+        period: float = 60.0,
+        fallback: bool = True,
+    ) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.scope = scope
+        self.limit = limit
+        self._interval = int(period * _MICRO) // limit
+        self._burst = self._interval * limit
+        self._script = redis.register_script(_GCRA_LUA)
+        self._fallback = _LocalGcra() if fallback else None
+        self._degraded = False
+
+    async def hit(self, key: str) -> RateLimitResult:
+        try:
+            raw = await self._script(keys=[f"rl:{self.scope}:{key}"], args=[self._interval, self._burst])
+            allowed, remaining, reset_us, retry_us = (int(v) for v in raw)
+            if self._degraded:
+                self._degraded = False
+                log.warning("rate limiter back on redis", extra={"scope": self.scope})
+        except RedisError as exc:
+            if self._fallback is None:
+                raise unavailable("rate limiter unavailable") from exc
+            if not self._degraded:
+                self._degraded = True
+                log.warning(
+                    "redis unreachable, rate limiting per process",
+                    extra={"scope": self.scope, "error": type(exc).__name__},
+                )
+            RATE_LIMIT_FALLBACK.labels(self.scope).inc()
+            ok, remaining, reset_us, retry_us = self._fallback.hit(key, self._interval, self._burst)
+            allowed = int(ok)
+        if not allowed:
+            RATE_LIMITED.labels(self.scope).inc()
+        return RateLimitResult(
+            allowed=bool(allowed),
+            limit=self.limit,
+            remaining=max(0, remaining),
+            reset_after=reset_us / _MICRO,
+            retry_after=retry_us / _MICRO,
+        )

@@ -1,0 +1,38 @@
+"""Running a service process: settings, logging, the aiohttp runner. Used by each `__main__`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from aiohttp import web
+
+from .logs import JsonAccessLogger, setup_logging
+from .settings import CommonSettings, SettingsError, load_settings
+
+SettingsT = TypeVar("SettingsT", bound=CommonSettings)
+
+
+def run_service(
+    settings_cls: type[SettingsT], create_app: Callable[[SettingsT], web.Application]
+) -> None:
+    try:
+        settings = load_settings(settings_cls)
+    except SettingsError as exc:
+        # Fail fast and say which variable is wrong; values are never printed.
+        print(f"{settings_cls.__name__}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    setup_logging(settings.service_name, settings.log_level)
+    log = logging.getLogger("rtc.service")
+    log.info("starting", extra={"host": settings.host, "port": settings.port})
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log_class=JsonAccessLogger,
+        access_log=logging.getLogger("rtc.access"),
+        print=None,
+        shutdown_timeout=5.0,
+    )

@@ -1,0 +1,225 @@
+"""The aiohttp scaffolding every service shares: middlewares, health routes, the app skeleton."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .auth import Authenticator, auth_middleware
+from .context import request_id_var
+from .errors import ApiError, error_body, error_response
+from .metrics import HTTP_LATENCY, HTTP_REQUESTS, render_metrics
+from .settings import CommonSettings
+
+log = logging.getLogger("rtc.web")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+REQUEST_ID_KEY = web.RequestKey("rtc_request_id", str)
+# Headers a handler wants on its answer whatever the outcome (e.g. RateLimit-* on a 403).
+EXTRA_HEADERS_KEY = web.RequestKey("rtc_extra_headers", CIMultiDict[str])
+SETTINGS_KEY = web.AppKey("rtc_settings", CommonSettings)
+READINESS_KEY = web.AppKey("rtc_readiness", dict[str, ReadinessCheck])
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+READINESS_TIMEOUT = 2.0
+
+_CODE_BY_STATUS = {
+    400: "invalid_payload",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def extra_headers(request: web.Request) -> CIMultiDict[str]:
+    headers = request.get(EXTRA_HEADERS_KEY)
+    if headers is None:
+        headers = CIMultiDict()
+        request[EXTRA_HEADERS_KEY] = headers
+    return headers
+
+
+def _route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, the error envelope and request metrics, outermost of all middlewares."""
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID_KEY] = request_id
+    token = request_id_var.set(request_id)
+    started = time.perf_counter()
+    try:
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = error_response(exc.code, exc.message, status=exc.status, headers=exc.headers)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = _CODE_BY_STATUS.get(exc.status, "invalid_payload" if exc.status < 500 else "internal")
+            response = error_response(code, exc.reason, status=exc.status)
+            if exc.status == 405 and "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error")
+            response = error_response("internal", "internal error", status=500)
+        if not response.prepared:
+            response.headers["X-Request-ID"] = request_id
+            for name, value in request.get(EXTRA_HEADERS_KEY, {}).items():
+                response.headers[name] = value
+        route = _route_label(request)
+        HTTP_REQUESTS.labels(request.method, route, str(response.status)).inc()
+        HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+        return response
+    finally:
+        request_id_var.reset(token)
+
+
+def cors_middleware(allowed_origins: Iterable[str], csrf_header: str) -> Any:
+    origins = frozenset(allowed_origins)
+    allow_headers = f"Authorization, Content-Type, X-Request-ID, {csrf_header}"
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        allowed = origin is not None and origin in origins
+        preflight = (
+            request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        )
+        if preflight:
+            if not allowed:
+                raise ApiError("forbidden", "origin not allowed")
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = allow_headers
+            response.headers["Access-Control-Max-Age"] = "600"
+        else:
+            try:
+                response = await handler(request)
+            except ApiError as exc:
+                if allowed:
+                    exc.headers.update(_cors_headers(origin or ""))
+                raise
+        if allowed and not response.prepared:
+            vary = response.headers.get("Vary")
+            response.headers.update(_cors_headers(origin or ""))
+            if vary:
+                response.headers["Vary"] = f"{vary}, Origin"
+        return response
+
+    return middleware
+
+
+def _cors_headers(origin: str) -> dict[str, str]:
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Vary": "Origin",
+    }
+
+
+def client_ip(request: web.Request, trusted: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """The client's address; X-Forwarded-For is believed only when the peer is a trusted proxy."""
+    networks = tuple(trusted)
+    peer = request.remote or "unknown"
+
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
+
+    if not is_trusted(peer):
+        return peer
+    forwarded = [part.strip() for part in request.headers.get("X-Forwarded-For", "").split(",")]
+    forwarded = [part for part in forwarded if part]
+    # Walk from the nearest hop outwards: the first untrusted address is the real client.
+    for address in reversed(forwarded):
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            return peer
+        if not is_trusted(address):
+            return address
+    return forwarded[0] if forwarded else peer
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    checks = request.app[READINESS_KEY]
+
+    async def run(check: ReadinessCheck) -> str:
+        try:
+            async with asyncio.timeout(READINESS_TIMEOUT):
+                await check()
+        except Exception as exc:  # readiness reports any failure, it must not raise
+            return f"failed: {type(exc).__name__}"
+        return "ok"
+
+    names = list(checks)
+    results = dict(zip(names, await asyncio.gather(*(run(checks[n]) for n in names)), strict=True))
+    failing = [name for name, result in results.items() if result != "ok"]
+    if failing:
+        body = {**error_body("unavailable", "not ready: " + ", ".join(failing)), "checks": results}
+        return web.json_response(body, status=503)
+    return web.json_response({"status": "ready", "checks": results})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body, content_type = render_metrics()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+def create_base_app(
+    settings: CommonSettings,
+    authenticator: Authenticator | None = None,
+    *,
+    client_max_size: int = 64 * 1024,
+) -> web.Application:
+    """An application with the shared middlewares and /healthz, /readyz, /metrics.
+
+    Services add their routes, readiness checks (`app[READINESS_KEY][name] = check`) and
+    cleanup contexts.
+    """
+    authenticator = authenticator or Authenticator(settings)
+    app = web.Application(
+        middlewares=[
+            request_context_middleware,
+            cors_middleware(settings.allowed_origins, settings.csrf_header_name),
+            auth_middleware(authenticator),
+        ],
+        client_max_size=client_max_size,
+    )
+    app[SETTINGS_KEY] = settings
+    app[READINESS_KEY] = {}
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    return app

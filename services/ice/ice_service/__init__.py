@@ -1,0 +1,1 @@
+"""ice-service: short-lived STUN/TURN credentials for WebRTC clients."""

@@ -1,0 +1,183 @@
+"""ice-service: `create_app(settings)` and its handlers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Literal
+
+import aiohttp
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+from rtc_common.auth import IDENTITY_KEY, allow_anonymous, public
+from rtc_common.clients import REDIS_KEY, redis_context
+from rtc_common.directory import FLAGS_KEY, directory_context
+from rtc_common.errors import ApiError, invalid_payload, unauthorized
+from rtc_common.ratelimit import RateLimiter
+from rtc_common.times import iso_ms
+from rtc_common.web import READINESS_KEY, client_ip, create_base_app, extra_headers
+
+from .metrics import FAILED, FALLBACK_USED, ISSUED, TRANSPORT
+from .providers import (
+    CoturnProvider,
+    IceIssuer,
+    IceProvider,
+    ProviderError,
+    TwilioProvider,
+    UnconfiguredProvider,
+)
+from .settings import IceSettings, Provider
+
+log = logging.getLogger("ice.app")
+
+ICE_FLAG = "rtc.ice"
+API_PREFIXES = ("/api/v1/rtc", "/api/rtc", "/api/rtc/v1")
+
+ICE_SETTINGS_KEY = web.AppKey("ice_settings", IceSettings)
+ISSUER_KEY = web.AppKey("ice_issuer", IceIssuer)
+ICE_LIMITER_KEY = web.AppKey("ice_limiter", RateLimiter)
+TELEMETRY_LIMITER_KEY = web.AppKey("ice_telemetry_limiter", RateLimiter)
+OPENAPI_KEY = web.AppKey("ice_openapi", bytes)
+
+
+class TelemetryEvent(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    transport: Literal["rtc", "relay"]
+    candidateType: Literal["host", "srflx", "prflx", "relay"] | None = None  # noqa: N815
+    forced: bool = False
+
+
+def _cache_headers(settings: IceSettings) -> dict[str, str]:
+    cache = (
+        f"private, max-age={settings.ice_cache_max_age}"
+        if settings.ice_cache_max_age > 0
+        else "private, no-store"
+    )
+    return {"Cache-Control": cache, "Vary": "Cookie, Authorization"}
+
+
+@allow_anonymous
+async def get_ice(request: web.Request) -> web.Response:
+    app = request.app
+    settings = app[ICE_SETTINGS_KEY]
+    headers = extra_headers(request)
+    headers.update(_cache_headers(settings))
+    identity = request.get(IDENTITY_KEY)
+    if identity is None:
+        if not settings.ice_allow_anonymous:
+            raise unauthorized()
+        wallet, limit_key = "anon", f"ip:{client_ip(request, settings.trusted_proxies)}"
+    else:
+        wallet, limit_key = identity.wallet, f"wallet:{identity.wallet}"
+
+    verdict = await app[ICE_LIMITER_KEY].hit(limit_key)
+    headers.update(verdict.headers())
+    verdict.raise_if_limited()
+
+    if not await app[FLAGS_KEY].is_enabled(ICE_FLAG):
+        raise ApiError("feature_disabled", f"feature flag {ICE_FLAG} is disabled")
+
+    issuer = app[ISSUER_KEY]
+    try:
+        credentials = await issuer.issue(wallet)
+    except ProviderError as exc:
+        FAILED.inc()
+        log.warning("no ICE provider could answer", extra={"reason": str(exc)})
+        raise ApiError("ice_unavailable", "ICE credentials are temporarily unavailable") from None
+    ISSUED.labels(credentials.provider).inc()
+    if credentials.provider != issuer.primary.name:
+        FALLBACK_USED.labels(credentials.provider).inc()
+
+    now = time.time()
+    return web.json_response(
+        {
+            "iceServers": credentials.ice_servers,
+            "ttl": max(0, math.ceil(credentials.expires_at - now)),
+            "provider": credentials.provider,
+            "serverTime": iso_ms(now),
+            "expiresAt": iso_ms(credentials.expires_at),
+        }
+    )
+
+
+async def post_telemetry(request: web.Request) -> web.Response:
+    identity = request[IDENTITY_KEY]
+    verdict = await request.app[TELEMETRY_LIMITER_KEY].hit(f"wallet:{identity.wallet}")
+    extra_headers(request).update(verdict.headers())
+    verdict.raise_if_limited()
+    try:
+        event = TelemetryEvent.model_validate_json(await request.read())
+    except ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in err["loc"]) or "body" for err in exc.errors()})
+        raise invalid_payload("invalid telemetry event: " + ", ".join(fields)) from None
+    TRANSPORT.labels(event.transport, event.candidateType or "unknown", str(event.forced).lower()).inc()
+    return web.Response(status=204)
+
+
+@public
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")
+
+
+def _build_provider(
+    name: Provider, settings: IceSettings, session: aiohttp.ClientSession
+) -> IceProvider:
+    missing = settings.missing_for(name)
+    if missing:
+        log.warning(
+            "ICE provider not configured; it will answer ice_unavailable",
+            extra={"provider": name, "missing": missing},
+        )
+        return UnconfiguredProvider(name, missing)
+    if name == "coturn":
+        return CoturnProvider(settings)
+    return TwilioProvider(settings, session)
+
+
+async def _ice_dependencies(app: web.Application) -> AsyncIterator[None]:
+    settings = app[ICE_SETTINGS_KEY]
+    session = aiohttp.ClientSession(raise_for_status=False)
+    primary = _build_provider(settings.rtc_provider, settings, session)
+    fallback = (
+        _build_provider(settings.rtc_provider_fallback, settings, session)
+        if settings.rtc_provider_fallback
+        else None
+    )
+    app[ISSUER_KEY] = IceIssuer(primary, fallback)
+    redis = app[REDIS_KEY]
+    app[ICE_LIMITER_KEY] = RateLimiter(redis, scope="ice", limit=settings.ice_rate_limit_per_min)
+    app[TELEMETRY_LIMITER_KEY] = RateLimiter(
+        redis, scope="telemetry", limit=settings.telemetry_rate_limit_per_min
+    )
+
+    async def provider_ready() -> None:
+        if all(isinstance(p, UnconfiguredProvider) for p in (primary, fallback) if p is not None):
+            raise ProviderError("no ICE provider is configured")
+
+    app[READINESS_KEY]["provider"] = provider_ready
+    yield
+    await session.close()
+
+
+def load_openapi() -> bytes:
+    text = resources.files("ice_service").joinpath("openapi.json").read_text()
+    return json.dumps(json.loads(text), separators=(",", ":")).encode()
+
+
+def create_app(settings: IceSettings) -> web.Application:
+    app = create_base_app(settings)
+    app[ICE_SETTINGS_KEY] = settings
+    app[OPENAPI_KEY] = load_openapi()
+    app.cleanup_ctx.append(redis_context(REDIS_KEY, settings.redis_url))
+    app.cleanup_ctx.append(directory_context(settings))
+    app.cleanup_ctx.append(_ice_dependencies)
+    for prefix in API_PREFIXES:
+        app.router.add_get(f"{prefix}/ice", get_ice)
+        app.router.add_post(f"{prefix}/telemetry", post_telemetry)
+    app.router.add_get("/api/v1/rtc/openapi.json", get_openapi)
+    return app

@@ -1,0 +1,111 @@
+"""ice-service settings: the common base plus the provider variables."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from rtc_common.settings import CommonSettings, CsvList
+
+Provider = Literal["twilio", "coturn"]
+
+# Twilio's regional hosts are api.<edge>.<region>.twilio.com; these are each region's default
+# edge, used when TWILIO_REGION is set without TWILIO_EDGE (the edge-less form is retired).
+TWILIO_DEFAULT_EDGES = {
+    "us1": "ashburn",
+    "ie1": "dublin",
+    "de1": "frankfurt",
+    "au1": "sydney",
+    "jp1": "tokyo",
+    "sg1": "singapore",
+    "br1": "sao-paulo",
+}
+
+
+class IceSettings(CommonSettings):
+    service_name: str = "ice-service"
+    port: int = Field(default=8101, ge=1, le=65535)
+
+    rtc_provider: Provider = "twilio"
+    rtc_provider_fallback: Provider | None = None
+
+    twilio_account_sid: str | None = None
+    twilio_api_key: str | None = None
+    twilio_api_secret: SecretStr | None = None
+    twilio_region: str | None = Field(default=None, pattern=r"^[a-z]{2}[0-9]$")
+    twilio_edge: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]*$")
+    twilio_api_base_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    twilio_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
+
+    turn_secret: SecretStr | None = None
+    turn_uris: CsvList = ()
+    turn_stun_fallback: CsvList = ()
+    turn_cred_ttl: int = Field(default=600, ge=60, le=86400)
+
+    ice_cache_max_age: int = Field(default=0, ge=0, le=86400)
+    ice_rate_limit_per_min: int = Field(default=10, ge=1)
+    ice_allow_anonymous: bool = False
+    telemetry_rate_limit_per_min: int = Field(default=120, ge=1)
+
+    @field_validator("turn_uris", "turn_stun_fallback", mode="before")
+    @classmethod
+    def _csv_uris(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("turn_uris")
+    @classmethod
+    def _turn_uris(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for uri in value:
+            if not re.match(r"^turns?:[^\s,]+$", uri):
+                raise ValueError("each entry must be a turn: or turns: URI")
+        return value
+
+    @field_validator("turn_stun_fallback")
+    @classmethod
+    def _stun_uris(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for uri in value:
+            if not re.match(r"^stuns?:[^\s,]+$", uri):
+                raise ValueError("each entry must be a stun: URI")
+        return value
+
+    @field_validator("twilio_api_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _providers(self) -> IceSettings:
+        if self.rtc_provider_fallback == self.rtc_provider:
+            raise ValueError("RTC_PROVIDER_FALLBACK must differ from RTC_PROVIDER")
+        if (
+            self.twilio_region
+            and not self.twilio_edge
+            and self.twilio_region not in TWILIO_DEFAULT_EDGES
+        ):
+            raise ValueError(f"TWILIO_EDGE is required for TWILIO_REGION={self.twilio_region}")
+        return self
+
+    def missing_for(self, provider: Provider) -> list[str]:
+        """Names of the variables `provider` needs and does not have."""
+        if provider == "coturn":
+            needed = {"TURN_SECRET": self.turn_secret, "TURN_URIS": self.turn_uris}
+        else:
+            needed = {
+                "TWILIO_ACCOUNT_SID": self.twilio_account_sid,
+                "TWILIO_API_KEY": self.twilio_api_key,
+                "TWILIO_API_SECRET": self.twilio_api_secret,
+            }
+        return [name for name, value in needed.items() if not value]
+
+    @property
+    def twilio_base_url(self) -> str:
+        if self.twilio_api_base_url:
+            return self.twilio_api_base_url
+        if not self.twilio_region and not self.twilio_edge:
+            return "https://api.twilio.com"
+        region = self.twilio_region or "us1"
+        edge = self.twilio_edge or TWILIO_DEFAULT_EDGES[region]
+        return f"https://api.{edge}.{region}.twilio.com"

@@ -1,0 +1,139 @@
+"""rtcctl: tokens for the local stack, feature flags, and the local-stack runner's helpers.
+
+Settings come from the same variables as the services: the run folder's `env` file (default
+`.run/env`, or RTC_RUN_DIR) with the process environment taking precedence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import jwt
+from rtc_common.auth import is_valid_wallet, normalize_wallet
+from rtc_common.directory import open_directory
+from rtc_common.settings import CommonSettings, SettingsError, load_settings
+
+from . import local
+
+
+def _settings(run_dir: Path) -> CommonSettings:
+    env_file = run_dir / "env"
+    values = local.read_env_file(env_file) if env_file.exists() else {}
+    values.update(os.environ)
+    return load_settings(CommonSettings, values)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    settings = _settings(args.run_dir)
+    if settings.jwt_secret is None:
+        print("rtcctl token needs JWT_SECRET (HMAC); this deployment verifies with a public key,"
+              " so its tokens come from the main application", file=sys.stderr)
+        return 2
+    wallet = normalize_wallet(args.wallet)
+    if not is_valid_wallet(wallet):
+        print(f"not a valid wallet: {args.wallet!r}", file=sys.stderr)
+        return 2
+    if args.ttl < 1:
+        print("--ttl must be at least 1 second", file=sys.stderr)
+        return 2
+    now = int(time.time())
+    claims: dict[str, object] = {settings.jwt_wallet_claim: wallet, "sub": wallet, "iat": now,
+                                 "exp": now + args.ttl}
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    token = jwt.encode(claims, settings.jwt_secret.get_secret_value(),
+                       algorithm=settings.jwt_algorithms[0])
+    print(token)
+    return 0
+
+
+async def _flags(args: argparse.Namespace) -> int:
+    directory = open_directory(_settings(args.run_dir))
+    try:
+        if args.action == "list":
+            flags = await directory.list_flags()
+            for key in sorted(flags):
+                print(f"{key}\t{'enabled' if flags[key] else 'disabled'}")
+            if not flags:
+                print("(no flags set)")
+            return 0
+        if args.key is None:
+            print(f"rtcctl flags {args.action} needs a KEY", file=sys.stderr)
+            return 2
+        if args.if_missing and await directory.get_flag(args.key) is not None:
+            print(f"{args.key} already set, left as it is")
+            return 0
+        await directory.set_flag(args.key, args.action == "enable")
+        print(f"{args.key} {args.action}d")
+        return 0
+    except Exception as exc:  # the operator needs the reason, not a traceback
+        print(f"directory unavailable ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 1
+    finally:
+        await directory.close()
+
+
+def cmd_flags(args: argparse.Namespace) -> int:
+    return asyncio.run(_flags(args))
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    run_dir: Path = args.run_dir
+    if args.action == "prepare":
+        ports = local.StackPorts(
+            gateway=int(os.environ.get("RTC_GATEWAY_PORT", "8080")),
+            redis=int(os.environ.get("RTC_REDIS_PORT", "6390")),
+            turn=int(os.environ.get("RTC_TURN_PORT", "3478")),
+        )
+        local.prepare(run_dir, ports)
+        print(f"prepared {run_dir}")
+        return 0
+    return 0 if local.wait_ready(run_dir.resolve(), timeout=args.timeout) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtcctl", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="run folder of the local stack (default: .run, or RTC_RUN_DIR)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    token = sub.add_parser("token", help="print a JWT the local stack accepts")
+    token.add_argument("wallet")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    token.set_defaults(func=cmd_token)
+
+    flags = sub.add_parser("flags", help="list, enable or disable feature flags")
+    flags.add_argument("action", choices=["list", "enable", "disable"])
+    flags.add_argument("key", nargs="?")
+    flags.add_argument("--if-missing", action="store_true",
+                       help="only set the flag when the directory has no value for it")
+    flags.set_defaults(func=cmd_flags)
+
+    stack = sub.add_parser("local", help="local stack helpers used by `make run` / `make up`")
+    stack.add_argument("action", choices=["prepare", "wait"])
+    stack.add_argument("--timeout", type=float, default=90.0)
+    stack.set_defaults(func=cmd_local)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.run_dir is None:
+        args.run_dir = local.default_run_dir()
+    try:
+        code: int = args.func(args)
+    except SettingsError as exc:
+        print(f"rtcctl: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
