@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from helpers import Coturn, RedisServer, base_env
+from ice_service.app import create_app
+from ice_service.settings import IceSettings
+from rtc_common.directory import REDIS_FLAGS_KEY
+from rtc_common.settings import load_settings
+
+IceClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
+    server = Coturn(tmp_path_factory.mktemp("coturn"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def enable_flag(server: RedisServer, key: str = "rtc.ice", enabled: bool = True) -> None:
+    server.client().hset(REDIS_FLAGS_KEY, key, "1" if enabled else "0")
+
+
+@pytest.fixture
+def ice_env(redis_server: RedisServer) -> dict[str, str]:
+    enable_flag(redis_server)
+    return base_env(redis_server.url)
+
+
+@pytest.fixture
+def ice_client(aiohttp_client: Any, ice_env: dict[str, str]) -> IceClientFactory:
+    """An in-process ice-service on a real Redis; keyword arguments override env variables."""
+
+    async def make(**overrides: str) -> TestClient[Any, Any]:
+        settings = load_settings(IceSettings, {**ice_env, **overrides})
+        client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
+        return client
+
+    return make

@@ -1,0 +1,254 @@
+"""Real components for the tests: redis-server, coturn, nginx and service processes.
+
+Each starts on free loopback ports in a temporary folder, is waited for on a condition with a
+deadline (never a fixed sleep), and is stopped (with its process) by the fixture that made it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jwt
+import redis
+from rtcctl.local import StackPorts, render_gateway, turnserver_conf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+JWT_SECRET = "test-jwt-secret-0123456789abcdef0123456789"
+TURN_SECRET = "test-turn-secret-abcdef"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+async def wait_for_async(
+    predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def http_status(url: str, headers: Mapping[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+def make_token(
+    wallet: str | None = "0xabc",
+    *,
+    secret: str = JWT_SECRET,
+    expires_in: float = 3600,
+    algorithm: str = "HS256",
+    **claims: Any,
+) -> str:
+    payload: dict[str, Any] = {"exp": int(time.time() + expires_in), **claims}
+    if wallet is not None:
+        payload["wallet"] = wallet
+    return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+def turn_credentials(secret: str, wallet: str, expiry: int) -> tuple[str, str]:
+    """Independent of the service's code: coturn's documented REST-API credential scheme."""
+    username = f"{expiry}:{wallet}"
+    password = base64.b64encode(
+        hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    ).decode()
+    return username, password
+
+
+class Process:
+    """A child process with its output in a log file; stopped by `stop()`."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: Mapping[str, str] | None = None):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = dict(env) if env is not None else None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, stdin=subprocess.DEVNULL
+        )
+        log.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def ensure_alive(self) -> None:
+        if not self.running:
+            raise RuntimeError(f"{self.name} exited early:\n{self.log_text()[-3000:]}")
+
+
+class RedisServer(Process):
+    def __init__(self, workdir: Path, *, appendonly: bool = False):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.workdir = workdir
+        argv = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "yes" if appendonly else "no",
+            "--dir", str(workdir), "--logfile", "",
+        ]  # fmt: skip
+        super().__init__(f"redis:{self.port}", argv, workdir / "redis.log")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=2)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def start(self) -> None:
+        super().start()
+        wait_for(lambda: self.ensure_alive() or self.ping(), what=self.name)
+
+
+class Coturn(Process):
+    def __init__(self, workdir: Path, secret: str = TURN_SECRET):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.secret = secret
+        conf = workdir / "turnserver.conf"
+        conf.write_text(turnserver_conf(workdir, self.port, secret))
+        super().__init__(f"coturn:{self.port}", ["turnserver", "-c", str(conf)], workdir / "turn.log")
+
+    def start(self) -> None:
+        super().start()
+
+        def listening() -> bool:
+            self.ensure_alive()
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(listening, what=self.name)
+
+    @property
+    def uris(self) -> str:
+        return f"turn:127.0.0.1:{self.port}?transport=udp,turn:127.0.0.1:{self.port}?transport=tcp"
+
+
+def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
+    env = {
+        "REDIS_URL": redis_url,
+        "JWT_SECRET": JWT_SECRET,
+        "ALLOW_BEARER_AUTH": "true",
+        "RTC_PROVIDER": "coturn",
+        "TURN_SECRET": TURN_SECRET,
+        "TURN_URIS": "turn:127.0.0.1:3478?transport=udp",
+        "LOG_LEVEL": "INFO",
+    }
+    env.update(overrides)
+    return env
+
+
+class ServiceProcess(Process):
+    """`python -m <module>` with exactly the given environment (plus PATH)."""
+
+    def __init__(self, module: str, workdir: Path, env: Mapping[str, str], name: str | None = None):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env, "PORT": str(self.port)}
+        name = name or f"{module}:{self.port}"
+        super().__init__(name, [sys.executable, "-m", module], workdir / f"{name.replace(':', '-')}.log", full_env)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_path: str = "/readyz") -> None:
+        super().start()
+        wait_for(
+            lambda: self.ensure_alive() or http_status(self.url + ready_path) == 200,
+            what=f"{self.name}{ready_path}",
+        )
+
+
+class Gateway(Process):
+    def __init__(self, workdir: Path, *, ice: list[int], signal: list[int] | None = None, relay: list[int] | None = None):
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "logs").mkdir(exist_ok=True)
+        (workdir / "nginx-tmp").mkdir(exist_ok=True)
+        self.port = free_port()
+        ports = StackPorts(
+            gateway=self.port, ice=ice, signal=signal or [free_port()], relay=relay or [free_port()]
+        )
+        conf = workdir / "nginx.conf"
+        conf.write_text(render_gateway(workdir, ports))
+        super().__init__(
+            f"gateway:{self.port}", ["nginx", "-c", str(conf), "-p", f"{workdir}/"], workdir / "logs" / "gateway.log"
+        )
+        self.access_log = workdir / "logs" / "gateway-access.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+        wait_for(lambda: self.ensure_alive() or http_status(self.url + "/healthz") == 200, what=self.name)
