@@ -94,7 +94,9 @@ def turn_credentials(secret: str, wallet: str, expiry: int) -> tuple[str, str]:
 class Process:
     """A child process with its output in a log file; stopped by `stop()`."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: Mapping[str, str] | None = None):
+    def __init__(
+        self, name: str, argv: list[str], log_path: Path, env: Mapping[str, str] | None = None
+    ):
         self.name = name
         self.argv = argv
         self.log_path = log_path
@@ -173,7 +175,9 @@ class Coturn(Process):
         self.secret = secret
         conf = workdir / "turnserver.conf"
         conf.write_text(turnserver_conf(workdir, self.port, secret))
-        super().__init__(f"coturn:{self.port}", ["turnserver", "-c", str(conf)], workdir / "turn.log")
+        super().__init__(
+            f"coturn:{self.port}", ["turnserver", "-c", str(conf)], workdir / "turn.log"
+        )
 
     def start(self) -> None:
         super().start()
@@ -215,7 +219,12 @@ class ServiceProcess(Process):
         self.port = free_port()
         full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env, "PORT": str(self.port)}
         name = name or f"{module}:{self.port}"
-        super().__init__(name, [sys.executable, "-m", module], workdir / f"{name.replace(':', '-')}.log", full_env)
+        super().__init__(
+            name,
+            [sys.executable, "-m", module],
+            workdir / f"{name.replace(':', '-')}.log",
+            full_env,
+        )
 
     @property
     def url(self) -> str:
@@ -230,7 +239,14 @@ class ServiceProcess(Process):
 
 
 class Gateway(Process):
-    def __init__(self, workdir: Path, *, ice: list[int], signal: list[int] | None = None, relay: list[int] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        ice: list[int],
+        signal: list[int] | None = None,
+        relay: list[int] | None = None,
+    ):
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "logs").mkdir(exist_ok=True)
         (workdir / "nginx-tmp").mkdir(exist_ok=True)
@@ -241,7 +257,9 @@ class Gateway(Process):
         conf = workdir / "nginx.conf"
         conf.write_text(render_gateway(workdir, ports))
         super().__init__(
-            f"gateway:{self.port}", ["nginx", "-c", str(conf), "-p", f"{workdir}/"], workdir / "logs" / "gateway.log"
+            f"gateway:{self.port}",
+            ["nginx", "-c", str(conf), "-p", f"{workdir}/"],
+            workdir / "logs" / "gateway.log",
         )
         self.access_log = workdir / "logs" / "gateway-access.log"
 
@@ -251,4 +269,6 @@ class Gateway(Process):
 
     def start(self) -> None:
         super().start()
-        wait_for(lambda: self.ensure_alive() or http_status(self.url + "/healthz") == 200, what=self.name)
+        wait_for(
+            lambda: self.ensure_alive() or http_status(self.url + "/healthz") == 200, what=self.name
+        )

@@ -38,7 +38,9 @@ async def fetch_ice(ice_client: IceClientFactory, coturn: Coturn, wallet: str = 
     return await response.json()
 
 
-async def test_issued_credentials_allocate_a_relay(ice_client: IceClientFactory, coturn: Coturn) -> None:
+async def test_issued_credentials_allocate_a_relay(
+    ice_client: IceClientFactory, coturn: Coturn
+) -> None:
     body = await fetch_ice(ice_client, coturn)
     turn = body["iceServers"][-1]
     expiry, wallet = turn["username"].split(":", 1)

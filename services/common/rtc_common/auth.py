@@ -140,7 +140,7 @@ def public(handler: HandlerT) -> HandlerT:
 
 
 def get_identity(request: web.Request) -> Identity:
-    identity = request.get(IDENTITY_KEY)
+    identity: Identity | None = request.get(IDENTITY_KEY)
     if identity is None:
         raise unauthorized()
     return identity

@@ -5,4 +5,3 @@ from __future__ import annotations
 from contextvars import ContextVar
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
-

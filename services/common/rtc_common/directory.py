@@ -166,7 +166,11 @@ class FlagCache:
             DIRECTORY_ERRORS.labels(self._directory.backend).inc()
             log.warning(
                 "directory read failed",
-                extra={"flag": key, "backend": self._directory.backend, "error": type(exc).__name__},
+                extra={
+                    "flag": key,
+                    "backend": self._directory.backend,
+                    "error": type(exc).__name__,
+                },
             )
             now = self._clock()
             entry = self._entries.get(key)
@@ -179,7 +183,7 @@ class FlagCache:
         return value
 
 
-DIRECTORY_KEY = web.AppKey("rtc_directory", Directory)  # type: ignore[type-abstract]
+DIRECTORY_KEY = web.AppKey("rtc_directory", Directory)
 FLAGS_KEY = web.AppKey("rtc_flags", FlagCache)
 
 

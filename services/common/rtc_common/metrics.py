@@ -18,7 +18,9 @@ RATE_LIMIT_FALLBACK = Counter(
     "Rate-limit decisions taken by the per-process fallback limiter because Redis was unreachable",
     ["scope"],
 )
-RATE_LIMITED = Counter("rtc_ratelimit_rejected_total", "Requests refused by a rate limit", ["scope"])
+RATE_LIMITED = Counter(
+    "rtc_ratelimit_rejected_total", "Requests refused by a rate limit", ["scope"]
+)
 DIRECTORY_ERRORS = Counter(
     "rtc_directory_errors_total", "Directory lookups that failed", ["backend"]
 )

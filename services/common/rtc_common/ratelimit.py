@@ -114,7 +114,9 @@ class RateLimiter:
 
     async def hit(self, key: str) -> RateLimitResult:
         try:
-            raw = await self._script(keys=[f"rl:{self.scope}:{key}"], args=[self._interval, self._burst])
+            raw = await self._script(
+                keys=[f"rl:{self.scope}:{key}"], args=[self._interval, self._burst]
+            )
             allowed, remaining, reset_us, retry_us = (int(v) for v in raw)
             if self._degraded:
                 self._degraded = False

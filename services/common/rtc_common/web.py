@@ -75,7 +75,9 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            code = _CODE_BY_STATUS.get(exc.status, "invalid_payload" if exc.status < 500 else "internal")
+            code = _CODE_BY_STATUS.get(
+                exc.status, "invalid_payload" if exc.status < 500 else "internal"
+            )
             response = error_response(code, exc.reason, status=exc.status)
             if exc.status == 405 and "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
@@ -139,7 +141,9 @@ def _cors_headers(origin: str) -> dict[str, str]:
     }
 
 
-def client_ip(request: web.Request, trusted: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+def client_ip(
+    request: web.Request, trusted: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> str:
     """The client's address; X-Forwarded-For is believed only when the peer is a trusted proxy."""
     networks = tuple(trusted)
     peer = request.remote or "unknown"

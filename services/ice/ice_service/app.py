@@ -48,7 +48,7 @@ class TelemetryEvent(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     transport: Literal["rtc", "relay"]
-    candidateType: Literal["host", "srflx", "prflx", "relay"] | None = None  # noqa: N815
+    candidateType: Literal["host", "srflx", "prflx", "relay"] | None = None
     forced: bool = False
 
 
@@ -115,7 +115,9 @@ async def post_telemetry(request: web.Request) -> web.Response:
     except ValidationError as exc:
         fields = sorted({".".join(str(p) for p in err["loc"]) or "body" for err in exc.errors()})
         raise invalid_payload("invalid telemetry event: " + ", ".join(fields)) from None
-    TRANSPORT.labels(event.transport, event.candidateType or "unknown", str(event.forced).lower()).inc()
+    TRANSPORT.labels(
+        event.transport, event.candidateType or "unknown", str(event.forced).lower()
+    ).inc()
     return web.Response(status=204)
 
 

@@ -48,7 +48,9 @@ class UnconfiguredProvider:
         self.missing = missing
 
     async def issue(self, wallet: str) -> IceCredentials:
-        raise ProviderError(f"{self.name} provider is not configured (missing {', '.join(self.missing)})")
+        raise ProviderError(
+            f"{self.name} provider is not configured (missing {', '.join(self.missing)})"
+        )
 
 
 def coturn_credentials(secret: str, wallet: str, expiry: int) -> tuple[str, str]:
@@ -132,14 +134,15 @@ class TwilioProvider:
         session: aiohttp.ClientSession,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        assert settings.twilio_account_sid and settings.twilio_api_key and settings.twilio_api_secret
+        sid, key, secret = (
+            settings.twilio_account_sid,
+            settings.twilio_api_key,
+            settings.twilio_api_secret,
+        )
+        assert sid and key and secret, "checked by IceSettings.missing_for"
         self._session = session
-        self._url = (
-            f"{settings.twilio_base_url}/2010-04-01/Accounts/{settings.twilio_account_sid}/Tokens.json"
-        )
-        self._auth = aiohttp.BasicAuth(
-            settings.twilio_api_key, settings.twilio_api_secret.get_secret_value()
-        )
+        self._url = f"{settings.twilio_base_url}/2010-04-01/Accounts/{sid}/Tokens.json"
+        self._auth = aiohttp.BasicAuth(key, secret.get_secret_value())
         self._ttl = settings.turn_cred_ttl
         self._timeout = aiohttp.ClientTimeout(total=settings.twilio_timeout_seconds)
         self._clock = clock
@@ -232,6 +235,10 @@ class IceIssuer:
                 raise
             log.warning(
                 "primary provider failed, using fallback",
-                extra={"primary": self.primary.name, "fallback": self.fallback.name, "reason": str(exc)},
+                extra={
+                    "primary": self.primary.name,
+                    "fallback": self.fallback.name,
+                    "reason": str(exc),
+                },
             )
             return await self.fallback.issue(wallet)

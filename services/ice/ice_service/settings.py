@@ -90,6 +90,7 @@ class IceSettings(CommonSettings):
 
     def missing_for(self, provider: Provider) -> list[str]:
         """Names of the variables `provider` needs and does not have."""
+        needed: dict[str, object]
         if provider == "coturn":
             needed = {"TURN_SECRET": self.turn_secret, "TURN_URIS": self.turn_uris}
         else:

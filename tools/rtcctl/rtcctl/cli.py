@@ -31,8 +31,11 @@ def _settings(run_dir: Path) -> CommonSettings:
 def cmd_token(args: argparse.Namespace) -> int:
     settings = _settings(args.run_dir)
     if settings.jwt_secret is None:
-        print("rtcctl token needs JWT_SECRET (HMAC); this deployment verifies with a public key,"
-              " so its tokens come from the main application", file=sys.stderr)
+        print(
+            "rtcctl token needs JWT_SECRET (HMAC); this deployment verifies with a public key,"
+            " so its tokens come from the main application",
+            file=sys.stderr,
+        )
         return 2
     wallet = normalize_wallet(args.wallet)
     if not is_valid_wallet(wallet):
@@ -42,14 +45,19 @@ def cmd_token(args: argparse.Namespace) -> int:
         print("--ttl must be at least 1 second", file=sys.stderr)
         return 2
     now = int(time.time())
-    claims: dict[str, object] = {settings.jwt_wallet_claim: wallet, "sub": wallet, "iat": now,
-                                 "exp": now + args.ttl}
+    claims: dict[str, object] = {
+        settings.jwt_wallet_claim: wallet,
+        "sub": wallet,
+        "iat": now,
+        "exp": now + args.ttl,
+    }
     if settings.jwt_issuer:
         claims["iss"] = settings.jwt_issuer
     if settings.jwt_audience:
         claims["aud"] = settings.jwt_audience
-    token = jwt.encode(claims, settings.jwt_secret.get_secret_value(),
-                       algorithm=settings.jwt_algorithms[0])
+    token = jwt.encode(
+        claims, settings.jwt_secret.get_secret_value(), algorithm=settings.jwt_algorithms[0]
+    )
     print(token)
     return 0
 
@@ -100,8 +108,12 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtcctl", description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, default=None,
-                        help="run folder of the local stack (default: .run, or RTC_RUN_DIR)")
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="run folder of the local stack (default: .run, or RTC_RUN_DIR)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     token = sub.add_parser("token", help="print a JWT the local stack accepts")
@@ -112,8 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     flags = sub.add_parser("flags", help="list, enable or disable feature flags")
     flags.add_argument("action", choices=["list", "enable", "disable"])
     flags.add_argument("key", nargs="?")
-    flags.add_argument("--if-missing", action="store_true",
-                       help="only set the flag when the directory has no value for it")
+    flags.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="only set the flag when the directory has no value for it",
+    )
     flags.set_defaults(func=cmd_flags)
 
     stack = sub.add_parser("local", help="local stack helpers used by `make run` / `make up`")

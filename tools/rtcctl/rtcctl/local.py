@@ -155,8 +155,8 @@ def prepare(run_dir: Path, ports: StackPorts) -> None:
     lines = [
         logged(
             "redis",
-            f"redis-server --port {ports.redis} --bind 127.0.0.1 --dir {shlex.quote(str(run_dir / 'redis'))}"
-            " --appendonly yes --save '' --logfile ''",
+            f"redis-server --port {ports.redis} --bind 127.0.0.1"
+            f" --dir {shlex.quote(str(run_dir / 'redis'))} --appendonly yes --save '' --logfile ''",
         ),
         logged("coturn", f"turnserver -c {shlex.quote(str(turn_conf))}"),
     ]

@@ -1,0 +1,204 @@
+"""Through the real nginx gateway: routing, forwarded addresses, JSON errors, and clean logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from aioice.turn import create_turn_endpoint
+from helpers import (
+    JWT_SECRET,
+    TURN_SECRET,
+    Coturn,
+    Gateway,
+    RedisServer,
+    ServiceProcess,
+    base_env,
+    make_token,
+)
+from rtc_common.directory import REDIS_FLAGS_KEY
+
+PATHS = ["/api/v1/rtc/ice", "/api/rtc/ice", "/api/rtc/v1/ice"]
+
+
+@dataclass
+class Stack:
+    redis: RedisServer
+    coturn: Coturn
+    ice: ServiceProcess
+    gateway: Gateway
+    secrets_seen: set[str]
+
+    def remember(self, *values: str) -> None:
+        self.secrets_seen.update(v for v in values if v)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    started: list[Any] = []
+    try:
+        redis = RedisServer(root / "redis")
+        redis.start()
+        started.append(redis)
+        redis.client().hset(REDIS_FLAGS_KEY, "rtc.ice", "1")
+        coturn = Coturn(root / "coturn")
+        coturn.start()
+        started.append(coturn)
+        env = base_env(
+            redis.url,
+            TURN_URIS=coturn.uris,
+            ICE_ALLOW_ANONYMOUS="true",
+            ALLOWED_ORIGINS="http://app.example",
+        )
+        ice = ServiceProcess("ice_service", root / "ice", env)
+        ice.start()
+        started.append(ice)
+        gateway = Gateway(root / "gateway", ice=[ice.port])
+        gateway.start()
+        started.append(gateway)
+        yield Stack(redis, coturn, ice, gateway, {JWT_SECRET, TURN_SECRET})
+    finally:
+        for component in reversed(started):
+            component.stop()
+
+
+async def get(stack: Stack, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(stack.gateway.url + path, **kwargs) as response,
+    ):
+        text = await response.text()
+        return response.status, response.headers, json.loads(text) if text else None
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_ice_paths_through_gateway_with_bearer(stack: Stack, path: str) -> None:
+    token = make_token("0xB0B")
+    stack.remember(token)
+    status, headers, body = await get(stack, path, headers={"Authorization": f"Bearer {token}"})
+    assert status == 200, body
+    assert body["provider"] == "coturn"
+    turn = body["iceServers"][-1]
+    stack.remember(turn["credential"])
+    assert turn["username"].endswith(":0xb0b")
+    assert headers["Cache-Control"] == "private, no-store"
+    assert headers["RateLimit-Limit"] == "10"
+
+
+async def test_cookie_auth_through_gateway_allocates_on_coturn(stack: Stack) -> None:
+    token = make_token("0xc00c1e")
+    stack.remember(token)
+    status, _, body = await get(
+        stack,
+        "/api/v1/rtc/ice",
+        cookies={"access_token": token, "csrf_token": "abc123"},
+        headers={"X-CSRF-Token": "abc123", "Origin": "http://app.example"},
+    )
+    assert status == 200, body
+    turn = body["iceServers"][-1]
+    stack.remember(turn["credential"])
+    transport, _ = await create_turn_endpoint(
+        asyncio.DatagramProtocol,
+        server_addr=("127.0.0.1", stack.coturn.port),
+        username=turn["username"],
+        password=turn["credential"],
+        transport="udp",
+    )
+    transport.close()
+
+
+async def test_cors_through_gateway(stack: Stack) -> None:
+    token = make_token("0xc0125")
+    auth = {"Authorization": f"Bearer {token}"}
+    _, allowed, _ = await get(
+        stack, "/api/v1/rtc/ice", headers={**auth, "Origin": "http://app.example"}
+    )
+    assert allowed["Access-Control-Allow-Origin"] == "http://app.example"
+    assert allowed["Access-Control-Allow-Credentials"] == "true"
+    _, foreign, _ = await get(
+        stack, "/api/v1/rtc/ice", headers={**auth, "Origin": "http://evil.example"}
+    )
+    assert "Access-Control-Allow-Origin" not in foreign
+
+
+async def test_forwarded_for_cannot_be_spoofed(stack: Stack) -> None:
+    """Anonymous ICE is limited per client address; a client-made X-Forwarded-For is ignored."""
+    statuses = []
+    for index in range(12):
+        status, _, body = await get(
+            stack, "/api/rtc/v1/ice", headers={"X-Forwarded-For": f"203.0.113.{index}"}
+        )
+        statuses.append(status)
+        if status == 200:
+            stack.remember(body["iceServers"][-1]["credential"])
+    assert statuses.count(200) == 10 and statuses[-2:] == [429, 429]
+
+
+async def test_gateway_errors_are_json(stack: Stack) -> None:
+    status, _, body = await get(stack, "/nowhere")
+    assert (status, body["error"]) == (404, "not_found")
+    status, _, body = await get(stack, "/metrics")
+    assert status == 404  # the services' metrics stay private
+    status, _, body = await get(stack, "/api/v1/rtc/ice", cookies={"big": "x" * 20000})
+    assert (status, body["error"]) == (431, "invalid_payload")
+    status, _, body = await get(stack, "/api/v1/relay/pull")
+    assert (status, body["error"]) == (503, "unavailable")  # relay-service is not running here
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(stack.gateway.url + "/api/v1/rtc/telemetry", data=b"x" * 300_000) as response,
+    ):
+        assert response.status == 413
+        assert (await response.json())["error"] == "payload_too_large"
+
+
+async def test_request_id_end_to_end(stack: Stack) -> None:
+    token = make_token("0x1d")
+    stack.remember(token)
+    status, headers, body = await get(
+        stack,
+        "/api/v1/rtc/ice",
+        headers={"X-Request-ID": "trace-me-12345", "Authorization": f"Bearer {token}"},
+    )
+    assert status == 200
+    stack.remember(body["iceServers"][-1]["credential"])
+    assert headers["X-Request-ID"] == "trace-me-12345"
+    status, headers, body = await get(
+        stack, "/api/v1/rtc/ice", headers={"Authorization": "Bearer nope"}
+    )
+    assert status == 401
+    assert body["requestId"] == headers["X-Request-ID"]
+
+
+def test_logs_have_request_lines_and_no_secrets(stack: Stack) -> None:
+    """Runs last in this module: reads every log the stack wrote."""
+    ice_log = stack.ice.log_text()
+    access = stack.gateway.access_log.read_text()
+    lines = [json.loads(line) for line in ice_log.splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line.get("msg") == "request"]
+    assert any(
+        line["path"] == "/api/v1/rtc/ice"
+        and line["status"] == 200
+        and line["requestId"] == "trace-me-12345"
+        for line in requests
+    )
+    assert any(line["status"] == 401 for line in requests)
+    assert '"requestId":"trace-me-12345"' in access
+    everything = {
+        "ice": ice_log,
+        "gateway-access": access,
+        "gateway-error": stack.gateway.log_text(),
+        "coturn": stack.coturn.log_text(),
+        "redis": stack.redis.log_text(),
+    }
+    assert len(stack.secrets_seen) > 5
+    for name, text in everything.items():
+        for secret in stack.secrets_seen:
+            assert secret not in text, f"a secret or credential is in the {name} log"
+        assert not re.search(r"eyJ[A-Za-z0-9_-]{10,}\.", text), f"a JWT is in the {name} log"

@@ -1,0 +1,1 @@
+"""rtcctl: operator CLI and local-stack helpers for the RTC backplane."""
