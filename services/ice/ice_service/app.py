@@ -163,6 +163,9 @@ async def _ice_dependencies(app: web.Application) -> AsyncIterator[None]:
 
     app[READINESS_KEY]["provider"] = provider_ready
     yield
+    for provider in (primary, fallback):
+        if isinstance(provider, TwilioProvider):
+            await provider.close()
     await session.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -21,6 +22,8 @@ from .settings import IceSettings, Provider
 log = logging.getLogger("ice.providers")
 
 IceServer = dict[str, Any]
+# A reused Twilio token is served on upstream failure only while at least this much life remains.
+MIN_SERVED_TTL = 60.0
 
 
 class ProviderError(Exception):
@@ -142,7 +145,7 @@ class TwilioProvider:
         assert sid and key and secret, "checked by IceSettings.missing_for"
         self._session = session
         self._url = f"{settings.twilio_base_url}/2010-04-01/Accounts/{sid}/Tokens.json"
-        self._auth = aiohttp.BasicAuth(key, secret.get_secret_value())
+        self._headers = {"Authorization": aiohttp.encode_basic_auth(key, secret.get_secret_value())}
         self._ttl = settings.turn_cred_ttl
         self._timeout = aiohttp.ClientTimeout(total=settings.twilio_timeout_seconds)
         self._clock = clock
@@ -166,8 +169,23 @@ class TwilioProvider:
         UPSTREAM_WAITING.inc()
         try:
             return await asyncio.shield(self._inflight)
+        except ProviderError:
+            # A token past its reuse threshold is still valid: better than no credentials.
+            if cached is not None and cached.expires_at - self._clock() >= MIN_SERVED_TTL:
+                log.warning(
+                    "twilio failed, serving the previous token", extra={"provider": "twilio"}
+                )
+                return cached
+            raise
         finally:
             UPSTREAM_WAITING.dec()
+
+    async def close(self) -> None:
+        """Cancel a call still in flight (app shutdown)."""
+        if self._inflight is not None:
+            self._inflight.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ProviderError):
+                await self._inflight
 
     def _clear_inflight(self, task: asyncio.Task[IceCredentials]) -> None:
         self._inflight = None
@@ -178,7 +196,10 @@ class TwilioProvider:
         started = self._clock()
         try:
             async with self._session.post(
-                self._url, data={"Ttl": str(self._ttl)}, auth=self._auth, timeout=self._timeout
+                self._url,
+                data={"Ttl": str(self._ttl)},
+                headers=self._headers,
+                timeout=self._timeout,
             ) as response:
                 if response.status not in (200, 201):
                     raise ProviderError(f"twilio answered HTTP {response.status}")
@@ -196,6 +217,9 @@ class TwilioProvider:
         except aiohttp.ClientError as exc:
             self._failed("connection")
             raise ProviderError(f"twilio unreachable ({type(exc).__name__})") from None
+        except Exception as exc:  # anything else is still a provider failure: 503, breaker counts
+            self._failed("error")
+            raise ProviderError(f"twilio call failed ({type(exc).__name__})") from None
         servers: list[IceServer] = []
         for server in token.ice_servers:
             urls = server.urls or server.url
