@@ -51,7 +51,10 @@ def conv_id(wallet_a: str, wallet_b: str) -> str:
 
 class JwtVerifier:
     def __init__(self, settings: CommonSettings) -> None:
-        secret = settings.jwt_secret or settings.jwt_public_key
+        # The key follows the pinned algorithm family (settings refuse mixing families): a leftover
+        # JWT_SECRET must not become the key of RS/ES/PS tokens, nor the public key an HMAC secret.
+        asymmetric = any(not alg.startswith("HS") for alg in settings.jwt_algorithms)
+        secret = settings.jwt_public_key if asymmetric else settings.jwt_secret
         if secret is None:  # settings validation guarantees one of them
             raise ValueError("JWT_SECRET or JWT_PUBLIC_KEY is required")
         self._key = secret.get_secret_value()
@@ -61,7 +64,9 @@ class JwtVerifier:
         self._wallet_claim = settings.jwt_wallet_claim
 
     def verify(self, token: str, method: AuthMethod) -> Identity:
-        if not token or len(token) > MAX_TOKEN_LENGTH:
+        # A JWT is ASCII; other text (e.g. undecodable header bytes) must not reach PyJWT, whose
+        # encode step would raise something other than a PyJWTError (a 500).
+        if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
             raise unauthorized("invalid token")
         try:
             claims = jwt.decode(
@@ -113,7 +118,11 @@ class Authenticator:
         if (
             not csrf_cookie
             or not csrf_header
-            or not hmac.compare_digest(csrf_cookie.encode(), csrf_header.encode())
+            # surrogateescape: header bytes that are not UTF-8 compare as bytes instead of raising.
+            or not hmac.compare_digest(
+                csrf_cookie.encode("utf-8", "surrogateescape"),
+                csrf_header.encode("utf-8", "surrogateescape"),
+            )
         ):
             raise ApiError("csrf_failed", "CSRF header missing or does not match the CSRF cookie")
         return self.verifier.verify(token, "cookie")

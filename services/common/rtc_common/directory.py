@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +28,8 @@ from .web import READINESS_KEY
 log = logging.getLogger("rtc.directory")
 
 REDIS_FLAGS_KEY = "rtc:flags"
+REDIS_CONTACTS_PREFIX = "rtc:contacts:"
+REDIS_RTC_DISABLED_KEY = "rtc:rtc_disabled"
 DIRECTORY_TIMEOUT_MS = 1000
 
 
@@ -36,12 +39,20 @@ class Directory(Protocol):
     async def get_flag(self, key: str) -> bool | None: ...
     async def set_flag(self, key: str, enabled: bool) -> None: ...
     async def list_flags(self) -> dict[str, bool]: ...
+    async def are_mutual_contacts(self, wallet_a: str, wallet_b: str) -> bool: ...
+    async def mutual_contacts(self, wallet: str) -> list[str]: ...
+    async def add_contact(self, owner: str, contact: str) -> None: ...
+    async def remove_contact(self, owner: str, contact: str) -> None: ...
+    async def is_rtc_enabled(self, wallet: str) -> bool: ...
+    async def set_rtc_enabled(self, wallet: str, enabled: bool) -> None: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
 
 class RedisDirectory:
-    """Flags in one hash: field = flag key, value "1"/"0"."""
+    """Flags in one hash (field = flag key, value "1"/"0"); contacts as one set per owner
+    (`rtc:contacts:<wallet>`, one direction each); the RTC switch as the set of wallets whose
+    RTC is disabled (`rtc:rtc_disabled`, absent = enabled)."""
 
     backend = "redis"
 
@@ -59,6 +70,40 @@ class RedisDirectory:
         raw = await self._redis.hgetall(REDIS_FLAGS_KEY)
         return {_text(k): v in (b"1", "1") for k, v in raw.items()}
 
+    async def are_mutual_contacts(self, wallet_a: str, wallet_b: str) -> bool:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.sismember(REDIS_CONTACTS_PREFIX + wallet_a, wallet_b)
+        pipe.sismember(REDIS_CONTACTS_PREFIX + wallet_b, wallet_a)
+        a_lists_b, b_lists_a = await pipe.execute()
+        return bool(a_lists_b) and bool(b_lists_a)
+
+    async def mutual_contacts(self, wallet: str) -> list[str]:
+        listed = sorted(
+            _text(v) for v in await self._redis.smembers(REDIS_CONTACTS_PREFIX + wallet)
+        )
+        if not listed:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for contact in listed:
+            pipe.sismember(REDIS_CONTACTS_PREFIX + contact, wallet)
+        back = await pipe.execute()
+        return [contact for contact, mutual in zip(listed, back, strict=True) if mutual]
+
+    async def add_contact(self, owner: str, contact: str) -> None:
+        await self._redis.sadd(REDIS_CONTACTS_PREFIX + owner, contact)
+
+    async def remove_contact(self, owner: str, contact: str) -> None:
+        await self._redis.srem(REDIS_CONTACTS_PREFIX + owner, contact)
+
+    async def is_rtc_enabled(self, wallet: str) -> bool:
+        return not await self._redis.sismember(REDIS_RTC_DISABLED_KEY, wallet)
+
+    async def set_rtc_enabled(self, wallet: str, enabled: bool) -> None:
+        if enabled:
+            await self._redis.srem(REDIS_RTC_DISABLED_KEY, wallet)
+        else:
+            await self._redis.sadd(REDIS_RTC_DISABLED_KEY, wallet)
+
     async def ping(self) -> None:
         await self._redis.ping()
 
@@ -67,7 +112,9 @@ class RedisDirectory:
 
 
 class MongoDirectory:
-    """Flags are documents `{key, enabled}` in MONGO_FLAGS_COLLECTION of MONGO_DB."""
+    """Flags are documents `{key, enabled}` in MONGO_FLAGS_COLLECTION of MONGO_DB; contacts are
+    `{wallet, contact}` (one document per direction) in MONGO_CONTACTS_COLLECTION; the RTC switch
+    is `{wallet, rtcEnabled}` in MONGO_USERS_COLLECTION (no document or no field = enabled)."""
 
     backend = "mongodb"
 
@@ -75,6 +122,8 @@ class MongoDirectory:
         self._client = client
         self._db = client[settings.mongo_db]
         self._flags = self._db[settings.mongo_flags_collection]
+        self._contacts = self._db[settings.mongo_contacts_collection]
+        self._users = self._db[settings.mongo_users_collection]
 
     async def get_flag(self, key: str) -> bool | None:
         doc = await self._flags.find_one({"key": key}, projection={"_id": 0, "enabled": 1})
@@ -86,6 +135,51 @@ class MongoDirectory:
     async def list_flags(self) -> dict[str, bool]:
         cursor = self._flags.find({}, projection={"_id": 0, "key": 1, "enabled": 1})
         return {str(doc["key"]): doc.get("enabled") is True async for doc in cursor if "key" in doc}
+
+    async def are_mutual_contacts(self, wallet_a: str, wallet_b: str) -> bool:
+        found = await self._contacts.count_documents(
+            {
+                "$or": [
+                    {"wallet": wallet_a, "contact": wallet_b},
+                    {"wallet": wallet_b, "contact": wallet_a},
+                ]
+            }
+        )
+        return found >= 2
+
+    async def mutual_contacts(self, wallet: str) -> list[str]:
+        listed = [
+            str(doc["contact"])
+            async for doc in self._contacts.find(
+                {"wallet": wallet}, projection={"_id": 0, "contact": 1}
+            )
+            if "contact" in doc
+        ]
+        if not listed:
+            return []
+        back = self._contacts.find(
+            {"wallet": {"$in": listed}, "contact": wallet}, projection={"_id": 0, "wallet": 1}
+        )
+        return sorted({str(doc["wallet"]) async for doc in back if "wallet" in doc})
+
+    async def add_contact(self, owner: str, contact: str) -> None:
+        await self._contacts.update_one(
+            {"wallet": owner, "contact": contact},
+            {"$setOnInsert": {"wallet": owner, "contact": contact}},
+            upsert=True,
+        )
+
+    async def remove_contact(self, owner: str, contact: str) -> None:
+        await self._contacts.delete_many({"wallet": owner, "contact": contact})
+
+    async def is_rtc_enabled(self, wallet: str) -> bool:
+        doc = await self._users.find_one({"wallet": wallet}, projection={"_id": 0, "rtcEnabled": 1})
+        return doc is None or doc.get("rtcEnabled") is not False
+
+    async def set_rtc_enabled(self, wallet: str, enabled: bool) -> None:
+        await self._users.update_one(
+            {"wallet": wallet}, {"$set": {"rtcEnabled": enabled}}, upsert=True
+        )
 
     async def ping(self) -> None:
         await self._db.command("ping")
@@ -147,9 +241,25 @@ class FlagCache:
         if task is None:
             task = asyncio.create_task(self._refresh(key))
             self._inflight[key] = task
-            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+            task.add_done_callback(self._refresh_done(key))
+        if (
+            entry is not None
+            and entry.checked_at != entry.fetched_at
+            and now - entry.fetched_at <= self._stale_max
+        ):
+            # The directory failed last time: answer from the last known value now rather than
+            # make every request wait out another failing read (the refresh goes on behind).
+            return self._usable(entry, now)
         # Shielded: a caller that goes away must not cancel the read others wait on.
         return await asyncio.shield(task)
+
+    def _refresh_done(self, key: str) -> Callable[[asyncio.Task[bool]], None]:
+        def done(task: asyncio.Task[bool]) -> None:
+            self._inflight.pop(key, None)
+            if not task.cancelled():
+                task.exception()  # retrieved: a background refresh's failure is already logged
+
+        return done
 
     def _usable(self, entry: _Entry, now: float) -> bool:
         if now - entry.fetched_at > self._ttl:
@@ -199,3 +309,66 @@ def directory_context(settings: CommonSettings) -> Callable[[web.Application], A
         await directory.close()
 
     return context
+
+
+class AccessCache:
+    """Short-lived answers to contacts and RTC-switch questions (signaling's hot path).
+
+    Unlike flags there is no stale serving: a question the directory cannot answer now is
+    `unavailable`, never an allow. Answers live `ttl` seconds, so a removed contact or a disabled
+    user takes effect within that time on every instance.
+    """
+
+    MAX_ENTRIES = 100_000
+
+    def __init__(
+        self, directory: Directory, *, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._directory = directory
+        self._ttl = ttl
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, ...], tuple[float, Any]] = OrderedDict()
+
+    async def _cached(self, key: tuple[str, ...], load: Callable[[], Awaitable[Any]]) -> Any:
+        now = self._clock()
+        hit = self._entries.get(key)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        try:
+            value = await load()
+        except Exception as exc:  # any backend failure: never an allow
+            DIRECTORY_ERRORS.labels(self._directory.backend).inc()
+            log.warning(
+                "directory read failed",
+                extra={
+                    "question": key[0],
+                    "backend": self._directory.backend,
+                    "error": type(exc).__name__,
+                },
+            )
+            raise unavailable("directory unavailable") from None
+        self._entries[key] = (now, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.MAX_ENTRIES:
+            self._entries.popitem(last=False)
+        return value
+
+    async def are_mutual_contacts(self, wallet_a: str, wallet_b: str) -> bool:
+        first, second = sorted((wallet_a, wallet_b))
+        return bool(
+            await self._cached(
+                ("mutual", first, second),
+                lambda: self._directory.are_mutual_contacts(first, second),
+            )
+        )
+
+    async def mutual_contacts(self, wallet: str) -> list[str]:
+        contacts: list[str] = await self._cached(
+            ("contacts", wallet), lambda: self._directory.mutual_contacts(wallet)
+        )
+        return contacts
+
+    async def is_rtc_enabled(self, wallet: str) -> bool:
+        return bool(
+            await self._cached(("rtc", wallet), lambda: self._directory.is_rtc_enabled(wallet))
+        )

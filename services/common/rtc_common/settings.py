@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
+from jwt.algorithms import get_default_algorithms
+from jwt.exceptions import InvalidKeyError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -132,6 +134,18 @@ class CommonSettings(BaseSettings):
             raise ValueError("JWT_SECRET is required for HMAC algorithms")
         if asymmetric and self.jwt_public_key is None:
             raise ValueError("JWT_PUBLIC_KEY is required for RS/ES/PS algorithms")
+        if asymmetric and self.jwt_public_key is not None:
+            # Checked here so a malformed key fails the start, not every request (as 401s or 500s).
+            pem = self.jwt_public_key.get_secret_value()
+            for alg in sorted(asymmetric):
+                try:
+                    key = get_default_algorithms()[alg].prepare_key(pem)
+                except (InvalidKeyError, ValueError, TypeError):
+                    raise ValueError(
+                        f"JWT_PUBLIC_KEY is not a PEM public key usable with {alg}"
+                    ) from None
+                if hasattr(key, "private_bytes"):
+                    raise ValueError("JWT_PUBLIC_KEY must be a public key, not a private key")
         return self
 
     @property
