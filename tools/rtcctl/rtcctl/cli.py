@@ -92,6 +92,63 @@ def cmd_flags(args: argparse.Namespace) -> int:
     return asyncio.run(_flags(args))
 
 
+def _wallet_arg(value: str) -> str:
+    wallet = normalize_wallet(value)
+    if not is_valid_wallet(wallet):
+        raise argparse.ArgumentTypeError(f"not a valid wallet: {value!r}")
+    return wallet
+
+
+async def _contacts(args: argparse.Namespace) -> int:
+    directory = open_directory(_settings(args.run_dir))
+    try:
+        if args.action == "list":
+            for contact in await directory.mutual_contacts(args.a):
+                print(contact)
+            return 0
+        if args.b is None or args.a == args.b:
+            print(f"rtcctl contacts {args.action} needs two different wallets", file=sys.stderr)
+            return 2
+        # Contacts are mutual for signaling: both directions are written (or removed).
+        for owner, contact in ((args.a, args.b), (args.b, args.a)):
+            if args.action == "add":
+                await directory.add_contact(owner, contact)
+            else:
+                await directory.remove_contact(owner, contact)
+        print(f"{args.a} <-> {args.b} {'added' if args.action == 'add' else 'removed'}")
+        return 0
+    except Exception as exc:
+        print(f"directory unavailable ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 1
+    finally:
+        await directory.close()
+
+
+def cmd_contacts(args: argparse.Namespace) -> int:
+    return asyncio.run(_contacts(args))
+
+
+async def _rtc(args: argparse.Namespace) -> int:
+    directory = open_directory(_settings(args.run_dir))
+    try:
+        if args.action == "status":
+            enabled = await directory.is_rtc_enabled(args.wallet)
+            print(f"{args.wallet}\t{'enabled' if enabled else 'disabled'}")
+            return 0
+        await directory.set_rtc_enabled(args.wallet, args.action == "enable")
+        print(f"RTC {args.action}d for {args.wallet}")
+        return 0
+    except Exception as exc:
+        print(f"directory unavailable ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 1
+    finally:
+        await directory.close()
+
+
+def cmd_rtc(args: argparse.Namespace) -> int:
+    return asyncio.run(_rtc(args))
+
+
 def cmd_local(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir
     if args.action == "prepare":
@@ -99,6 +156,7 @@ def cmd_local(args: argparse.Namespace) -> int:
             gateway=int(os.environ.get("RTC_GATEWAY_PORT", "8080")),
             redis=int(os.environ.get("RTC_REDIS_PORT", "6390")),
             turn=int(os.environ.get("RTC_TURN_PORT", "3478")),
+            signal=[8201 + i for i in range(int(os.environ.get("RTC_SIGNAL_INSTANCES", "2")))],
         )
         local.prepare(run_dir, ports)
         print(f"prepared {run_dir}")
@@ -130,6 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="only set the flag when the directory has no value for it",
     )
     flags.set_defaults(func=cmd_flags)
+
+    contacts = sub.add_parser("contacts", help="mutual contacts (who may signal whom)")
+    contacts.add_argument("action", choices=["add", "remove", "list"])
+    contacts.add_argument("a", type=_wallet_arg, metavar="WALLET")
+    contacts.add_argument("b", type=_wallet_arg, nargs="?", metavar="OTHER")
+    contacts.set_defaults(func=cmd_contacts)
+
+    rtc = sub.add_parser("rtc", help="the per-user RTC switch")
+    rtc.add_argument("action", choices=["enable", "disable", "status"])
+    rtc.add_argument("wallet", type=_wallet_arg)
+    rtc.set_defaults(func=cmd_rtc)
 
     stack = sub.add_parser("local", help="local stack helpers used by `make run` / `make up`")
     stack.add_argument("action", choices=["prepare", "wait"])

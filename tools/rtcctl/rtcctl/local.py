@@ -162,6 +162,9 @@ def prepare(run_dir: Path, ports: StackPorts) -> None:
     ]
     for index, port in enumerate(ports.ice):
         lines.append(logged(f"ice{index + 1}", f"env PORT={port} {python} -m ice_service"))
+    for index, port in enumerate(ports.signal):
+        name = f"signal{index + 1}"
+        lines.append(logged(name, f"env PORT={port} INSTANCE_ID={name} {python} -m signal_service"))
     lines.append(
         logged(
             "gateway",
@@ -175,6 +178,7 @@ def wait_ready(run_dir: Path, timeout: float = 60.0) -> bool:
     """Poll every service's /readyz and the gateway's /healthz, printing progress."""
     ports = StackPorts(**json.loads((run_dir / "stack.json").read_text()))
     targets = {f"ice:{p}": f"http://127.0.0.1:{p}/readyz" for p in ports.ice}
+    targets.update({f"signal:{p}": f"http://127.0.0.1:{p}/readyz" for p in ports.signal})
     targets["gateway"] = f"http://127.0.0.1:{ports.gateway}/healthz"
     pending = dict(targets)
     deadline = time.monotonic() + timeout

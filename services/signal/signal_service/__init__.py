@@ -1,0 +1,1 @@
+"""signal-service: WebRTC signaling and presence over Socket.IO, scaled through Redis."""

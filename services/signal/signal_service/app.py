@@ -1,0 +1,131 @@
+"""signal-service: `create_app(settings)`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from redis.exceptions import RedisError
+from rtc_common.auth import Authenticator
+from rtc_common.clients import REDIS_KEY, redis_context
+from rtc_common.directory import DIRECTORY_KEY, AccessCache, directory_context
+from rtc_common.web import READINESS_KEY, create_base_app
+
+from .metrics import PUBSUB_PROBE_FAILURES, REAPED
+from .namespace import DEPS_KEY, NAMESPACE_KEY, SIO_KEY, SignalDeps, SignalNamespace, SignalServer
+from .presence import LocalSocket, Presence
+from .pubsub import ObservedRedisManager
+from .settings import SignalSettings
+
+log = logging.getLogger("signal.app")
+
+MANAGER_KEY = web.AppKey("signal_manager", ObservedRedisManager)
+SIGNAL_SETTINGS_KEY = web.AppKey("signal_settings", SignalSettings)
+
+
+async def _signal_dependencies(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SIGNAL_SETTINGS_KEY]
+    redis = app[REDIS_KEY]
+    presence = Presence(redis, settings.instance_id, settings.presence_instance_ttl_seconds)
+    app[DEPS_KEY] = SignalDeps(
+        redis=redis,
+        presence=presence,
+        access=AccessCache(app[DIRECTORY_KEY], ttl=settings.flag_cache_seconds),
+    )
+    sio = app[SIO_KEY]
+    manager = app[MANAGER_KEY]
+    # Subscribe now, not at the first client: /readyz must prove the listener before traffic.
+    sio.manager_initialized = True
+    manager.initialize()
+
+    async def pubsub_ready() -> None:
+        await manager.probe(wait=1.0)
+
+    app[READINESS_KEY]["pubsub"] = pubsub_ready
+    watchdog = asyncio.create_task(_watchdog(app))
+    yield
+    watchdog.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watchdog
+    # Leave quickly and let the other instances' reapers settle presence for our sockets.
+    with contextlib.suppress(RedisError):
+        await presence.leave()
+    if manager.thread is not None:
+        manager.thread.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await manager.thread
+
+
+async def _watchdog(app: web.Application) -> None:
+    """Heartbeat, reaper of dead instances, and the pub/sub self-probe, every heartbeat period."""
+    settings = app[SIGNAL_SETTINGS_KEY]
+    deps = app[DEPS_KEY]
+    namespace = app[NAMESPACE_KEY]
+    manager = app[MANAGER_KEY]
+    failed_probes = 0
+    while True:
+        try:
+            held = await deps.presence.heartbeat()
+            local = await _local_sockets(namespace)
+            if held < len(local):
+                # Redis lost our sockets (restart without persistence, or we were reaped while
+                # paused): register them again and announce wallets that are back.
+                for sock in local:
+                    if await deps.presence.register(sock):
+                        await namespace.announce(sock.wallet, online=True)
+            for wallet in await deps.presence.reap_dead_instances():
+                REAPED.inc()
+                await namespace.announce(wallet, online=False)
+        except RedisError as exc:
+            log.warning("presence heartbeat failed", extra={"error": type(exc).__name__})
+        except Exception:
+            log.exception("presence watchdog error")
+        try:
+            await manager.probe(wait=1.0)
+            failed_probes = 0
+        except Exception as exc:
+            PUBSUB_PROBE_FAILURES.inc()
+            failed_probes += 1
+            log.warning("pub/sub self-probe failed", extra={"error": type(exc).__name__})
+            if failed_probes >= 2 and manager.subscribed:
+                # Subscribed yet deaf: the silent listener failure. Start the subscription over.
+                await manager.resubscribe()
+        await asyncio.sleep(settings.presence_heartbeat_seconds)
+
+
+async def _local_sockets(namespace: SignalNamespace) -> list[LocalSocket]:
+    sockets = []
+    for sid, _eio in list(namespace.server.manager.get_participants("/", None)):
+        state = await namespace.socket_state(sid)
+        if state is not None:
+            sockets.append(LocalSocket(sid, state.wallet, state.rtc))
+    return sockets
+
+
+def create_app(settings: SignalSettings) -> web.Application:
+    authenticator = Authenticator(settings)
+    app = create_base_app(settings, authenticator)
+    app[SIGNAL_SETTINGS_KEY] = settings
+    manager = ObservedRedisManager(settings.redis_url, channel=settings.socketio_channel)
+    sio = SignalServer(
+        async_mode="aiohttp",
+        client_manager=manager,
+        cors_allowed_origins=list(settings.allowed_origins),
+        # Room for the largest SDP plus the envelope; anything larger is dropped by engine.io.
+        max_http_buffer_size=settings.signal_max_sdp_bytes * 2 + 16 * 1024,
+        logger=False,
+        engineio_logger=False,
+    )
+    namespace = SignalNamespace(settings, authenticator, lambda: app[DEPS_KEY])
+    sio.register_namespace(namespace)
+    sio.attach(app, socketio_path="socket.io")
+    app[SIO_KEY] = sio
+    app[MANAGER_KEY] = manager
+    app[NAMESPACE_KEY] = namespace
+    app.cleanup_ctx.append(redis_context(REDIS_KEY, settings.redis_url))
+    app.cleanup_ctx.append(directory_context(settings))
+    app.cleanup_ctx.append(_signal_dependencies)
+    return app

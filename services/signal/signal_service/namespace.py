@@ -1,0 +1,393 @@
+"""The default Socket.IO namespace: handshake auth, rtc:* signaling, legacy `signal`, presence."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+
+import socketio
+from aiohttp import web
+from redis.exceptions import RedisError
+from rtc_common.auth import Authenticator, Identity, conv_id, is_valid_wallet, normalize_wallet
+from rtc_common.directory import AccessCache
+from rtc_common.errors import ApiError, unauthorized
+from rtc_common.times import iso_ms
+from socketio.exceptions import ConnectionRefusedError as HandshakeRefused
+
+from .metrics import LEGACY_USED, PRESENCE_CHANGES, SIGNALS, SOCKETS
+from .payloads import (
+    CANDIDATE_MAX_BYTES,
+    CandidateSignal,
+    LegacySignal,
+    OfferOrAnswer,
+    PayloadError,
+    parse,
+)
+from .presence import LocalSocket, Presence
+from .settings import SignalSettings
+
+log = logging.getLogger("signal.namespace")
+
+# Whether the event being handled asked for an ack (set by SignalServer per event).
+ACK_REQUESTED: contextvars.ContextVar[bool] = contextvars.ContextVar("ack_requested", default=False)
+
+DEDUP_SECONDS = 60
+RTC_EVENTS = ("rtc:offer", "rtc:answer", "rtc:candidate")
+LEGACY_WARNING = {
+    "code": "deprecated_event",
+    "event": "signal",
+    "use": "rtc:offer|rtc:answer|rtc:candidate",
+}
+
+
+class SignalServer(socketio.AsyncServer):  # type: ignore[misc]
+    """AsyncServer that tells handlers whether the client asked for an ack.
+
+    The contract answers errors through the ack when there is one and as an `rtc:error` event
+    otherwise; python-socketio does not expose that to handlers, so it is captured here.
+    """
+
+    async def _handle_event_internal(
+        self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: int | None
+    ) -> None:
+        token = ACK_REQUESTED.set(id is not None)
+        try:
+            await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+        finally:
+            ACK_REQUESTED.reset(token)
+
+
+class TokenBucket:
+    """Per-socket rate: `rate` events per second, bursts up to `rate`."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self.updated = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+@dataclass
+class SocketState:
+    wallet: str
+    rtc: bool
+    bucket: TokenBucket
+    legacy_warned: bool = False
+
+
+@dataclass
+class LocalDedup:
+    """signalId dedup for when Redis is unreachable (same-instance delivery still works)."""
+
+    seen: OrderedDict[str, float] = field(default_factory=OrderedDict)
+
+    def first_time(self, key: str) -> bool:
+        now = time.monotonic()
+        while self.seen and next(iter(self.seen.values())) < now - DEDUP_SECONDS:
+            self.seen.popitem(last=False)
+        if key in self.seen:
+            return False
+        self.seen[key] = now
+        return True
+
+
+class Refusal(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
+    def __init__(
+        self,
+        settings: SignalSettings,
+        authenticator: Authenticator,
+        deps: Callable[[], SignalDeps],
+    ) -> None:
+        super().__init__("/")
+        self.settings = settings
+        self.authenticator = authenticator
+        self._deps = deps
+        self._local_dedup = LocalDedup()
+        self._handlers: dict[str, Callable[[str, str, Any], Awaitable[Any]]] = {
+            **{event: self._rtc_signal for event in RTC_EVENTS},
+            "signal": self._legacy_signal,
+        }
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        if event == "connect":
+            return await self.on_connect(*args)
+        if event == "disconnect":
+            return await self.on_disconnect(args[0])
+        handler = self._handlers.get(event)
+        if handler is None or not args:
+            return None  # unknown events are ignored, as Socket.IO does without a handler
+        sid, data = args[0], args[1] if len(args) > 1 else None
+        try:
+            return await handler(sid, event, data)
+        except Refusal as refusal:
+            return await self._refuse(sid, event, refusal.code, _signal_id_of(data))
+        except Exception:
+            log.exception("signaling handler failed", extra={"event": event})
+            return await self._refuse(sid, event, "unavailable", _signal_id_of(data))
+
+    async def _refuse(self, sid: str, event: str, code: str, signal_id: str | None) -> Any:
+        SIGNALS.labels(event, code).inc()
+        if ACK_REQUESTED.get():
+            return {"ok": False, "error": code, "signalId": signal_id}
+        await self.emit("rtc:error", {"error": code, "event": event, "signalId": signal_id}, to=sid)
+        return None
+
+    # -- connection -------------------------------------------------------------------------
+
+    def _authenticate(self, environ: dict[str, Any], auth: Any) -> Identity:
+        token = auth.get("token") if isinstance(auth, dict) else None
+        if token is not None:
+            if not isinstance(token, str):
+                raise unauthorized("invalid token")
+            return self.authenticator.bearer(token)
+        cookies: dict[str, str] = {}
+        try:
+            parsed = SimpleCookie(environ.get("HTTP_COOKIE", ""))
+            cookies = {name: morsel.value for name, morsel in parsed.items()}
+        except CookieError:
+            raise unauthorized("malformed cookie header") from None
+        if not self.authenticator.has_cookie_token(cookies):
+            raise unauthorized()
+        # A browser's websocket carries cookies cross-site: the Origin check is its CSRF defence.
+        if environ.get("HTTP_ORIGIN") not in self.settings.allowed_origins:
+            raise ApiError("csrf_failed", "cookie authentication needs an allowed Origin")
+        return self.authenticator.verifier.verify(cookies[self.settings.jwt_cookie_name], "cookie")
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        try:
+            identity = self._authenticate(environ, auth)
+        except ApiError as exc:
+            SIGNALS.labels("connect", exc.code).inc()
+            raise HandshakeRefused(exc.code, {"error": exc.code, "message": exc.message}) from None
+        rtc = not (isinstance(auth, dict) and auth.get("rtc") is False)
+        state = SocketState(identity.wallet, rtc, TokenBucket(self.settings.signal_rate_per_sec))
+        await self.save_session(sid, {"state": state})
+        await self.enter_room(sid, f"user:{state.wallet}")
+        if rtc:
+            await self.enter_room(sid, f"rtc:{state.wallet}")
+        SOCKETS.inc()
+        first = False
+        try:
+            first = await self._deps().presence.register(LocalSocket(sid, state.wallet, rtc))
+        except RedisError as exc:
+            # The heartbeat re-registers this instance's sockets once Redis answers again.
+            log.warning("presence not recorded", extra={"error": type(exc).__name__})
+        self.server.start_background_task(self._after_connect, sid, state.wallet, first)
+
+    async def _after_connect(self, sid: str, wallet: str, first: bool) -> None:
+        deps = self._deps()
+        try:
+            contacts = await deps.access.mutual_contacts(wallet)
+            online = await deps.presence.online(contacts)
+            await self.emit("presence:snapshot", {"online": online}, to=sid)
+            if first:
+                await self.announce(wallet, online=True, contacts=online)
+        except (ApiError, RedisError) as exc:
+            log.warning("presence snapshot skipped", extra={"error": type(exc).__name__})
+
+    async def on_disconnect(self, sid: str) -> None:
+        state = await self.socket_state(sid)
+        if state is None:
+            return
+        SOCKETS.dec()
+        try:
+            last = await self._deps().presence.unregister(sid, state.wallet)
+        except RedisError as exc:
+            log.warning("presence not updated", extra={"error": type(exc).__name__})
+            return
+        if last:
+            await self.announce(state.wallet, online=False)
+
+    async def announce(
+        self, wallet: str, *, online: bool, contacts: list[str] | None = None
+    ) -> None:
+        """Tell the wallet's online mutual contacts that it came online or went offline."""
+        deps = self._deps()
+        try:
+            if contacts is None:
+                contacts = await deps.presence.online(await deps.access.mutual_contacts(wallet))
+        except (ApiError, RedisError) as exc:
+            log.warning("presence change not announced", extra={"error": type(exc).__name__})
+            return
+        PRESENCE_CHANGES.labels("online" if online else "offline").inc()
+        update = {"wallet": wallet, "online": online, "at": iso_ms(time.time())}
+        legacy = self.settings.presence_legacy_enabled
+        for contact in contacts:
+            room = f"user:{contact}"
+            await self.emit("presence:update", update, room=room)
+            if legacy:
+                await self.emit("presence", {"wallet": wallet, "online": online}, room=room)
+                await self.emit(
+                    "user_connected" if online else "user_disconnected",
+                    {"wallet": wallet},
+                    room=room,
+                )
+        if legacy and contacts:
+            LEGACY_USED.labels("presence").inc()
+            log.warning(
+                "deprecated presence events emitted (presence, user_connected/user_disconnected);"
+                " clients should use presence:update",
+                extra={"event": "presence", "recipients": len(contacts)},
+            )
+
+    async def socket_state(self, sid: str) -> SocketState | None:
+        try:
+            session = await self.get_session(sid)
+        except KeyError:
+            return None
+        state = session.get("state")
+        return state if isinstance(state, SocketState) else None
+
+    # -- signaling --------------------------------------------------------------------------
+
+    async def _sender(self, sid: str) -> SocketState:
+        state = await self.socket_state(sid)
+        if state is None:
+            raise Refusal("unauthorized")
+        if not state.bucket.take():
+            raise Refusal("rate_limited")
+        return state
+
+    def _target(self, sender: str, raw_to: str) -> str:
+        to = normalize_wallet(raw_to)
+        if not is_valid_wallet(to) or to == sender:
+            raise Refusal("invalid_payload")
+        return to
+
+    async def _rtc_signal(self, sid: str, event: str, data: Any) -> Any:
+        state = await self._sender(sid)
+        try:
+            payload = parse(CandidateSignal if event == "rtc:candidate" else OfferOrAnswer, data)
+        except PayloadError:
+            raise Refusal("invalid_payload") from None
+        to = self._target(state.wallet, payload.to)
+        if payload.convId != conv_id(state.wallet, to):
+            raise Refusal("invalid_payload")
+        body: dict[str, Any] = {"convId": payload.convId, "to": to, "from": state.wallet}
+        if isinstance(payload, OfferOrAnswer):
+            if payload.sdp.type != event.removeprefix("rtc:"):
+                raise Refusal("invalid_payload")
+            if len(payload.sdp.sdp.encode()) > self.settings.signal_max_sdp_bytes:
+                raise Refusal("invalid_payload")
+            body["sdp"] = {"type": payload.sdp.type, "sdp": payload.sdp.sdp}
+        else:
+            candidate = payload.candidate
+            if len(candidate.candidate.encode()) > CANDIDATE_MAX_BYTES:
+                raise Refusal("invalid_payload")
+            body["candidate"] = {
+                "candidate": candidate.candidate,
+                "sdpMid": candidate.sdpMid,
+                "sdpMLineIndex": candidate.sdpMLineIndex,
+            }
+            if candidate.usernameFragment is not None:
+                body["candidate"]["usernameFragment"] = candidate.usernameFragment
+        signal_id = payload.signalId or uuid.uuid4().hex
+        body["signalId"] = signal_id
+
+        deps = self._deps()
+        try:
+            if not await deps.access.are_mutual_contacts(state.wallet, to):
+                raise Refusal("forbidden")
+            if not state.rtc or not await deps.access.is_rtc_enabled(state.wallet):
+                raise Refusal("sender_not_rtc_eligible")
+            if not await deps.access.is_rtc_enabled(to) or not await self._reachable(to):
+                raise Refusal("target_not_rtc_eligible")
+        except ApiError:
+            raise Refusal("unavailable") from None
+        if not await self._first_time(state.wallet, signal_id):
+            SIGNALS.labels(event, "duplicate").inc()
+            return {"ok": True, "signalId": signal_id, "duplicate": True}
+        await self.emit(event, body, room=f"rtc:{to}")
+        SIGNALS.labels(event, "ok").inc()
+        return {"ok": True, "signalId": signal_id}
+
+    async def _reachable(self, wallet: str) -> bool:
+        """Does the wallet have an RTC-capable socket on any instance?"""
+        try:
+            return await self._deps().presence.has_rtc_socket(wallet)
+        except RedisError:
+            # Redis down: this instance can still vouch for (and deliver to) its own sockets.
+            if any(True for _ in self.server.manager.get_participants("/", f"rtc:{wallet}")):
+                return True
+            raise Refusal("unavailable") from None
+
+    async def _first_time(self, sender: str, signal_id: str) -> bool:
+        key = f"signal:dedup:{sender}:{signal_id}"
+        try:
+            created = await self._deps().redis.set(key, "1", nx=True, ex=DEDUP_SECONDS)
+        except RedisError:
+            return self._local_dedup.first_time(key)
+        return bool(created)
+
+    async def _legacy_signal(self, sid: str, event: str, data: Any) -> Any:
+        if not self.settings.rtc_signal_legacy_enabled:
+            raise Refusal("legacy_disabled")
+        state = await self._sender(sid)
+        LEGACY_USED.labels("signal").inc()
+        log.warning("deprecated event used", extra={"event": "signal", "wallet": state.wallet})
+        if not state.legacy_warned:
+            state.legacy_warned = True
+            await self.emit("warning", LEGACY_WARNING, to=sid)
+        try:
+            payload = parse(LegacySignal, data)
+        except PayloadError:
+            raise Refusal("invalid_payload") from None
+        to = self._target(state.wallet, payload.to)
+        if len(json.dumps(payload.signal)) > self.settings.signal_max_sdp_bytes:
+            raise Refusal("invalid_payload")
+        try:
+            if not await self._deps().access.are_mutual_contacts(state.wallet, to):
+                raise Refusal("forbidden")
+        except ApiError:
+            raise Refusal("unavailable") from None
+        await self.emit(
+            "signal", {"from": state.wallet, "signal": payload.signal}, room=f"user:{to}"
+        )
+        SIGNALS.labels(event, "ok").inc()
+        return {"ok": True}
+
+
+def _signal_id_of(data: Any) -> str | None:
+    if isinstance(data, dict):
+        value = data.get("signalId")
+        if isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return None
+
+
+@dataclass
+class SignalDeps:
+    """What the namespace needs at run time, built in the app's cleanup context."""
+
+    redis: Any
+    presence: Presence
+    access: AccessCache
+
+
+SIO_KEY = web.AppKey("signal_sio", SignalServer)
+NAMESPACE_KEY = web.AppKey("signal_namespace", SignalNamespace)
+DEPS_KEY = web.AppKey("signal_deps", SignalDeps)

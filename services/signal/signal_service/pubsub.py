@@ -1,0 +1,95 @@
+"""python-socketio's Redis manager, made observable and quick to recover.
+
+A known failure of Redis-backed Socket.IO is a listener that silently stops receiving: the
+instance keeps accepting sockets but never sees the other instances' emits. `probe()` publishes a
+message on the channel and waits until this instance's own listener receives it, which proves the
+whole path (publish, subscription, listener task). The stock retry loop backs off up to 60 s;
+here it is capped at `MAX_RETRY_SECONDS` so that cross-instance delivery returns quickly once
+Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import socketio
+
+log = logging.getLogger("signal.pubsub")
+
+MAX_RETRY_SECONDS = 1.0
+_PROBE_METHOD = "rtc_probe"
+
+
+class ObservedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+    def __init__(self, url: str, channel: str) -> None:
+        super().__init__(
+            url,
+            channel=channel,
+            redis_options={
+                "socket_connect_timeout": 1.0,
+                "socket_keepalive": True,
+                "health_check_interval": 10,
+            },
+        )
+        self._probes: dict[str, asyncio.Future[None]] = {}
+        self.subscribed = False
+
+    async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
+        retry = 0.1
+        while True:
+            try:
+                self._redis_connect()
+                await self.pubsub.subscribe(self.channel)
+                self.subscribed = True
+                retry = 0.1
+                async for message in self.pubsub.listen():
+                    yield message
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any Redis/network failure: resubscribe after a pause
+                if self.subscribed:
+                    log.warning("pub/sub listener lost redis", extra={"error": type(exc).__name__})
+                self.subscribed = False
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, MAX_RETRY_SECONDS)
+
+    async def _listen(self) -> AsyncIterator[Any]:
+        async for data in super()._listen():
+            if b'"' + _PROBE_METHOD.encode() + b'"' in data:
+                with contextlib.suppress(ValueError, AttributeError):
+                    message = json.loads(data)
+                    if message.get("method") == _PROBE_METHOD:
+                        waiter = self._probes.get(str(message.get("id")))
+                        if waiter is not None and not waiter.done():
+                            waiter.set_result(None)
+                        continue
+            yield data
+
+    async def probe(self, wait: float = 1.0) -> None:
+        """Raise unless a message published now comes back through this instance's listener."""
+        if not self.subscribed:
+            raise ConnectionError("pub/sub listener is not subscribed")
+        probe_id = uuid.uuid4().hex
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._probes[probe_id] = waiter
+        try:
+            # Published directly: the stock _publish() swallows errors, a probe must not.
+            await self.redis.publish(
+                self.channel,
+                json.dumps({"method": _PROBE_METHOD, "id": probe_id, "host_id": self.host_id}),
+            )
+            await asyncio.wait_for(waiter, wait)
+        finally:
+            self._probes.pop(probe_id, None)
+
+    async def resubscribe(self) -> None:
+        """Drop the pub/sub connection so the listener loop reconnects from scratch."""
+        log.warning("pub/sub listener did not receive its own probe; resubscribing")
+        with contextlib.suppress(Exception):
+            await self.pubsub.aclose()

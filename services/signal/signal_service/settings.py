@@ -1,0 +1,33 @@
+"""signal-service settings: the common base plus signaling and presence variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+from rtc_common.settings import CommonSettings
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class SignalSettings(CommonSettings):
+    service_name: str = "signal-service"
+    port: int = Field(default=8201, ge=1, le=65535)
+
+    rtc_signal_legacy_enabled: bool = True
+    presence_legacy_enabled: bool = True
+    signal_rate_per_sec: int = Field(default=50, ge=1)
+    signal_max_sdp_bytes: int = Field(default=65536, ge=256, le=1_048_576)
+
+    # Presence liveness: each instance refreshes a heartbeat every PRESENCE_HEARTBEAT_SECONDS; an
+    # instance whose heartbeat is older than PRESENCE_INSTANCE_TTL_SECONDS is dead and its wallets
+    # go offline. Worst case after a kill -9: TTL + one heartbeat period (default 15 + 5 = 20 s).
+    presence_heartbeat_seconds: float = Field(default=5.0, gt=0, le=60)
+    presence_instance_ttl_seconds: float = Field(default=15.0, gt=0, le=300)
+    instance_id: str = Field(
+        default_factory=_default_instance_id, pattern=r"^[A-Za-z0-9._-]{1,64}$"
+    )
+    socketio_channel: str = "rtc-socketio"
