@@ -15,7 +15,11 @@ up:         ## the local stack in the background, returns when ready
 down:       ## stop what `make up` started
 	@deploy/local/stack.sh down
 
-test: bootstrap
+tests/node/node_modules: tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: bootstrap tests/node/node_modules
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 fmt: bootstrap

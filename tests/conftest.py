@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from helpers import Coturn, RedisServer, base_env
+from helpers import Coturn, RedisServer, ServiceProcess, base_env, signal_env
 from ice_service.app import create_app
 from ice_service.settings import IceSettings
 from rtc_common.directory import REDIS_FLAGS_KEY
@@ -51,3 +51,28 @@ def ice_client(aiohttp_client: Any, ice_env: dict[str, str]) -> IceClientFactory
         return client
 
     return make
+
+
+@pytest.fixture
+def signal_cluster(
+    tmp_path: Path, redis_server: RedisServer
+) -> Iterator[Callable[..., list[ServiceProcess]]]:
+    """Start N signal-service processes on the test redis: `signal_cluster(2, **env_overrides)`."""
+    started: list[ServiceProcess] = []
+
+    def start(count: int = 2, **overrides: str) -> list[ServiceProcess]:
+        env = signal_env(redis_server.url, **overrides)
+        batch = []
+        for _ in range(count):
+            name = f"signal{len(started) + 1}"
+            process = ServiceProcess(
+                "signal_service", tmp_path / name, {**env, "INSTANCE_ID": name}, name=name
+            )
+            started.append(process)
+            process.start()
+            batch.append(process)
+        return batch
+
+    yield start
+    for process in started:
+        process.stop()

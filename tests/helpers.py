@@ -272,3 +272,38 @@ class Gateway(Process):
         wait_for(
             lambda: self.ensure_alive() or http_status(self.url + "/healthz") == 200, what=self.name
         )
+
+
+NODE_DIR = REPO_ROOT / "tests" / "node"
+
+
+def signal_env(redis_url: str, **overrides: str) -> dict[str, str]:
+    """signal-service env for tests: fast presence heartbeats so kill -9 tests stay short."""
+    env = base_env(redis_url)
+    env.update(
+        {
+            "PRESENCE_HEARTBEAT_SECONDS": "0.5",
+            "PRESENCE_INSTANCE_TTL_SECONDS": "2",
+            "FLAG_CACHE_SECONDS": "0.2",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+def add_contacts(server: RedisServer, a: str, b: str) -> None:
+    """Mutual contacts in the Redis directory (what `rtcctl contacts add` writes)."""
+    client = server.client()
+    client.sadd(f"rtc:contacts:{a}", b)
+    client.sadd(f"rtc:contacts:{b}", a)
+
+
+def metric_value(base_url: str, name: str, labels: str = "") -> float:
+    """A sample from a running service's /metrics (0 when absent)."""
+    with urllib.request.urlopen(base_url + "/metrics", timeout=2) as response:
+        text = response.read().decode()
+    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
