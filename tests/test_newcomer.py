@@ -34,7 +34,7 @@ def port_is_free(port: int) -> bool:
 
 
 def test_make_up_readme_curl_turn_allocation_make_down(tmp_path: Path) -> None:
-    for port in (8080, 6390, 8101):
+    for port in (8080, 6390, 8101, 8201, 8202):
         if not port_is_free(port):
             pytest.fail(f"port {port} is taken: stop the local stack (make down) before make test")
     run_dir = tmp_path / "run"
@@ -93,4 +93,8 @@ def test_make_up_readme_curl_turn_allocation_make_down(tmp_path: Path) -> None:
     wait_for(
         lambda: http_status("http://127.0.0.1:8080/healthz") == 0, timeout=10, what="gateway gone"
     )
-    wait_for(lambda: port_is_free(6390) and port_is_free(8101), timeout=10, what="processes gone")
+    wait_for(
+        lambda: all(port_is_free(p) for p in (6390, 8101, 8201, 8202)),
+        timeout=10,
+        what="processes gone",
+    )
