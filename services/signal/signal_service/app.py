@@ -8,10 +8,12 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rtc_common.auth import Authenticator
 from rtc_common.clients import REDIS_KEY, redis_context
 from rtc_common.directory import DIRECTORY_KEY, AccessCache, directory_context
+from rtc_common.relay_store import RelayStore
 from rtc_common.web import READINESS_KEY, create_base_app
 
 from .metrics import PUBSUB_PROBE_FAILURES, REAPED
@@ -23,6 +25,7 @@ from .settings import SignalSettings
 log = logging.getLogger("signal.app")
 
 MANAGER_KEY = web.AppKey("signal_manager", ObservedRedisManager)
+RELAY_REDIS_KEY = web.AppKey("signal_relay_redis", Redis)
 SIGNAL_SETTINGS_KEY = web.AppKey("signal_settings", SignalSettings)
 
 
@@ -34,6 +37,7 @@ async def _signal_dependencies(app: web.Application) -> AsyncIterator[None]:
         redis=redis,
         presence=presence,
         access=AccessCache(app[DIRECTORY_KEY], ttl=settings.flag_cache_seconds),
+        relay=RelayStore(app[RELAY_REDIS_KEY]),
     )
     sio = app[SIO_KEY]
     manager = app[MANAGER_KEY]
@@ -126,6 +130,9 @@ def create_app(settings: SignalSettings) -> web.Application:
     app[MANAGER_KEY] = manager
     app[NAMESPACE_KEY] = namespace
     app.cleanup_ctx.append(redis_context(REDIS_KEY, settings.redis_url))
+    app.cleanup_ctx.append(
+        redis_context(RELAY_REDIS_KEY, settings.effective_relay_redis_url, "relay_store")
+    )
     app.cleanup_ctx.append(directory_context(settings))
     app.cleanup_ctx.append(_signal_dependencies)
     return app

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from rtc_common.auth import Authenticator, Identity, conv_id, is_valid_wallet, normalize_wallet
 from rtc_common.directory import AccessCache
 from rtc_common.errors import ApiError, unauthorized
+from rtc_common.relay_store import RelayStore
 from rtc_common.times import iso_ms
 from socketio.exceptions import ConnectionRefusedError as HandshakeRefused
 
@@ -29,6 +30,7 @@ from .payloads import (
     LegacySignal,
     OfferOrAnswer,
     PayloadError,
+    RelayAck,
     parse,
 )
 from .presence import LocalSocket, Presence
@@ -128,6 +130,7 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self._handlers: dict[str, Callable[[str, str, Any], Awaitable[Any]]] = {
             **{event: self._rtc_signal for event in RTC_EVENTS},
             "signal": self._legacy_signal,
+            "relay:ack": self._relay_ack,
         }
 
     # -- dispatch ---------------------------------------------------------------------------
@@ -370,6 +373,20 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         SIGNALS.labels(event, "ok").inc()
         return {"ok": True}
 
+    async def _relay_ack(self, sid: str, event: str, data: Any) -> Any:
+        """`relay:ack {ids}`: the same as POST /api/v1/relay/ack, for the caller's own queue."""
+        state = await self._sender(sid)
+        try:
+            payload = parse(RelayAck, data)
+        except PayloadError:
+            raise Refusal("invalid_payload") from None
+        try:
+            acked = await self._deps().relay.ack(state.wallet, payload.ids)
+        except RedisError:
+            raise Refusal("unavailable") from None
+        SIGNALS.labels(event, "ok").inc()
+        return {"acked": acked}
+
 
 def _signal_id_of(data: Any) -> str | None:
     if isinstance(data, dict):
@@ -386,6 +403,7 @@ class SignalDeps:
     redis: Any
     presence: Presence
     access: AccessCache
+    relay: RelayStore
 
 
 SIO_KEY = web.AppKey("signal_sio", SignalServer)

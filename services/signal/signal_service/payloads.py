@@ -49,6 +49,12 @@ class LegacySignal(_Strict):
     signal: Any = Field(default=None)
 
 
+class RelayAck(_Strict):
+    ids: Annotated[
+        list[Annotated[str, StringConstraints(max_length=64)]], Field(min_length=1, max_length=1000)
+    ]
+
+
 class PayloadError(ValueError):
     """A payload that fails validation; the message names the fields, never their values."""
 

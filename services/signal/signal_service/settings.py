@@ -31,3 +31,9 @@ class SignalSettings(CommonSettings):
         default_factory=_default_instance_id, pattern=r"^[A-Za-z0-9._-]{1,64}$"
     )
     socketio_channel: str = "rtc-socketio"
+    # The relay queue's Redis, for the `relay:ack` socket event (defaults to REDIS_URL).
+    relay_redis_url: str | None = None
+
+    @property
+    def effective_relay_redis_url(self) -> str:
+        return self.relay_redis_url or self.redis_url

@@ -156,7 +156,9 @@ def prepare(run_dir: Path, ports: StackPorts) -> None:
         logged(
             "redis",
             f"redis-server --port {ports.redis} --bind 127.0.0.1"
-            f" --dir {shlex.quote(str(run_dir / 'redis'))} --appendonly yes --save '' --logfile ''",
+            f" --dir {shlex.quote(str(run_dir / 'redis'))} --save '' --logfile ''"
+            # The relay queue lives here: what Redis acknowledged must survive a kill -9.
+            " --appendonly yes --appendfsync always",
         ),
         logged("coturn", f"turnserver -c {shlex.quote(str(turn_conf))}"),
     ]
@@ -165,6 +167,8 @@ def prepare(run_dir: Path, ports: StackPorts) -> None:
     for index, port in enumerate(ports.signal):
         name = f"signal{index + 1}"
         lines.append(logged(name, f"env PORT={port} INSTANCE_ID={name} {python} -m signal_service"))
+    for index, port in enumerate(ports.relay):
+        lines.append(logged(f"relay{index + 1}", f"env PORT={port} {python} -m relay_service"))
     lines.append(
         logged(
             "gateway",
@@ -179,6 +183,7 @@ def wait_ready(run_dir: Path, timeout: float = 60.0) -> bool:
     ports = StackPorts(**json.loads((run_dir / "stack.json").read_text()))
     targets = {f"ice:{p}": f"http://127.0.0.1:{p}/readyz" for p in ports.ice}
     targets.update({f"signal:{p}": f"http://127.0.0.1:{p}/readyz" for p in ports.signal})
+    targets.update({f"relay:{p}": f"http://127.0.0.1:{p}/readyz" for p in ports.relay})
     targets["gateway"] = f"http://127.0.0.1:{ports.gateway}/healthz"
     pending = dict(targets)
     deadline = time.monotonic() + timeout

@@ -1,0 +1,145 @@
+"""The relay queue: one Redis stream per recipient, written only through atomic scripts.
+
+Used by relay-service (enqueue, pull, ack over HTTP) and signal-service (`relay:ack` socket
+event). Why streams: entries are ordered by an id Redis assigns from its own clock (oldest first
+across senders, and the id gives `queuedAt`), a recipient reads a range without consuming it
+(at-least-once until acked), acks are `XDEL` of the recipient's own stream only (someone else's
+ids cannot touch it), and `XTRIM MINID` drops expired entries in one step.
+
+Durability: a 2xx means the script's reply came back, and the store's Redis must run with
+`appendonly yes` and `appendfsync always` so that what Redis acknowledged survives a kill -9.
+Idempotency: `relay:idem:<sender>:<messageId>` holds the first id for the message's TTL.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+QUEUE_PREFIX = "relay:q:"
+IDEM_PREFIX = "relay:idem:"
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+# KEYS: idem, queue. ARGV: max_queue, ttl_ms, from, convId, messageId, payload, forced.
+# Returns {status, id, forced}: status 0 = stored, 1 = duplicate, 2 = queue full.
+_ENQUEUE = """
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  local sep = string.find(existing, '|', 1, true)
+  return {1, string.sub(existing, 1, sep - 1), string.sub(existing, sep + 1)}
+end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl_ms = tonumber(ARGV[2])
+redis.call('XTRIM', KEYS[2], 'MINID', tostring(now_ms - ttl_ms))
+if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[1]) then
+  return {2, '', ''}
+end
+local id = redis.call('XADD', KEYS[2], '*', 'from', ARGV[3], 'convId', ARGV[4],
+                      'messageId', ARGV[5], 'payload', ARGV[6], 'forced', ARGV[7])
+redis.call('SET', KEYS[1], id .. '|' .. ARGV[7], 'PX', ttl_ms)
+redis.call('PEXPIRE', KEYS[2], ttl_ms)
+return {0, id, ARGV[7]}
+"""
+
+# KEYS: queue. ARGV: ttl_ms, count. Trims expired entries, then reads the oldest `count`.
+_PULL = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XTRIM', KEYS[1], 'MINID', tostring(now_ms - tonumber(ARGV[1])))
+return redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[2])
+"""
+
+
+def queued_at_ms(stream_id: str) -> int:
+    return int(stream_id.split("-", 1)[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    status: str  # "stored" | "duplicate" | "queue_full"
+    id: str
+    forced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RelayMessage:
+    id: str
+    sender: str
+    conv_id: str
+    message_id: str
+    payload: str
+    forced: bool
+
+    @property
+    def queued_at_ms(self) -> int:
+        return queued_at_ms(self.id)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RelayStore:
+    def __init__(self, redis: Redis, *, max_queue: int = 10000, ttl_seconds: int = 604800) -> None:
+        self._redis = redis
+        self._max_queue = max_queue
+        self._ttl_ms = ttl_seconds * 1000
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._pull = redis.register_script(_PULL)
+
+    async def enqueue(
+        self, *, sender: str, to: str, conv_id: str, message_id: str, payload: str, forced: bool
+    ) -> Enqueued:
+        status, stream_id, stored_forced = await self._enqueue(
+            keys=[f"{IDEM_PREFIX}{sender}:{message_id}", QUEUE_PREFIX + to],
+            args=[self._max_queue, self._ttl_ms, sender, conv_id, message_id, payload, int(forced)],
+        )
+        kind = {0: "stored", 1: "duplicate", 2: "queue_full"}[int(status)]
+        return Enqueued(kind, _text(stream_id), _text(stored_forced) == "1")
+
+    async def pull(self, wallet: str, limit: int) -> tuple[list[RelayMessage], bool]:
+        """The oldest `limit` messages of the wallet's queue, and whether more are waiting."""
+        raw = await self._pull(keys=[QUEUE_PREFIX + wallet], args=[self._ttl_ms, limit + 1])
+        messages = [self._message(entry) for entry in raw]
+        return messages[:limit], len(messages) > limit
+
+    async def ack(self, wallet: str, ids: list[str]) -> int:
+        """Delete the given ids from the wallet's own queue; returns how many were there."""
+        valid = [i for i in dict.fromkeys(ids) if _STREAM_ID.match(i)]
+        if not valid:
+            return 0
+        return int(await self._redis.xdel(QUEUE_PREFIX + wallet, *valid))
+
+    async def depth(self, wallet: str) -> int:
+        return int(await self._redis.xlen(QUEUE_PREFIX + wallet))
+
+    @staticmethod
+    def _message(entry: Any) -> RelayMessage:
+        stream_id, raw_fields = entry
+        if isinstance(raw_fields, dict):
+            fields = {_text(k): _text(v) for k, v in raw_fields.items()}
+        else:  # a flat [k, v, k, v] list (script replies)
+            flat = [_text(v) for v in raw_fields]
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        return RelayMessage(
+            id=_text(stream_id),
+            sender=fields["from"],
+            conv_id=fields["convId"],
+            message_id=fields["messageId"],
+            payload=fields["payload"],
+            forced=fields.get("forced") == "1",
+        )
+
+    async def durability(self) -> dict[str, str]:
+        """The store Redis's persistence settings (empty when CONFIG is not allowed)."""
+        try:
+            appendonly = await self._redis.config_get("appendonly")
+            fsync = await self._redis.config_get("appendfsync")
+        except Exception:
+            return {}
+        merged: dict[Any, Any] = {**appendonly, **fsync}
+        return {_text(k): _text(v) for k, v in merged.items() if k is not None and v is not None}

@@ -1,0 +1,1 @@
+"""relay-service: the store-and-forward fallback when the peer-to-peer path fails."""

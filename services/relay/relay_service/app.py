@@ -1,0 +1,248 @@
+"""relay-service: `create_app(settings)` and its handlers (enqueue, pull, ack)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Annotated, Any
+
+import socketio
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from rtc_common.auth import conv_id, get_identity, is_valid_wallet, normalize_wallet, public
+from rtc_common.clients import REDIS_KEY, redis_context
+from rtc_common.directory import DIRECTORY_KEY, AccessCache, directory_context
+from rtc_common.errors import ApiError, invalid_payload, unavailable
+from rtc_common.ratelimit import RateLimiter
+from rtc_common.relay_store import RelayMessage, RelayStore, queued_at_ms
+from rtc_common.times import iso_ms
+from rtc_common.web import create_base_app, extra_headers
+
+from .metrics import ACKED, ENQUEUED, PULLED, PUSH_FAILURES
+from .settings import RelaySettings
+
+log = logging.getLogger("relay.app")
+
+API_PREFIXES = ("/api/v1/relay", "/api/relay")
+PULL_MAX = 100
+PULL_DEFAULT = 50
+
+RELAY_SETTINGS_KEY = web.AppKey("relay_settings", RelaySettings)
+RELAY_REDIS_KEY = web.AppKey("relay_redis", Redis)
+STORE_KEY = web.AppKey("relay_store", RelayStore)
+ACCESS_KEY = web.AppKey("relay_access", AccessCache)
+LIMITER_KEY = web.AppKey("relay_limiter", RateLimiter)
+PUSHER_KEY = web.AppKey("relay_pusher", socketio.AsyncRedisManager)
+OPENAPI_KEY = web.AppKey("relay_openapi", bytes)
+
+
+class EnqueueRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    to: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    convId: Annotated[str, StringConstraints(min_length=3, max_length=300)]
+    messageId: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    payload: str
+    force: bool = False
+
+
+class AckRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    ids: Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=1000)]
+
+
+def _fields(exc: ValidationError) -> str:
+    return ", ".join(sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()}))
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise invalid_payload("body must be JSON") from None
+
+
+def message_body(message: RelayMessage) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "from": message.sender,
+        "convId": message.conv_id,
+        "messageId": message.message_id,
+        "payload": message.payload,
+        "queuedAt": iso_ms(message.queued_at_ms / 1000),
+        "forced": message.forced,
+    }
+
+
+async def enqueue(request: web.Request) -> web.Response:
+    app = request.app
+    settings = app[RELAY_SETTINGS_KEY]
+    sender = get_identity(request).wallet
+    verdict = await app[LIMITER_KEY].hit(f"wallet:{sender}")
+    extra_headers(request).update(verdict.headers())
+    verdict.raise_if_limited()
+
+    data = await _json_body(request)
+    if not isinstance(data, dict):
+        raise invalid_payload("body must be a JSON object")
+    try:
+        body = EnqueueRequest.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_payload(f"invalid fields: {_fields(exc)}") from None
+    if len(body.payload.encode()) > settings.relay_max_payload_bytes:
+        raise ApiError(
+            "payload_too_large", f"payload over {settings.relay_max_payload_bytes} bytes"
+        )
+    to = normalize_wallet(body.to)
+    if not is_valid_wallet(to) or to == sender:
+        raise invalid_payload("invalid fields: to")
+    if body.convId != conv_id(sender, to):
+        raise invalid_payload("convId is not the canonical pair of sender and recipient")
+    if not await app[ACCESS_KEY].are_mutual_contacts(sender, to):
+        raise ApiError("forbidden", "sender and recipient are not mutual contacts")
+
+    try:
+        result = await app[STORE_KEY].enqueue(
+            sender=sender,
+            to=to,
+            conv_id=body.convId,
+            message_id=body.messageId,
+            payload=body.payload,
+            forced=body.force,
+        )
+    except RedisError:
+        # Not stored, so never a 2xx: the client retries with the same messageId.
+        log.warning("relay store unavailable on enqueue")
+        raise unavailable("relay store unavailable, retry with the same messageId") from None
+    if result.status == "queue_full":
+        raise ApiError("queue_full", f"recipient queue is full ({settings.relay_max_queue})")
+    answer: dict[str, Any] = {
+        "ok": True,
+        "id": result.id,
+        "messageId": body.messageId,
+        "queuedAt": iso_ms(queued_at_ms(result.id) / 1000),
+        "forced": result.forced,
+    }
+    if result.status == "duplicate":
+        ENQUEUED.labels("duplicate", str(result.forced).lower()).inc()
+        return web.json_response({**answer, "duplicate": True}, status=200)
+    ENQUEUED.labels("stored", str(result.forced).lower()).inc()
+    message = RelayMessage(
+        result.id, sender, body.convId, body.messageId, body.payload, result.forced
+    )
+    await _push(app, to, message)
+    return web.json_response(answer, status=202)
+
+
+async def _push(app: web.Application, to: str, message: RelayMessage) -> None:
+    """Best effort: the message is stored, so a failed push only delays it until the next pull."""
+    try:
+        await app[PUSHER_KEY].emit("relay:message", message_body(message), room=f"user:{to}")
+    except Exception as exc:
+        PUSH_FAILURES.inc()
+        log.warning("relay push failed", extra={"error": type(exc).__name__})
+
+
+async def pull(request: web.Request) -> web.Response:
+    wallet = get_identity(request).wallet
+    raw_limit = request.query.get("limit", str(PULL_DEFAULT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= PULL_MAX:
+        raise invalid_payload(f"limit must be an integer from 1 to {PULL_MAX}")
+    try:
+        messages, more = await request.app[STORE_KEY].pull(wallet, int(raw_limit))
+    except RedisError:
+        raise unavailable("relay store unavailable") from None
+    PULLED.inc(len(messages))
+    return web.json_response({"messages": [message_body(m) for m in messages], "more": more})
+
+
+async def ack(request: web.Request) -> web.Response:
+    wallet = get_identity(request).wallet
+    data = await _json_body(request)
+    if not isinstance(data, dict):
+        raise invalid_payload("body must be a JSON object")
+    try:
+        body = AckRequest.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_payload(f"invalid fields: {_fields(exc)}") from None
+    try:
+        acked = await request.app[STORE_KEY].ack(wallet, body.ids)
+    except RedisError:
+        raise unavailable("relay store unavailable") from None
+    ACKED.inc(acked)
+    return web.json_response({"acked": acked})
+
+
+@public
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")
+
+
+async def _relay_dependencies(app: web.Application) -> AsyncIterator[None]:
+    settings = app[RELAY_SETTINGS_KEY]
+    store_redis = app[RELAY_REDIS_KEY]
+    app[STORE_KEY] = RelayStore(
+        store_redis, max_queue=settings.relay_max_queue, ttl_seconds=settings.relay_ttl_seconds
+    )
+    app[ACCESS_KEY] = AccessCache(app[DIRECTORY_KEY], ttl=settings.flag_cache_seconds)
+    # No per-process fallback: with Redis down, relay answers 503 anyway.
+    app[LIMITER_KEY] = RateLimiter(
+        app[REDIS_KEY], scope="relay", limit=settings.relay_rate_limit_per_min, fallback=False
+    )
+    # python-socketio's documented way to emit from outside a Socket.IO server.
+    pusher = socketio.AsyncRedisManager(
+        settings.redis_url, channel=settings.socketio_channel, write_only=True
+    )
+    app[PUSHER_KEY] = pusher
+    yield
+
+
+async def _check_durability(app: web.Application) -> AsyncIterator[None]:
+    """Warn (once, at start) when the store Redis could lose acknowledged writes."""
+    try:
+        config = await app[STORE_KEY].durability()
+    except RedisError:
+        config = {}
+    if config and (config.get("appendonly") != "yes" or config.get("appendfsync") != "always"):
+        log.warning(
+            "relay store redis is not durable: set appendonly yes and appendfsync always, or a"
+            " crash of redis loses messages that were answered 2xx",
+            extra={
+                "appendonly": config.get("appendonly"),
+                "appendfsync": config.get("appendfsync"),
+            },
+        )
+    yield
+
+
+def load_openapi() -> bytes:
+    text = resources.files("relay_service").joinpath("openapi.json").read_text()
+    return json.dumps(json.loads(text), separators=(",", ":")).encode()
+
+
+def create_app(settings: RelaySettings) -> web.Application:
+    # Room for the largest payload JSON-escaped (up to 6 bytes a character) plus the envelope.
+    app = create_base_app(
+        settings, client_max_size=settings.relay_max_payload_bytes * 6 + 64 * 1024
+    )
+    app[RELAY_SETTINGS_KEY] = settings
+    app[OPENAPI_KEY] = load_openapi()
+    app.cleanup_ctx.append(redis_context(REDIS_KEY, settings.redis_url))
+    app.cleanup_ctx.append(
+        redis_context(RELAY_REDIS_KEY, settings.effective_relay_redis_url, "relay_store")
+    )
+    app.cleanup_ctx.append(directory_context(settings))
+    app.cleanup_ctx.append(_relay_dependencies)
+    app.cleanup_ctx.append(_check_durability)
+    for prefix in API_PREFIXES:
+        app.router.add_post(f"{prefix}/enqueue", enqueue)
+        app.router.add_get(f"{prefix}/pull", pull)
+        app.router.add_post(f"{prefix}/ack", ack)
+    app.router.add_get("/api/v1/relay/openapi.json", get_openapi)
+    return app
