@@ -146,6 +146,8 @@ class RedisServer(Process):
         argv = [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "yes" if appendonly else "no",
+            # The relay's durability rule: what Redis acknowledged is on disk (kill -9 safe).
+            "--appendfsync", "always",
             "--dir", str(workdir), "--logfile", "",
         ]  # fmt: skip
         super().__init__(f"redis:{self.port}", argv, workdir / "redis.log")

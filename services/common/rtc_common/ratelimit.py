@@ -106,7 +106,8 @@ class RateLimiter:
             raise ValueError("limit must be at least 1")
         self.scope = scope
         self.limit = limit
-        self._interval = int(period * _MICRO) // limit
+        # At least 1 µs: a limit above a million a second must not divide by zero in the script.
+        self._interval = max(1, int(period * _MICRO) // limit)
         self._burst = self._interval * limit
         self._script = redis.register_script(_GCRA_LUA)
         self._fallback = _LocalGcra() if fallback else None
