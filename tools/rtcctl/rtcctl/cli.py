@@ -11,11 +11,12 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import jwt
 from rtc_common.auth import is_valid_wallet, normalize_wallet
-from rtc_common.directory import open_directory
+from rtc_common.directory import Directory, open_directory
 from rtc_common.settings import CommonSettings, SettingsError, load_settings
 
 from . import local
@@ -62,34 +63,43 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _flags(args: argparse.Namespace) -> int:
-    directory = open_directory(_settings(args.run_dir))
-    try:
-        if args.action == "list":
-            flags = await directory.list_flags()
-            for key in sorted(flags):
-                print(f"{key}\t{'enabled' if flags[key] else 'disabled'}")
-            if not flags:
-                print("(no flags set)")
-            return 0
-        if args.key is None:
-            print(f"rtcctl flags {args.action} needs a KEY", file=sys.stderr)
-            return 2
-        if args.if_missing and await directory.get_flag(args.key) is not None:
-            print(f"{args.key} already set, left as it is")
-            return 0
-        await directory.set_flag(args.key, args.action == "enable")
-        print(f"{args.key} {args.action}d")
+DirectoryCommand = Callable[[argparse.Namespace, Directory], Awaitable[int]]
+
+
+def with_directory(command: DirectoryCommand) -> Callable[[argparse.Namespace], int]:
+    """Run `command` against the configured directory; its failures are one clear line."""
+
+    async def run(args: argparse.Namespace) -> int:
+        directory = open_directory(_settings(args.run_dir))
+        try:
+            return await command(args, directory)
+        except Exception as exc:  # the operator needs the reason, not a traceback
+            print(f"directory unavailable ({type(exc).__name__}: {exc})", file=sys.stderr)
+            return 1
+        finally:
+            await directory.close()
+
+    return lambda args: asyncio.run(run(args))
+
+
+@with_directory
+async def cmd_flags(args: argparse.Namespace, directory: Directory) -> int:
+    if args.action == "list":
+        flags = await directory.list_flags()
+        for key in sorted(flags):
+            print(f"{key}\t{'enabled' if flags[key] else 'disabled'}")
+        if not flags:
+            print("(no flags set)")
         return 0
-    except Exception as exc:  # the operator needs the reason, not a traceback
-        print(f"directory unavailable ({type(exc).__name__}: {exc})", file=sys.stderr)
-        return 1
-    finally:
-        await directory.close()
-
-
-def cmd_flags(args: argparse.Namespace) -> int:
-    return asyncio.run(_flags(args))
+    if args.key is None:
+        print(f"rtcctl flags {args.action} needs a KEY", file=sys.stderr)
+        return 2
+    if args.if_missing and await directory.get_flag(args.key) is not None:
+        print(f"{args.key} already set, left as it is")
+        return 0
+    await directory.set_flag(args.key, args.action == "enable")
+    print(f"{args.key} {args.action}d")
+    return 0
 
 
 def _wallet_arg(value: str) -> str:
@@ -99,54 +109,34 @@ def _wallet_arg(value: str) -> str:
     return wallet
 
 
-async def _contacts(args: argparse.Namespace) -> int:
-    directory = open_directory(_settings(args.run_dir))
-    try:
-        if args.action == "list":
-            for contact in await directory.mutual_contacts(args.a):
-                print(contact)
-            return 0
-        if args.b is None or args.a == args.b:
-            print(f"rtcctl contacts {args.action} needs two different wallets", file=sys.stderr)
-            return 2
-        # Contacts are mutual for signaling: both directions are written (or removed).
-        for owner, contact in ((args.a, args.b), (args.b, args.a)):
-            if args.action == "add":
-                await directory.add_contact(owner, contact)
-            else:
-                await directory.remove_contact(owner, contact)
-        print(f"{args.a} <-> {args.b} {'added' if args.action == 'add' else 'removed'}")
+@with_directory
+async def cmd_contacts(args: argparse.Namespace, directory: Directory) -> int:
+    if args.action == "list":
+        for contact in await directory.mutual_contacts(args.a):
+            print(contact)
         return 0
-    except Exception as exc:
-        print(f"directory unavailable ({type(exc).__name__}: {exc})", file=sys.stderr)
-        return 1
-    finally:
-        await directory.close()
+    if args.b is None or args.a == args.b:
+        print(f"rtcctl contacts {args.action} needs two different wallets", file=sys.stderr)
+        return 2
+    # Contacts are mutual for signaling: both directions are written (or removed).
+    for owner, contact in ((args.a, args.b), (args.b, args.a)):
+        if args.action == "add":
+            await directory.add_contact(owner, contact)
+        else:
+            await directory.remove_contact(owner, contact)
+    print(f"{args.a} <-> {args.b} {'added' if args.action == 'add' else 'removed'}")
+    return 0
 
 
-def cmd_contacts(args: argparse.Namespace) -> int:
-    return asyncio.run(_contacts(args))
-
-
-async def _rtc(args: argparse.Namespace) -> int:
-    directory = open_directory(_settings(args.run_dir))
-    try:
-        if args.action == "status":
-            enabled = await directory.is_rtc_enabled(args.wallet)
-            print(f"{args.wallet}\t{'enabled' if enabled else 'disabled'}")
-            return 0
-        await directory.set_rtc_enabled(args.wallet, args.action == "enable")
-        print(f"RTC {args.action}d for {args.wallet}")
+@with_directory
+async def cmd_rtc(args: argparse.Namespace, directory: Directory) -> int:
+    if args.action == "status":
+        enabled = await directory.is_rtc_enabled(args.wallet)
+        print(f"{args.wallet}\t{'enabled' if enabled else 'disabled'}")
         return 0
-    except Exception as exc:
-        print(f"directory unavailable ({type(exc).__name__}: {exc})", file=sys.stderr)
-        return 1
-    finally:
-        await directory.close()
-
-
-def cmd_rtc(args: argparse.Namespace) -> int:
-    return asyncio.run(_rtc(args))
+    await directory.set_rtc_enabled(args.wallet, args.action == "enable")
+    print(f"RTC {args.action}d for {args.wallet}")
+    return 0
 
 
 def cmd_local(args: argparse.Namespace) -> int:
