@@ -21,7 +21,18 @@ from redis.asyncio import Redis
 
 QUEUE_PREFIX = "relay:q:"
 IDEM_PREFIX = "relay:idem:"
-_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# ASCII digits only (\d also matches other scripts' digits), no trailing newline ($ allows one).
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_U64_MAX = 2**64 - 1
+
+
+def _is_stream_id(value: str) -> bool:
+    """A well-formed stream id (Redis fails the whole XDEL on a part over 2^64-1)."""
+    if not _STREAM_ID.fullmatch(value):
+        return False
+    ms, seq = value.split("-")
+    return int(ms) <= _U64_MAX and int(seq) <= _U64_MAX
+
 
 # KEYS: idem, queue. ARGV: max_queue, ttl_ms, from, convId, messageId, payload, forced.
 # Returns {status, id, forced}: status 0 = stored, 1 = duplicate, 2 = queue full.
@@ -109,7 +120,7 @@ class RelayStore:
 
     async def ack(self, wallet: str, ids: list[str]) -> int:
         """Delete the given ids from the wallet's own queue; returns how many were there."""
-        valid = [i for i in dict.fromkeys(ids) if _STREAM_ID.match(i)]
+        valid = [i for i in dict.fromkeys(ids) if _is_stream_id(i)]
         if not valid:
             return 0
         return int(await self._redis.xdel(QUEUE_PREFIX + wallet, *valid))

@@ -64,7 +64,8 @@ async def _json_body(request: web.Request) -> Any:
     raw = await request.read()
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: nesting deeper than the decoder's stack (e.g. "[" * 100000).
         raise invalid_payload("body must be JSON") from None
 
 
@@ -95,7 +96,11 @@ async def enqueue(request: web.Request) -> web.Response:
         body = EnqueueRequest.model_validate(data)
     except ValidationError as exc:
         raise invalid_payload(f"invalid fields: {_fields(exc)}") from None
-    if len(body.payload.encode()) > settings.relay_max_payload_bytes:
+    try:
+        payload_bytes = len(body.payload.encode())
+    except UnicodeEncodeError:  # JSON may escape a lone surrogate (\ud800): not UTF-8
+        raise invalid_payload("invalid fields: payload") from None
+    if payload_bytes > settings.relay_max_payload_bytes:
         raise ApiError(
             "payload_too_large", f"payload over {settings.relay_max_payload_bytes} bytes"
         )
@@ -152,7 +157,10 @@ async def _push(app: web.Application, to: str, message: RelayMessage) -> None:
 async def pull(request: web.Request) -> web.Response:
     wallet = get_identity(request).wallet
     raw_limit = request.query.get("limit", str(PULL_DEFAULT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= PULL_MAX:
+    # ASCII digits only ("²".isdigit() is true but int() refuses it), and short enough for int().
+    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 9) or not (
+        1 <= int(raw_limit) <= PULL_MAX
+    ):
         raise invalid_payload(f"limit must be an integer from 1 to {PULL_MAX}")
     try:
         messages, more = await request.app[STORE_KEY].pull(wallet, int(raw_limit))

@@ -63,6 +63,21 @@ async def _signal_dependencies(app: web.Application) -> AsyncIterator[None]:
             await manager.thread
 
 
+async def _close_sockets(app: web.Application) -> None:
+    """On SIGTERM, close every client socket before aiohttp waits for its handlers.
+
+    From aiohttp's pre-shutdown on the server ignores what clients send (their websocket close
+    included), so an open socket would hold the process until it is killed. Closed here, each
+    socket takes the normal disconnect path (presence updated, contacts told at once) while
+    Redis is still open.
+    """
+    sio = app[SIO_KEY]
+    with contextlib.suppress(Exception):
+        if sio.eio.sockets:
+            await asyncio.wait_for(sio.eio.disconnect(), timeout=3)
+        await sio.shutdown()
+
+
 async def _watchdog(app: web.Application) -> None:
     """Heartbeat, reaper of dead instances, and the pub/sub self-probe, every heartbeat period."""
     settings = app[SIGNAL_SETTINGS_KEY]
@@ -109,8 +124,20 @@ async def _local_sockets(namespace: SignalNamespace) -> list[LocalSocket]:
     return sockets
 
 
+def _library_loggers_to_root() -> None:
+    """python-socketio/engineio attach their own plain StreamHandler (which prints tracebacks) to
+    their loggers unless a level is already set. Setting the level they would use (ERROR) keeps
+    that handler off, so their records go only through the service's JSON handler on the root
+    logger, which writes the exception type and never a stack trace."""
+    for name in ("socketio.server", "engineio.server"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.ERROR)
+
+
 def create_app(settings: SignalSettings) -> web.Application:
     authenticator = Authenticator(settings)
+    _library_loggers_to_root()
     app = create_base_app(settings, authenticator)
     app[SIGNAL_SETTINGS_KEY] = settings
     manager = ObservedRedisManager(settings.redis_url, channel=settings.socketio_channel)
@@ -135,4 +162,5 @@ def create_app(settings: SignalSettings) -> web.Application:
     )
     app.cleanup_ctx.append(directory_context(settings))
     app.cleanup_ctx.append(_signal_dependencies)
+    app.on_shutdown.append(_close_sockets)
     return app

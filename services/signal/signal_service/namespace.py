@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -127,6 +128,7 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.authenticator = authenticator
         self._deps = deps
         self._local_dedup = LocalDedup()
+        self._ordering: dict[str, asyncio.Lock] = {}
         self._handlers: dict[str, Callable[[str, str, Any], Awaitable[Any]]] = {
             **{event: self._rtc_signal for event in RTC_EVENTS},
             "signal": self._legacy_signal,
@@ -144,13 +146,17 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if handler is None or not args:
             return None  # unknown events are ignored, as Socket.IO does without a handler
         sid, data = args[0], args[1] if len(args) > 1 else None
-        try:
-            return await handler(sid, event, data)
-        except Refusal as refusal:
-            return await self._refuse(sid, event, refusal.code, _signal_id_of(data))
-        except Exception:
-            log.exception("signaling handler failed", extra={"event": event})
-            return await self._refuse(sid, event, "unavailable", _signal_id_of(data))
+        # python-socketio runs each event in its own task; one socket's events are handled one
+        # at a time, in arrival order, so an offer is never overtaken by its own candidates.
+        # The lock is taken before the first await, while tasks still run in creation order.
+        async with self._ordering.setdefault(sid, asyncio.Lock()):
+            try:
+                return await handler(sid, event, data)
+            except Refusal as refusal:
+                return await self._refuse(sid, event, refusal.code, _signal_id_of(data))
+            except Exception:
+                log.exception("signaling handler failed", extra={"event": event})
+                return await self._refuse(sid, event, "unavailable", _signal_id_of(data))
 
     async def _refuse(self, sid: str, event: str, code: str, signal_id: str | None) -> Any:
         SIGNALS.labels(event, code).inc()
@@ -213,6 +219,7 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             log.warning("presence snapshot skipped", extra={"error": type(exc).__name__})
 
     async def on_disconnect(self, sid: str) -> None:
+        self._ordering.pop(sid, None)
         state = await self.socket_state(sid)
         if state is None:
             return
@@ -360,7 +367,13 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         except PayloadError:
             raise Refusal("invalid_payload") from None
         to = self._target(state.wallet, payload.to)
-        if len(json.dumps(payload.signal)) > self.settings.signal_max_sdp_bytes:
+        try:
+            # Strict JSON: binary attachments (TypeError) and NaN/Infinity (ValueError) are not
+            # signaling data, and a JS receiver's JSON.parse would choke on NaN.
+            size = len(json.dumps(payload.signal, allow_nan=False))
+        except (TypeError, ValueError, RecursionError):
+            raise Refusal("invalid_payload") from None
+        if size > self.settings.signal_max_sdp_bytes:
             raise Refusal("invalid_payload")
         try:
             if not await self._deps().access.are_mutual_contacts(state.wallet, to):

@@ -56,6 +56,11 @@ class ObservedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                 if self.subscribed:
                     log.warning("pub/sub listener lost redis", extra={"error": type(exc).__name__})
                 self.subscribed = False
+                # redis-py may already have reconnected this pubsub (and resubscribed it) before
+                # raising; close it, or it stays subscribed with nobody reading it, piling up
+                # the channel's traffic in Redis beside the fresh subscription made next.
+                with contextlib.suppress(Exception):
+                    await self.pubsub.aclose()
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, MAX_RETRY_SECONDS)
 
