@@ -44,7 +44,11 @@ class ObservedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         retry = 0.1
         while True:
             try:
-                self._redis_connect()
+                if getattr(self, "redis", None) is None:
+                    self._redis_connect()
+                else:
+                    # Reuse the client (and its pool); only the subscription is made anew.
+                    self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                 await self.pubsub.subscribe(self.channel)
                 self.subscribed = True
                 retry = 0.1
