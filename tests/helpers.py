@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -18,12 +19,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import jwt
 import redis
+from rtc_common.directory import Directory, open_directory
+from rtc_common.settings import CommonSettings, load_settings
 from rtcctl.local import StackPorts, render_gateway, turnserver_conf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -309,3 +312,17 @@ def metric_value(base_url: str, name: str, labels: str = "") -> float:
         if line.startswith(prefix):
             return float(line.split()[-1])
     return 0.0
+
+
+def directory_settings(**env: str) -> CommonSettings:
+    """Settings for opening the directory directly (DIRECTORY_URL, MONGO_* ...)."""
+    return load_settings(CommonSettings, {"JWT_SECRET": JWT_SECRET, **env})
+
+
+@contextlib.asynccontextmanager
+async def opened(settings: CommonSettings) -> AsyncIterator[Directory]:
+    directory = open_directory(settings)
+    try:
+        yield directory
+    finally:
+        await directory.close()

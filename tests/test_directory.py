@@ -21,7 +21,14 @@ import pytest
 import redis
 from bson import ObjectId
 from conftest import IceClientFactory, enable_flag
-from helpers import JWT_SECRET, RedisServer, make_token, wait_for_async
+from helpers import (
+    JWT_SECRET,
+    RedisServer,
+    directory_settings,
+    make_token,
+    opened,
+    wait_for_async,
+)
 from mockupdb import MockupDB, OpMsg
 from prometheus_client import REGISTRY
 from pymongo.errors import OperationFailure
@@ -31,10 +38,8 @@ from rtc_common.directory import (
     FlagCache,
     MongoDirectory,
     RedisDirectory,
-    open_directory,
 )
 from rtc_common.errors import ApiError
-from rtc_common.settings import CommonSettings, load_settings
 
 T = TypeVar("T")
 
@@ -86,19 +91,6 @@ def mongo() -> Iterator[MongoStub]:
     yield stub
     stub.gate.set()
     stub.stop()
-
-
-def directory_settings(**env: str) -> CommonSettings:
-    return load_settings(CommonSettings, {"JWT_SECRET": JWT_SECRET, **env})
-
-
-@contextlib.asynccontextmanager
-async def opened(settings: CommonSettings) -> AsyncIterator[Directory]:
-    directory = open_directory(settings)
-    try:
-        yield directory
-    finally:
-        await directory.close()
 
 
 async def exchange(

@@ -30,8 +30,10 @@ from helpers import (
     RedisServer,
     ServiceProcess,
     add_contacts,
+    directory_settings,
     make_token,
     metric_value,
+    opened,
     wait_for_async,
 )
 from mockupdb import MockupDB, OpMsg
@@ -40,13 +42,11 @@ from rtc_common.directory import (
     REDIS_CONTACTS_PREFIX,
     REDIS_RTC_DISABLED_KEY,
     AccessCache,
-    Directory,
     MongoDirectory,
     RedisDirectory,
-    open_directory,
 )
 from rtc_common.errors import ApiError
-from rtc_common.settings import CommonSettings, load_settings
+from rtc_common.settings import load_settings
 from signal_service.settings import SignalSettings
 
 T = TypeVar("T")
@@ -498,19 +498,6 @@ async def test_graceful_stop_disconnects_and_reports_offline(
 
 
 # --- 7. the directory: contacts and the RTC switch ------------------------------------------------
-
-
-def directory_settings(**env: str) -> CommonSettings:
-    return load_settings(CommonSettings, {"JWT_SECRET": JWT_SECRET, **env})
-
-
-@contextlib.asynccontextmanager
-async def opened(settings: CommonSettings) -> AsyncIterator[Directory]:
-    directory = open_directory(settings)
-    try:
-        yield directory
-    finally:
-        await directory.close()
 
 
 async def test_redis_directory_contacts_and_rtc_switch(redis_server: RedisServer) -> None:

@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import socketio
 from aiohttp import web
@@ -69,6 +69,20 @@ async def _json_body(request: web.Request) -> Any:
         raise invalid_payload("body must be JSON") from None
 
 
+BodyT = TypeVar("BodyT", bound=BaseModel)
+
+
+async def _parse_body(request: web.Request, model: type[BodyT]) -> BodyT:
+    """The request's JSON object as `model`, or 400 invalid_payload naming the bad fields."""
+    data = await _json_body(request)
+    if not isinstance(data, dict):
+        raise invalid_payload("body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_payload(f"invalid fields: {_fields(exc)}") from None
+
+
 def message_body(message: RelayMessage) -> dict[str, Any]:
     return {
         "id": message.id,
@@ -89,13 +103,7 @@ async def enqueue(request: web.Request) -> web.Response:
     extra_headers(request).update(verdict.headers())
     verdict.raise_if_limited()
 
-    data = await _json_body(request)
-    if not isinstance(data, dict):
-        raise invalid_payload("body must be a JSON object")
-    try:
-        body = EnqueueRequest.model_validate(data)
-    except ValidationError as exc:
-        raise invalid_payload(f"invalid fields: {_fields(exc)}") from None
+    body = await _parse_body(request, EnqueueRequest)
     try:
         payload_bytes = len(body.payload.encode())
     except UnicodeEncodeError:  # JSON may escape a lone surrogate (\ud800): not UTF-8
@@ -172,13 +180,7 @@ async def pull(request: web.Request) -> web.Response:
 
 async def ack(request: web.Request) -> web.Response:
     wallet = get_identity(request).wallet
-    data = await _json_body(request)
-    if not isinstance(data, dict):
-        raise invalid_payload("body must be a JSON object")
-    try:
-        body = AckRequest.model_validate(data)
-    except ValidationError as exc:
-        raise invalid_payload(f"invalid fields: {_fields(exc)}") from None
+    body = await _parse_body(request, AckRequest)
     try:
         acked = await request.app[STORE_KEY].ack(wallet, body.ids)
     except RedisError:
