@@ -34,6 +34,7 @@ from helpers import (
     make_token,
     metric_value,
     opened,
+    signal_env,
     wait_for_async,
 )
 from mockupdb import MockupDB, OpMsg
@@ -343,6 +344,42 @@ async def test_instance_killed_reports_offline_within_bound(
     assert not await aredis.sismember("presence:instances", "signal2")
     assert await aredis.hkeys(f"presence:conn:{a}")  # A's own record is untouched
     assert s1.running
+
+
+async def test_disconnect_while_redis_is_down_is_settled_when_it_returns(
+    tmp_path: Path, peers: Peers
+) -> None:
+    """A socket that leaves while Redis is down cannot be unregistered then; Redis (restarted on
+    its AOF) still lists it, so the instance's reconciliation removes it and tells contacts."""
+    store = RedisServer(tmp_path / "aof-redis", appendonly=True)
+    store.start()
+    env = signal_env(store.url)
+    servers = [
+        ServiceProcess("signal_service", tmp_path / name, {**env, "INSTANCE_ID": name}, name=name)
+        for name in ("signal1", "signal2")
+    ]
+    try:
+        for server in servers:
+            server.start()
+        a, b = "0xa9", "0xb9"
+        add_contacts(store, a, b)
+        alice = await peers.connect(a, servers[0])
+        await alice.next("presence:snapshot")
+        bob = await peers.connect(b, servers[1])
+        assert_presence_update(await alice.next("presence:update"), b, True)
+
+        store.kill()
+        await bob.close()  # its disconnect cannot reach Redis now
+        await asyncio.to_thread(store.start)  # the AOF still lists bob's socket
+        gone = await alice.next("presence:update", timeout=RECOVERY_BOUND_SECONDS)
+        assert_presence_update(gone, b, False)
+        client = store.client()
+        assert not client.exists(f"presence:conn:{b}")
+        assert client.exists(f"presence:conn:{a}")
+    finally:
+        for server in servers:
+            server.stop()
+        store.stop()
 
 
 # --- 4. Redis restarted mid-session -----------------------------------------------------------

@@ -25,6 +25,8 @@ from .settings import SignalSettings
 log = logging.getLogger("signal.app")
 
 MANAGER_KEY = web.AppKey("signal_manager", ObservedRedisManager)
+# A full presence reconciliation at least every this many heartbeats (5 s each: once a minute).
+RECONCILE_EVERY = 12
 RELAY_REDIS_KEY = web.AppKey("signal_relay_redis", Redis)
 SIGNAL_SETTINGS_KEY = web.AppKey("signal_settings", SignalSettings)
 
@@ -85,16 +87,26 @@ async def _watchdog(app: web.Application) -> None:
     namespace = app[NAMESPACE_KEY]
     manager = app[MANAGER_KEY]
     failed_probes = 0
+    beats = 0
     while True:
         try:
             held = await deps.presence.heartbeat()
-            local = await _local_sockets(namespace)
-            if held < len(local):
-                # Redis lost our sockets (restart without persistence, or we were reaped while
-                # paused): register them again and announce wallets that are back.
-                for sock in local:
-                    if await deps.presence.register(sock):
-                        await namespace.announce(sock.wallet, online=True)
+            beats += 1
+            if held != len(await _local_sockets(namespace)) or beats % RECONCILE_EVERY == 0:
+                # Redis and this instance disagree: Redis lost our sockets (restart without
+                # persistence, or we were reaped while paused) or kept ones whose disconnect it
+                # never heard of (Redis was down then). Make Redis match, and announce changes.
+                came, went = await deps.presence.reconcile(lambda: _local_sockets(namespace))
+                for wallet in came:
+                    await namespace.announce(wallet, online=True)
+                for wallet in went:
+                    await namespace.announce(wallet, online=False)
+            for wallet, online in list(namespace.pending_announcements.items()):
+                # Announce only what is still true (the wallet may have come back meanwhile).
+                if bool(await deps.presence.online([wallet])) == online:
+                    await namespace.announce(wallet, online=online)
+                else:
+                    namespace.pending_announcements.pop(wallet, None)
             for wallet in await deps.presence.reap_dead_instances():
                 REAPED.inc()
                 await namespace.announce(wallet, online=False)

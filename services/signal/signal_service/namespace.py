@@ -129,6 +129,8 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self._deps = deps
         self._local_dedup = LocalDedup()
         self._ordering: dict[str, asyncio.Lock] = {}
+        # wallet -> online: presence changes that could not be announced yet (directory down).
+        self.pending_announcements: dict[str, bool] = {}
         self._handlers: dict[str, Callable[[str, str, Any], Awaitable[Any]]] = {
             **{event: self._rtc_signal for event in RTC_EVENTS},
             "signal": self._legacy_signal,
@@ -241,8 +243,12 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             if contacts is None:
                 contacts = await deps.presence.online(await deps.access.mutual_contacts(wallet))
         except (ApiError, RedisError) as exc:
-            log.warning("presence change not announced", extra={"error": type(exc).__name__})
+            # Kept for the watchdog to retry: a lost offline event would leave contacts
+            # believing the wallet is online.
+            self.pending_announcements[wallet] = online
+            log.warning("presence change not announced yet", extra={"error": type(exc).__name__})
             return
+        self.pending_announcements.pop(wallet, None)
         PRESENCE_CHANGES.labels("online" if online else "offline").inc()
         update = {"wallet": wallet, "online": online, "at": iso_ms(time.time())}
         legacy = self.settings.presence_legacy_enabled

@@ -14,6 +14,7 @@ announce the same transition.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -110,6 +111,28 @@ class Presence:
             args=[self._ttl_ms, self.instance_id],
         )
         return int(held)
+
+    async def reconcile(
+        self, local_sockets: Callable[[], Awaitable[list[LocalSocket]]]
+    ) -> tuple[list[str], list[str]]:
+        """Make Redis hold exactly this instance's live sockets.
+
+        Returns the wallets that came online (registered again) and went offline (stale
+        sockets removed), for the caller to announce. Redis is read before the local sockets:
+        a socket that connects or leaves in between is then at worst announced twice, never
+        dropped while it is live.
+        """
+        raw = await self._redis.hgetall(self._sockets_key)
+        held = {_text(k): _text(v) for k, v in raw.items()}
+        local = await local_sockets()
+        live = {sock.sid for sock in local}
+        came = [sock.wallet for sock in local if sock.sid not in held and await self.register(sock)]
+        went = [
+            wallet
+            for sid, wallet in held.items()
+            if sid not in live and await self.unregister(sid, wallet)
+        ]
+        return came, went
 
     async def reap_dead_instances(self) -> list[str]:
         """Remove the sockets of instances whose heartbeat expired; returns wallets now offline."""
