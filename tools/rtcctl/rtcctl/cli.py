@@ -19,7 +19,7 @@ from rtc_common.auth import is_valid_wallet, normalize_wallet
 from rtc_common.directory import Directory, open_directory
 from rtc_common.settings import CommonSettings, SettingsError, load_settings
 
-from . import local
+from . import doctor, local
 
 
 def _settings(run_dir: Path) -> CommonSettings:
@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("action", choices=["prepare", "wait"])
     stack.add_argument("--timeout", type=float, default=90.0)
     stack.set_defaults(func=cmd_local)
+
+    doctor.add_parser(sub)
     return parser
 
 
