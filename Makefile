@@ -23,12 +23,12 @@ test: bootstrap tests/node/node_modules
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 fmt: bootstrap
-	.venv/bin/ruff format services tools tests
-	.venv/bin/ruff check --fix services tools tests
+	.venv/bin/ruff format services tools tests clients
+	.venv/bin/ruff check --fix services tools tests clients
 
 lint: bootstrap
-	.venv/bin/ruff check services tools tests
-	.venv/bin/ruff format --check services tools tests
+	.venv/bin/ruff check services tools tests clients
+	.venv/bin/ruff format --check services tools tests clients
 
 type: bootstrap
 	.venv/bin/mypy
@@ -37,3 +37,11 @@ check: lint type test
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache
+
+compose-config:  ## docker-compose.yml is valid (offline; needs docker-compose)
+	docker-compose -f docker-compose.yml config -q
+	docker-compose -f docker-compose.yml -f deploy/compose.test.yml config -q
+
+compose-test:  ## the compose stack for real with podman: build, up, checks, down (root or sudo)
+	@deploy/compose_test.sh
+.PHONY: compose-config compose-test
