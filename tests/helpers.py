@@ -11,6 +11,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import json
 import os
 import signal
 import socket
@@ -19,10 +20,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 import redis
 from rtc_common.directory import Directory, open_directory
@@ -326,3 +329,58 @@ async def opened(settings: CommonSettings) -> AsyncIterator[Directory]:
         yield directory
     finally:
         await directory.close()
+
+
+def access_entries(gateway: Gateway) -> list[dict[str, Any]]:
+    """The gateway's JSON access log, parsed."""
+    if not gateway.access_log.exists():
+        return []
+    return [json.loads(line) for line in gateway.access_log.read_text().splitlines() if line]
+
+
+async def upstream_of(gateway: Gateway, addr: str) -> str:
+    """The signal instance the gateway's `hash $remote_addr` picks for a source address."""
+    probe = f"/api/v1/signal/probe-{uuid.uuid4().hex[:8]}"
+    connector = aiohttp.TCPConnector(local_addr=(addr, 0))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(gateway.url + probe) as response,
+    ):
+        await response.read()
+    found: list[str] = []
+
+    def logged() -> bool:
+        found[:] = [e["upstream"] for e in access_entries(gateway) if e["path"] == probe]
+        return bool(found)
+
+    wait_for(logged, 5, what=f"access log line for {probe}")
+    assert found[0] != "-", "the probe did not reach a signal instance"
+    return found[0]
+
+
+async def spread_addresses(gateway: Gateway) -> tuple[str, str, str, str]:
+    """Two loopback source addresses that the gateway sends to different signal instances:
+    (address 1, its upstream, address 2, its upstream)."""
+    seen: dict[str, str] = {}
+    for last in range(2, 60):
+        addr = f"127.0.0.{last}"
+        upstream = await upstream_of(gateway, addr)
+        for other_addr, other in seen.items():
+            if other != upstream:
+                return other_addr, other, addr, upstream
+        seen[addr] = upstream
+    raise AssertionError(f"every address hashed to one instance: {seen}")
+
+
+def app_routes(app: Any) -> set[tuple[str, str]]:
+    """(path, method) of every route an aiohttp app serves (HEAD aside)."""
+    return {
+        (route.resource.canonical, route.method.lower())
+        for route in app.router.routes()
+        if route.resource is not None and route.method != "HEAD"
+    }
+
+
+def documented_routes(openapi: dict[str, Any]) -> set[tuple[str, str]]:
+    """(path, method) of every operation an OpenAPI document describes."""
+    return {(path, method) for path, item in openapi["paths"].items() for method in item}

@@ -11,7 +11,6 @@ the credentials ice-service issued.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -19,7 +18,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import pytest
 from aioice.stun import TransactionFailed
 from aioice.turn import create_turn_endpoint
@@ -30,11 +28,13 @@ from helpers import (
     Gateway,
     RedisServer,
     ServiceProcess,
+    access_entries,
     add_contacts,
     base_env,
     make_token,
     metric_value,
     signal_env,
+    spread_addresses,
     turn_credentials,
     wait_for,
     wait_for_async,
@@ -112,44 +112,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def new_wallet() -> str:
     return "0x" + uuid.uuid4().hex[:12]
-
-
-def access_entries(gateway: Gateway) -> list[dict[str, Any]]:
-    if not gateway.access_log.exists():
-        return []
-    return [json.loads(line) for line in gateway.access_log.read_text().splitlines() if line]
-
-
-async def upstream_of(gateway: Gateway, addr: str) -> str:
-    """The signal instance the gateway's `hash $remote_addr` picks for a source address."""
-    probe = f"/api/v1/signal/probe-{uuid.uuid4().hex[:8]}"
-    connector = aiohttp.TCPConnector(local_addr=(addr, 0))
-    async with (
-        aiohttp.ClientSession(connector=connector) as session,
-        session.get(gateway.url + probe) as response,
-    ):
-        await response.read()
-    found: list[str] = []
-
-    def logged() -> bool:
-        found[:] = [e["upstream"] for e in access_entries(gateway) if e["path"] == probe]
-        return bool(found)
-
-    wait_for(logged, 5, what=f"access log line for {probe}")
-    return found[0]
-
-
-async def spread_addresses(gateway: Gateway) -> tuple[str, str, str, str]:
-    """Two loopback source addresses that the gateway sends to different signal instances."""
-    seen: dict[str, str] = {}
-    for last in range(2, 60):
-        addr = f"127.0.0.{last}"
-        upstream = await upstream_of(gateway, addr)
-        for other_addr, other in seen.items():
-            if other != upstream and "-" not in (upstream, other):
-                return other_addr, other, addr, upstream
-        seen[addr] = upstream
-    raise AssertionError(f"every address hashed to one instance: {seen}")
 
 
 class Clients:

@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 from conftest import IceClientFactory
-from helpers import JWT_SECRET, make_token
+from helpers import JWT_SECRET, app_routes, documented_routes, make_token
 from ice_service.app import create_app
 from ice_service.settings import IceSettings
 from prometheus_client import REGISTRY
@@ -216,13 +216,7 @@ async def test_openapi_matches_routes(ice_client: IceClientFactory) -> None:
     assert served.status == 200
     assert await served.json() == OPENAPI
     settings = load_settings(IceSettings, {"JWT_SECRET": JWT_SECRET})
-    routes = {
-        (route.resource.canonical, route.method.lower())
-        for route in create_app(settings).router.routes()
-        if route.resource is not None and route.method != "HEAD"
-    }
-    documented = {(path, method) for path, item in OPENAPI["paths"].items() for method in item}
-    assert routes == documented
+    assert app_routes(create_app(settings)) == documented_routes(OPENAPI)
     jsonschema.Draft202012Validator.check_schema(schema("IceResponse"))
 
 

@@ -25,12 +25,14 @@ from helpers import (
     Gateway,
     RedisServer,
     ServiceProcess,
+    access_entries,
     add_contacts,
     free_port,
     http_status,
     make_token,
     metric_value,
     signal_env,
+    spread_addresses,
     wait_for,
     wait_for_async,
 )
@@ -360,45 +362,6 @@ async def test_offer_answer_candidates_across_instances(
 
 
 # -- 2. through the gateway --------------------------------------------------------------------
-
-
-def access_entries(gateway: Gateway) -> list[dict[str, Any]]:
-    if not gateway.access_log.exists():
-        return []
-    return [json.loads(line) for line in gateway.access_log.read_text().splitlines() if line]
-
-
-async def upstream_of(gateway: Gateway, addr: str) -> str:
-    """Which signal instance the gateway's `hash $remote_addr` picks for a source address."""
-    probe = f"/api/v1/signal/probe-{uuid.uuid4().hex[:8]}"
-    connector = aiohttp.TCPConnector(local_addr=(addr, 0))
-    async with (
-        aiohttp.ClientSession(connector=connector) as session,
-        session.get(gateway.url + probe) as response,
-    ):
-        await response.read()
-    found: list[str] = []
-
-    def logged() -> bool:
-        found[:] = [e["upstream"] for e in access_entries(gateway) if e["path"] == probe]
-        return bool(found)
-
-    wait_for(logged, 5, what=f"access log line for {probe}")
-    assert found[0] != "-", "the probe did not reach a signal instance"
-    return found[0]
-
-
-async def spread_addresses(gateway: Gateway) -> tuple[str, str, str, str]:
-    """Two loopback source addresses that the gateway sends to different instances."""
-    seen: dict[str, str] = {}
-    for last in range(2, 60):
-        addr = f"127.0.0.{last}"
-        upstream = await upstream_of(gateway, addr)
-        for other_addr, other in seen.items():
-            if other != upstream:
-                return other_addr, other, addr, upstream
-        seen[addr] = upstream
-    raise AssertionError(f"every address hashed to one instance: {seen}")
 
 
 async def run_node(env: dict[str, str]) -> dict[str, Any]:
