@@ -23,12 +23,12 @@ test: bootstrap tests/node/node_modules
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 fmt: bootstrap
-	.venv/bin/ruff format services tools tests clients
-	.venv/bin/ruff check --fix services tools tests clients
+	.venv/bin/ruff format services tools tests clients deploy
+	.venv/bin/ruff check --fix services tools tests clients deploy
 
 lint: bootstrap
-	.venv/bin/ruff check services tools tests clients
-	.venv/bin/ruff format --check services tools tests clients
+	.venv/bin/ruff check services tools tests clients deploy
+	.venv/bin/ruff format --check services tools tests clients deploy
 
 type: bootstrap
 	.venv/bin/mypy

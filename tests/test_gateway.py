@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,7 +27,9 @@ from helpers import (
     make_token,
 )
 from rtc_common.directory import REDIS_FLAGS_KEY
+from rtcctl.local import GATEWAY_TEMPLATE, StackPorts, render_gateway
 
+ROOT = Path(__file__).resolve().parents[1]
 PATHS = ["/api/v1/rtc/ice", "/api/rtc/ice", "/api/rtc/v1/ice"]
 
 
@@ -174,6 +180,86 @@ async def test_request_id_end_to_end(stack: Stack) -> None:
     )
     assert status == 401
     assert body["requestId"] == headers["X-Request-ID"]
+
+
+def test_affinity_key_is_rendered(tmp_path: Path) -> None:
+    ports = StackPorts(gateway=18080)
+    assert "hash $remote_addr consistent;" in render_gateway(tmp_path, ports)
+    conf = render_gateway(tmp_path, ports, affinity_key="$http_x_rtc_test_client")
+    assert "hash $http_x_rtc_test_client consistent;" in conf
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "nginx-tmp").mkdir()
+    (tmp_path / "nginx.conf").write_text(conf)
+    done = subprocess.run(
+        [
+            "nginx",
+            "-t",
+            "-q",
+            "-e",
+            "stderr",
+            "-c",
+            str(tmp_path / "nginx.conf"),
+            "-p",
+            f"{tmp_path}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for bad in ("remote_addr", "$remote_addr; server evil:1", "$Remote", "$", "$a b"):
+        with pytest.raises(ValueError):
+            render_gateway(tmp_path, ports, affinity_key=bad)
+
+
+@pytest.mark.parametrize(
+    ("value", "rendered"),
+    [
+        (None, "$remote_addr"),
+        ("", "$remote_addr"),
+        ("$http_x_forwarded_for", "$http_x_forwarded_for"),
+        ("$http_x_rtc_test_client", "$http_x_rtc_test_client"),
+        ("http_x_forwarded_for", None),
+        ("$remote_addr;", None),
+        ("$remote_addr consistent; server 10.0.0.1:80", None),
+        ("$X", None),
+        ("$a\nb", None),
+    ],
+)
+def test_image_entrypoint_affinity_key(
+    tmp_path: Path, value: str | None, rendered: str | None
+) -> None:
+    """gateway/docker-entrypoint.sh renders GATEWAY_AFFINITY_KEY, or refuses it before nginx."""
+    env = {
+        **os.environ,
+        "GATEWAY_TEMPLATE": str(GATEWAY_TEMPLATE),
+        "GATEWAY_RUN_DIR": str(tmp_path),
+        "GATEWAY_RESOLVE_SECONDS": "0",
+        "NGINX": shutil.which("true") or "/bin/true",
+        # Names that never resolve: placeholder servers, no DNS wait.
+        "ICE_UPSTREAM": "ice.invalid:1",
+        "SIGNAL_UPSTREAM": "signal.invalid:2",
+        "RELAY_UPSTREAM": "relay.invalid:3",
+    }
+    env.pop("GATEWAY_AFFINITY_KEY", None)
+    if value is not None:
+        env["GATEWAY_AFFINITY_KEY"] = value
+    done = subprocess.run(
+        ["sh", str(ROOT / "gateway" / "docker-entrypoint.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if rendered is None:
+        assert done.returncode == 64, done.stderr
+        assert "GATEWAY_AFFINITY_KEY must be one nginx variable" in done.stderr
+        assert not (tmp_path / "nginx.conf").exists()
+    else:
+        assert done.returncode == 0, done.stderr
+        assert f"hash {rendered} consistent;" in (tmp_path / "nginx.conf").read_text()
 
 
 def test_logs_have_request_lines_and_no_secrets(stack: Stack) -> None:

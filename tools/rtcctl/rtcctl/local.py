@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
 import sys
@@ -38,8 +39,14 @@ def render_gateway(
     template: Path = GATEWAY_TEMPLATE,
     daemon: bool = False,
     workers: int = 1,
+    affinity_key: str = "$remote_addr",
 ) -> str:
-    """nginx.conf for the gateway: every path it writes points into `run_dir`."""
+    """nginx.conf for the gateway: every path it writes points into `run_dir`.
+
+    `affinity_key`: the nginx variable hashed over the signal upstreams (Socket.IO affinity).
+    """
+    if not re.fullmatch(r"\$[a-z_]+", affinity_key):
+        raise ValueError(f"affinity_key must be one nginx variable ($name): {affinity_key!r}")
 
     def servers(port_list: list[int]) -> str:
         return "\n".join(f"        server 127.0.0.1:{port};" for port in port_list)
@@ -53,6 +60,7 @@ def render_gateway(
         "ice_servers": servers(ports.ice),
         "signal_servers": servers(ports.signal),
         "relay_servers": servers(ports.relay),
+        "affinity_key": affinity_key,
     }
     text = template.read_text()
     for key, value in values.items():

@@ -1,0 +1,544 @@
+"""The checks of `make compose-test` (deploy/compose_test.sh), run with the repository's .venv.
+
+    compose_check.py wait --gateway URL --replicas N
+    compose_check.py run  --gateway URL --turn HOST:PORT --replicas N
+
+Everything the clients do goes through the published gateway port. The compose command of the
+stack under test is in COMPOSE_CMD (used to look at Redis, to read the gateway's log and to stop
+one signal-service replica); JWT_SECRET and TURN_SECRET are the stack's secrets.
+
+`run` checks, in order:
+1. ICE: credentials from GET /api/v1/rtc/ice (coturn provider) allocate a relay on the coturn of
+   the `coturn` profile (a real TURN allocation, aioice); a tampered credential gets 401.
+2. Signaling across replicas: each client sends its own `X-RTC-Test-Client: <n>` header (the
+   test stack's gateway hashes it over the replicas: GATEWAY_AFFINITY_KEY in
+   deploy/compose.test.yml; on 127.0.0.1 every client has the same address), their replica is
+   read from presence in Redis, and two users on different replicas exchange offer, answer and
+   candidate.
+3. Relay: a message enqueued for an online user is pushed to its socket, pulled, and acked.
+4. A replica stopped (SIGTERM, as compose stops it): it exits within its grace period, its
+   presence heartbeat is gone, and its client reconnects through the gateway to another replica
+   and signals again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import os
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+import jwt
+import socketio
+from aioice import stun
+from aioice.turn import create_turn_endpoint
+
+T = TypeVar("T")
+STARTED = time.monotonic()
+# The header the test stack's gateway hashes over the signal replicas (deploy/compose.test.yml).
+CLIENT_HEADER = "X-RTC-Test-Client"
+
+
+def say(message: str) -> None:
+    print(f"    [{time.monotonic() - STARTED:5.1f}s] {message}", flush=True)
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def compose(*args: str, stdin: str | None = None, check: bool = True) -> str:
+    command = [*shlex.split(os.environ["COMPOSE_CMD"]), *args]
+    done = subprocess.run(
+        command, input=stdin, capture_output=True, text=True, timeout=60, check=False
+    )
+    if check and done.returncode != 0:
+        raise CheckFailed(f"{shlex.join(args)} failed: {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+def redis_cli(*commands: list[str]) -> list[str]:
+    """Commands for the stack's Redis (it publishes no port), one answer line each."""
+    text = "".join(shlex.join(command) + "\n" for command in commands)
+    out = compose("exec", "-T", "redis", "redis-cli", stdin=text)
+    return out.splitlines()
+
+
+def token(wallet: str) -> str:
+    now = int(time.time())
+    claims = {"wallet": wallet, "sub": wallet, "iat": now, "exp": now + 600}
+    return jwt.encode(claims, os.environ["JWT_SECRET"], algorithm="HS256")
+
+
+async def eventually(
+    what: str, probe: Callable[[], Awaitable[T | None]], within: float = 20.0
+) -> T:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            value = await probe()
+        except (aiohttp.ClientError, OSError, CheckFailed):
+            value = None
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"timed out after {within:.0f} s: {what}")
+        await asyncio.sleep(0.3)
+
+
+# --- wait -------------------------------------------------------------------------------------
+
+
+async def wait(gateway: str, replicas: int) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
+
+        async def gateway_ok() -> bool:
+            async with http.get(gateway + "/healthz") as response:
+                return response.status == 200
+
+        await eventually("the gateway's /healthz", gateway_ok, within=60)
+        say("gateway answers /healthz")
+
+        async def sees_replicas() -> bool:
+            log = await asyncio.to_thread(compose, "logs", "--no-color", "gateway")
+            return f"signal {replicas}," in log
+
+        await eventually(f"the gateway listing {replicas} signal replicas", sees_replicas, 30)
+        say(f"gateway's upstreams include {replicas} signal-service replicas")
+
+        async def routes_ready() -> bool:
+            # Through the gateway: each service answers its own routes (401 without a token).
+            for path in ("/api/v1/rtc/ice", "/api/v1/relay/pull"):
+                async with http.get(gateway + path) as response:
+                    if response.status != 401:
+                        return False
+            return True
+
+        await eventually("ice-service and relay-service behind the gateway", routes_ready, 30)
+        say("ice-service and relay-service answer through the gateway")
+
+
+# --- run --------------------------------------------------------------------------------------
+
+
+def turn_credentials(secret: str, wallet: str, expiry: int) -> tuple[str, str]:
+    username = f"{expiry}:{wallet}"
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(digest).decode()
+
+
+async def allocate(server: tuple[str, int], username: str, password: str) -> tuple[str, int]:
+    transport, _protocol = await create_turn_endpoint(
+        asyncio.DatagramProtocol,
+        server_addr=server,
+        username=username,
+        password=password,
+        transport="udp",
+    )
+    try:
+        relayed: tuple[str, int] = transport.get_extra_info("sockname")
+        return relayed
+    finally:
+        transport.close()
+
+
+async def check_ice(gateway: str, turn: tuple[str, int]) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            gateway + "/api/v1/rtc/ice", headers={"Authorization": f"Bearer {token('0xaaa')}"}
+        ) as response,
+    ):
+        if response.status != 200:
+            raise CheckFailed(f"ICE: {response.status} {await response.text()}")
+        body = await response.json()
+    if body.get("provider") != "coturn":
+        raise CheckFailed(f"ICE: provider {body.get('provider')!r}, expected coturn")
+    server = body["iceServers"][-1]
+    say(f"ICE: {response.status}, provider coturn, urls {server['urls'][0]} ...")
+    started = time.monotonic()
+    relayed = await allocate(turn, server["username"], server["credential"])
+    say(
+        f"ICE: coturn allocated relay {relayed[0]}:{relayed[1]} for the issued credentials"
+        f" in {1000 * (time.monotonic() - started):.0f} ms"
+    )
+    expiry = int(server["username"].split(":", 1)[0])
+    forged = turn_credentials("not-the-secret", "0xaaa", expiry)
+    try:
+        await allocate(turn, *forged)
+    except stun.TransactionFailed as exc:
+        code = exc.response.attributes["ERROR-CODE"][0]
+        if code != 401:
+            raise CheckFailed(f"ICE: a forged credential got {code}, expected 401") from None
+        say("ICE: a credential signed with another secret is refused (401)")
+    else:
+        raise CheckFailed("ICE: coturn accepted a credential signed with another secret")
+
+
+class Client:
+    """A python-socketio client with its own X-RTC-Test-Client header, recording what it gets."""
+
+    def __init__(self, wallet: str, number: int) -> None:
+        self.wallet = wallet
+        self.number = number
+        # On the Socket.IO connection and on every HTTP request of this client.
+        self.headers = {CLIENT_HEADER: str(number)}
+        self.events: list[tuple[str, Any]] = []
+        self.connects = 0
+        self.disconnects = 0
+        self.http: aiohttp.ClientSession | None = None
+        self.sio: socketio.AsyncClient | None = None
+        self.gateway = ""
+        self._reconnect: asyncio.Task[None] | None = None
+        self._closing: list[aiohttp.ClientSession] = []
+
+    async def connect(self, gateway: str) -> None:
+        self.gateway = gateway
+        await self._open()
+
+    async def _open(self) -> None:
+        """A new socket (and HTTP session sending this client's header), connected."""
+        old = (self.sio, self.http)
+        http = aiohttp.ClientSession(headers=self.headers)
+        sio = socketio.AsyncClient(http_session=http, reconnection=True, reconnection_delay=0.5)
+
+        @sio.on("*")
+        async def record(event: str, *args: Any) -> None:
+            self.events.append((event, args[0] if args else None))
+
+        @sio.event
+        async def connect() -> None:
+            self.connects += 1
+
+        @sio.event
+        async def disconnect(*args: Any) -> None:
+            self.disconnects += 1
+            if args and args[0] == socketio.AsyncClient.reason.SERVER_DISCONNECT:
+                # A replica stopping gracefully closes its engine.io sessions (a CLOSE packet,
+                # then the websocket). socket.io-client (JS) ignores the packet and reconnects
+                # on the transport close; python-socketio takes it as "the server disconnected
+                # me" and does not reconnect, so this client does what the JS client does.
+                self._reconnect = asyncio.create_task(self._connect_again())
+
+        try:
+            await sio.connect(
+                self.gateway,
+                headers=self.headers,
+                auth={"token": token(self.wallet)},
+                transports=["websocket"],
+                wait_timeout=5,
+            )
+        except Exception:
+            await http.close()
+            raise
+        self.sio, self.http = sio, http
+        if old[1] is not None:
+            self._closing.append(old[1])
+
+    async def _connect_again(self) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            try:
+                await self._open()
+                return
+            except (socketio.exceptions.ConnectionError, aiohttp.ClientError, OSError):
+                continue
+
+    async def next_event(self, name: str, after: int = 0, within: float = 5.0) -> Any:
+        async def find() -> Any:
+            for event, data in self.events[after:]:
+                if event == name:
+                    return data
+            return None
+
+        return await eventually(f"{self.wallet} receiving {name}", find, within)
+
+    async def close(self) -> None:
+        if self.sio is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.sio.disconnect(), 3)
+        for http in [*self._closing, *([self.http] if self.http is not None else [])]:
+            await http.close()
+
+
+async def instances_of(*wallets: str) -> dict[str, set[str]]:
+    """The signal instances holding each wallet's sockets (presence:conn:<wallet> in Redis),
+    read with one `redis-cli` in the redis container (run off the event loop)."""
+    commands: list[list[str]] = []
+    for wallet in wallets:
+        commands += [["ECHO", f"--{wallet}"], ["HVALS", f"presence:conn:{wallet}"]]
+    lines = await asyncio.to_thread(redis_cli, *commands)
+    found: dict[str, set[str]] = {}
+    current: set[str] = set()
+    for line in lines:
+        if line.startswith("--"):
+            current = found.setdefault(line[2:], set())
+        elif "|" in line:
+            current.add(line.split("|", 1)[0])
+    return found
+
+
+async def instance_of(wallet: str) -> set[str]:
+    return (await instances_of(wallet)).get(wallet, set())
+
+
+async def signal_exchange(a: Client, b: Client) -> None:
+    assert a.sio is not None and b.sio is not None
+    conv = ":".join(sorted((a.wallet, b.wallet)))
+    run = uuid.uuid4().hex[:8]
+    mark = len(b.events)
+    ack = await a.sio.call(
+        "rtc:offer",
+        {
+            "convId": conv,
+            "to": b.wallet,
+            "sdp": {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"},
+            "signalId": f"offer-{run}",
+        },
+        timeout=5,
+    )
+    if not (isinstance(ack, dict) and ack.get("ok")):
+        raise CheckFailed(f"offer {a.wallet} -> {b.wallet}: ack {ack}")
+    offer = await b.next_event("rtc:offer", mark)
+    if offer.get("from") != a.wallet:
+        raise CheckFailed(f"offer arrived with from={offer.get('from')!r}")
+    mark = len(a.events)
+    ack = await b.sio.call(
+        "rtc:answer",
+        {
+            "convId": conv,
+            "to": a.wallet,
+            "sdp": {"type": "answer", "sdp": "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\n"},
+            "signalId": f"answer-{run}",
+        },
+        timeout=5,
+    )
+    if not (isinstance(ack, dict) and ack.get("ok")):
+        raise CheckFailed(f"answer {b.wallet} -> {a.wallet}: ack {ack}")
+    await a.next_event("rtc:answer", mark)
+    mark = len(b.events)
+    ack = await a.sio.call(
+        "rtc:candidate",
+        {
+            "convId": conv,
+            "to": b.wallet,
+            "signalId": f"cand-{run}",
+            "candidate": {
+                "candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host",
+                "sdpMid": "0",
+                "sdpMLineIndex": 0,
+            },
+        },
+        timeout=5,
+    )
+    if not (isinstance(ack, dict) and ack.get("ok")):
+        raise CheckFailed(f"candidate {a.wallet} -> {b.wallet}: ack {ack}")
+    await b.next_event("rtc:candidate", mark)
+
+
+async def check_relay(gateway: str, sender: Client, recipient: Client) -> None:
+    message_id = f"m-{uuid.uuid4().hex[:10]}"
+    conv = ":".join(sorted((sender.wallet, recipient.wallet)))
+    mark = len(recipient.events)
+    async with aiohttp.ClientSession() as http:
+        body = {
+            "to": recipient.wallet,
+            "convId": conv,
+            "messageId": message_id,
+            "payload": "hello through the compose stack",
+            "force": True,
+        }
+        headers = {**sender.headers, "Authorization": f"Bearer {token(sender.wallet)}"}
+        async with http.post(
+            gateway + "/api/v1/relay/enqueue", json=body, headers=headers
+        ) as response:
+            if response.status != 202:
+                raise CheckFailed(f"relay enqueue: {response.status} {await response.text()}")
+        say(f"relay: enqueue {sender.wallet} -> {recipient.wallet}: 202")
+        pushed = await recipient.next_event("relay:message", mark)
+        say(f"relay: pushed to the recipient's socket (relay:message {pushed.get('messageId')})")
+        headers = {**recipient.headers, "Authorization": f"Bearer {token(recipient.wallet)}"}
+        async with http.get(gateway + "/api/v1/relay/pull", headers=headers) as response:
+            pulled = await response.json()
+            if response.status != 200:
+                raise CheckFailed(f"relay pull: {response.status} {pulled}")
+        messages = [m for m in pulled["messages"] if m.get("messageId") == message_id]
+        if len(messages) != 1 or messages[0].get("from") != sender.wallet:
+            raise CheckFailed(f"relay pull: message not there: {pulled}")
+        say(f"relay: pulled by the recipient ({len(pulled['messages'])} message)")
+        async with http.post(
+            gateway + "/api/v1/relay/ack", json={"ids": [messages[0]["id"]]}, headers=headers
+        ) as response:
+            acked = await response.json()
+            if response.status != 200 or acked.get("acked") != 1:
+                raise CheckFailed(f"relay ack: {response.status} {acked}")
+        say("relay: acked (1)")
+
+
+def container_of(instance: str) -> str:
+    """signal-service instance ids are `<hostname>-<pid>`, the hostname the container's id."""
+    ids = compose("ps", "-q", "signal-service").split()
+    hostname = instance.rsplit("-", 1)[0]
+    for cid in ids:
+        if cid.startswith(hostname):
+            return cid
+    raise CheckFailed(f"no signal-service container for instance {instance} among {ids}")
+
+
+async def check_signaling_and_failover(gateway: str, replicas: int) -> None:
+    wallets = [f"0xc{n:03x}" for n in range(2 * replicas + 2)]
+    commands = [
+        ["SADD", f"rtc:contacts:{owner}", *[w for w in wallets if w != owner]] for owner in wallets
+    ]
+    await asyncio.to_thread(redis_cli, *commands)
+    say(f"contacts: {len(wallets)} wallets, all mutual (redis-cli in the redis container)")
+    clients = [Client(wallet, n + 1) for n, wallet in enumerate(wallets)]
+    try:
+        for client in clients:
+            await client.connect(gateway)
+
+        async def registered() -> dict[str, set[str]] | None:
+            where = await instances_of(*wallets)
+            return where if all(len(where.get(w, ())) == 1 for w in wallets) else None
+
+        where = await eventually("presence of every client", registered, 10)
+        placement: dict[str, list[Client]] = {}
+        for client in clients:
+            (instance,) = where[client.wallet]
+            placement.setdefault(instance, []).append(client)
+        counts = ", ".join(f"{inst}: {len(cs)}" for inst, cs in sorted(placement.items()))
+        say(f"signal: {len(clients)} clients, {CLIENT_HEADER} 1-{len(clients)}: {counts}")
+        if len(placement) < 2:
+            raise CheckFailed(
+                f"every client landed on one replica: the gateway does not hash {CLIENT_HEADER}"
+                " (GATEWAY_AFFINITY_KEY in deploy/compose.test.yml?)"
+            )
+        # The header, not chance (round robin would spread them too), picks the replica: another
+        # wallet's socket sending the header of the first client on each replica joins it there.
+        probes = [
+            (Client(f"0xd{n:03x}", on[0].number), instance)
+            for n, (instance, on) in enumerate(sorted(placement.items()))
+        ]
+        clients += [probe for probe, _ in probes]
+        for probe, _ in probes:
+            await probe.connect(gateway)
+
+        async def probes_registered() -> dict[str, set[str]] | None:
+            where = await instances_of(*(probe.wallet for probe, _ in probes))
+            return where if all(len(where.get(p.wallet, ())) == 1 for p, _ in probes) else None
+
+        where = await eventually("presence of the probes", probes_registered, 10)
+        for probe, instance in probes:
+            if where[probe.wallet] != {instance}:
+                raise CheckFailed(
+                    f"{CLIENT_HEADER}: {probe.number} went to {where[probe.wallet]}, its first"
+                    f" client to {instance}: the gateway does not hash the header"
+                )
+            await probe.close()
+        say(f"signal: {len(probes)} more sockets each joined the replica of their header's client")
+        (inst_a, on_a), (inst_b, on_b) = sorted(placement.items(), key=lambda kv: -len(kv[1]))[:2]
+        a, b = on_a[0], on_b[0]
+        started = time.monotonic()
+        await signal_exchange(a, b)
+        say(
+            f"signal: {a.wallet}@{inst_a} <-> {b.wallet}@{inst_b}: offer, answer, candidate"
+            f" delivered across replicas in {1000 * (time.monotonic() - started):.0f} ms"
+        )
+
+        await check_relay(gateway, a, b)
+
+        # --- a replica stopped as compose stops it: docker stop (SIGTERM, then the grace).
+        cid = await asyncio.to_thread(container_of, inst_a)
+        connects_before = a.connects
+        started = time.monotonic()
+        # As `docker compose stop` does: SIGTERM, SIGKILL after the grace period (the
+        # service's stop_grace_period, 15 s). Off the event loop: the clients keep running.
+        stop = await asyncio.create_subprocess_exec(
+            "podman", "stop", "-t", "15", cid,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _out, err = await stop.communicate()
+        if stop.returncode != 0:
+            raise CheckFailed(f"podman stop {cid[:12]}: {err.decode().strip()}")
+        stopped_in = time.monotonic() - started
+        state = await asyncio.to_thread(
+            subprocess.run,
+            ["podman", "inspect", "--format", "{{.State.ExitCode}}", cid],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        exit_code = state.stdout.strip()
+        say(
+            f"failover: stopped replica {inst_a} ({cid[:12]}) with SIGTERM: exited {exit_code}"
+            f" after {stopped_in:.1f} s"
+        )
+        if exit_code != "0":
+            raise CheckFailed(f"the replica exited {exit_code} (killed, not a graceful stop)")
+        alive = await asyncio.to_thread(redis_cli, ["EXISTS", f"presence:inst:{inst_a}:alive"])
+        if alive != ["0"]:
+            raise CheckFailed(f"the stopped replica's heartbeat is still there: {alive}")
+        say("failover: the stopped replica's presence heartbeat is gone")
+
+        async def reconnected() -> set[str] | None:
+            if a.connects <= connects_before or a.sio is None or not a.sio.connected:
+                return None
+            where = await instance_of(a.wallet)
+            return where if where and inst_a not in where else None
+
+        (new_inst,) = await eventually(f"{a.wallet} reconnecting elsewhere", reconnected, 20)
+        say(
+            f"failover: {a.wallet} reconnected through the gateway to {new_inst}"
+            f" {time.monotonic() - started:.1f} s after the stop"
+        )
+        started = time.monotonic()
+        await signal_exchange(b, a)
+        say(
+            f"failover: {b.wallet}@{inst_b} <-> {a.wallet}@{new_inst} signaling again"
+            f" ({1000 * (time.monotonic() - started):.0f} ms)"
+        )
+        where = await instances_of(*(c.wallet for c in on_a))
+        leftovers = [wallet for wallet, instances in where.items() if inst_a in instances]
+        if leftovers:
+            raise CheckFailed(f"presence still places {leftovers} on the stopped replica")
+        say(f"failover: no wallet is left on the stopped replica ({len(on_a)} were there)")
+    finally:
+        await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
+
+
+async def run(gateway: str, turn: tuple[str, int], replicas: int) -> None:
+    await check_ice(gateway, turn)
+    await check_signaling_and_failover(gateway, replicas)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["wait", "run"])
+    parser.add_argument("--gateway", required=True)
+    parser.add_argument("--turn", default="127.0.0.1:3478")
+    parser.add_argument("--replicas", type=int, default=3)
+    args = parser.parse_args()
+    try:
+        if args.action == "wait":
+            asyncio.run(wait(args.gateway, args.replicas))
+        else:
+            host, _, port = args.turn.rpartition(":")
+            asyncio.run(run(args.gateway, (host, int(port)), args.replicas))
+    except CheckFailed as exc:
+        print(f"    CHECK FAILED: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
