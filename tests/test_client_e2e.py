@@ -42,7 +42,7 @@ from helpers import (
 from rtc_client import Delivery, IncomingMessage, ManualClock, RtcClient
 from rtc_common.directory import REDIS_FLAGS_KEY
 
-TTL = 60  # ice-service's minimum TURN_CRED_TTL
+TTL = 60  # short credentials: the SDK's refresh falls due at 0.7 x 60 s (driven by its clock)
 RELAY_PORTS = range(49160, 49201)  # coturn's relay port range (tools/rtcctl/local.py)
 
 

@@ -41,7 +41,7 @@ class IceSettings(CommonSettings):
     turn_secret: SecretStr | None = None
     turn_uris: CsvList = ()
     turn_stun_fallback: CsvList = ()
-    turn_cred_ttl: int = Field(default=600, ge=60, le=86400)
+    turn_cred_ttl: int = Field(default=600, ge=10, le=86400)
 
     ice_cache_max_age: int = Field(default=0, ge=0, le=86400)
     ice_rate_limit_per_min: int = Field(default=10, ge=1)
