@@ -11,6 +11,7 @@
 #      GATEWAY_RESOLVE_SECONDS (10), GATEWAY_RUN_DIR (/tmp/rtc-gateway),
 #      GATEWAY_AFFINITY_KEY ($remote_addr: the nginx variable hashed over the signal replicas;
 #      e.g. $http_x_forwarded_for behind a load balancer, after real_ip).
+#      GATEWAY_WEB_ROOT (/usr/share/rtc-gateway/web: the web SDK and demo page served at /demo/).
 set -eu
 
 TEMPLATE=${GATEWAY_TEMPLATE:-/etc/rtc-gateway/nginx.conf.template}
@@ -57,6 +58,7 @@ render() {
     R_RUN_DIR=$RUN_DIR R_LOG_DIR=$RUN_DIR/logs \
     R_LISTEN=${GATEWAY_LISTEN:-8080} R_WORKERS=${GATEWAY_WORKERS:-auto} \
     R_AFFINITY_KEY=$AFFINITY_KEY \
+    R_WEB_ROOT=${GATEWAY_WEB_ROOT:-/usr/share/rtc-gateway/web} \
     awk '
         /^\{\{ice_servers\}\}$/ { print ENVIRON["R_ICE"]; next }
         /^\{\{signal_servers\}\}$/ { print ENVIRON["R_SIGNAL"]; next }
@@ -67,6 +69,7 @@ render() {
             gsub(/\{\{listen\}\}/, ENVIRON["R_LISTEN"])
             gsub(/\{\{workers\}\}/, ENVIRON["R_WORKERS"])
             gsub(/\{\{affinity_key\}\}/, ENVIRON["R_AFFINITY_KEY"])
+            gsub(/\{\{web_root\}\}/, ENVIRON["R_WEB_ROOT"])
             gsub(/\{\{daemon\}\}/, "off")
             print
         }' "$TEMPLATE"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 GATEWAY_TEMPLATE = REPO_ROOT / "gateway" / "nginx.conf.template"
+WEB_ROOT = REPO_ROOT / "clients" / "web"  # served at /demo/ (the web SDK and the demo page)
 
 
 @dataclass
@@ -40,10 +41,12 @@ def render_gateway(
     daemon: bool = False,
     workers: int = 1,
     affinity_key: str = "$remote_addr",
+    web_root: Path = WEB_ROOT,
 ) -> str:
     """nginx.conf for the gateway: every path it writes points into `run_dir`.
 
     `affinity_key`: the nginx variable hashed over the signal upstreams (Socket.IO affinity).
+    `web_root`: the folder served at `/demo/` (the web SDK and the demo page).
     """
     if not re.fullmatch(r"\$[a-z_]+", affinity_key):
         raise ValueError(f"affinity_key must be one nginx variable ($name): {affinity_key!r}")
@@ -61,6 +64,7 @@ def render_gateway(
         "signal_servers": servers(ports.signal),
         "relay_servers": servers(ports.relay),
         "affinity_key": affinity_key,
+        "web_root": str(Path(web_root).resolve()),
     }
     text = template.read_text()
     for key, value in values.items():

@@ -1,0 +1,246 @@
+// @ts-check
+// The demo page: sign in with a token, contacts and presence, chat over RTC with the relay as
+// fallback. Every message shows its transport; the sidebar shows the selected candidate pair and
+// the ICE expiry, and toggles force TURN relay or simulate a failed peer path.
+import { RtcClient, normalizeWallet, walletFromToken } from "./rtc-sdk.js";
+
+/** @param {string} id */
+const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
+const input = (/** @type {string} */ id) => /** @type {HTMLInputElement} */ ($(id));
+
+/** @type {RtcClient | null} */
+let client = null;
+/** @type {string | null} */
+let selected = null;
+/** @type {Map<string, {online: boolean | null}>} */
+const contacts = new Map();
+/** @type {Map<string, HTMLElement[]>} conversation rows per peer */
+const conversations = new Map();
+/** @type {Map<string, import("./rtc-sdk.js").CandidatePair | null>} */
+const pairs = new Map();
+
+/** @param {string} text */
+function log(text) {
+  const li = document.createElement("li");
+  li.textContent = `${new Date().toLocaleTimeString()} ${text}`;
+  $("log").prepend(li);
+  while ($("log").children.length > 60) $("log").lastElementChild?.remove();
+}
+
+/** @param {import("./rtc-sdk.js").CandidatePair | null | undefined} pair */
+function pairText(pair) {
+  return pair && pair.local ? `${pair.local} ↔ ${pair.remote ?? "?"}` : "—";
+}
+
+function renderPair() {
+  const pair = selected ? pairs.get(selected) ?? null : null;
+  const el = $("pair-type");
+  el.textContent = pair ? pairText(pair) : client?.peerPathBlocked ? "— (peer path blocked)" : "— (no peer connection)";
+  el.dataset.local = pair?.local ?? "";
+  el.dataset.remote = pair?.remote ?? "";
+}
+
+function renderContacts() {
+  const list = $("contacts");
+  list.replaceChildren();
+  for (const [wallet, { online }] of [...contacts].sort()) {
+    const li = document.createElement("li");
+    li.dataset.wallet = wallet;
+    li.dataset.online = String(online === true);
+    li.classList.toggle("selected", wallet === selected);
+    const name = document.createElement("span");
+    name.textContent = wallet;
+    const state = document.createElement("span");
+    state.className = "presence";
+    state.textContent = online === null ? "unknown" : online ? "online" : "offline";
+    li.append(name, state);
+    li.addEventListener("click", () => select(wallet));
+    list.append(li);
+  }
+}
+
+/** @param {string} wallet */
+function select(wallet) {
+  selected = wallet;
+  if (!contacts.has(wallet)) contacts.set(wallet, { online: null });
+  $("chat-title").textContent = `Chat with ${wallet}`;
+  input("compose-text").disabled = false;
+  /** @type {HTMLButtonElement} */ ($("send")).disabled = false;
+  $("messages").replaceChildren(...(conversations.get(wallet) ?? []));
+  renderContacts();
+  renderPair();
+}
+
+/**
+ * @param {string} peer @param {"in" | "out"} direction @param {string} text @param {string} messageId
+ * @returns {HTMLElement}
+ */
+function addRow(peer, direction, text, messageId) {
+  const row = document.createElement("li");
+  row.className = "msg";
+  row.dataset.direction = direction;
+  row.dataset.messageId = messageId;
+  row.dataset.transport = "pending";
+  const body = document.createElement("div");
+  body.className = "text";
+  body.textContent = text;
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const transport = document.createElement("span");
+  transport.className = "transport";
+  transport.textContent = "sending…";
+  const detail = document.createElement("span");
+  detail.className = "detail";
+  const time = document.createElement("span");
+  time.textContent = new Date().toLocaleTimeString();
+  meta.append(transport, detail, time);
+  row.append(body, meta);
+  const rows = conversations.get(peer) ?? [];
+  rows.push(row);
+  conversations.set(peer, rows);
+  if (!selected) select(peer);
+  if (peer === selected) {
+    $("messages").append(row);
+    row.scrollIntoView({ block: "end" });
+  }
+  return row;
+}
+
+/**
+ * @param {HTMLElement} row @param {"rtc" | "relay" | "failed"} transport @param {boolean} forced
+ * @param {import("./rtc-sdk.js").CandidatePair | null} pair
+ */
+function markTransport(row, transport, forced, pair) {
+  row.dataset.transport = transport;
+  row.dataset.forced = String(forced);
+  /** @type {HTMLElement} */ (row.querySelector(".transport")).textContent =
+    transport === "rtc" ? "RTC" : transport === "relay" ? "Relay" : "failed";
+  /** @type {HTMLElement} */ (row.querySelector(".detail")).textContent =
+    transport === "rtc" ? `pair ${pairText(pair)}` : transport === "relay" && forced ? "forced (RTC failed)" : "";
+}
+
+function renderIce() {
+  const ice = client?.ice;
+  if (!ice) return;
+  const left = (/** @type {number} */ ms) => {
+    const s = Math.max(0, Math.round(ms / 1000));
+    return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
+  };
+  const expires = Date.parse(ice.expiresAt);
+  $("ice-provider").textContent = `${ice.provider} (ttl ${ice.ttl} s)`;
+  $("ice-expiry").textContent = Number.isNaN(expires)
+    ? ice.expiresAt
+    : `${new Date(expires).toLocaleTimeString()} (in ${left(expires - Date.now())})`;
+  $("ice-expiry").dataset.expiresAt = ice.expiresAt;
+  $("ice-refresh").textContent = `in ${left(ice.refreshAt - Date.now())} (fetch #${ice.fetches})`;
+}
+
+/** @param {string} token */
+async function signIn(token) {
+  const wallet = walletFromToken(token);
+  if (!wallet) throw new Error("this token has no wallet claim");
+  const me = new RtcClient({
+    baseUrl: location.origin,
+    token,
+    iceTransportPolicy: input("force-relay").checked ? "relay" : "all",
+  });
+  me.addEventListener("connection", (e) => {
+    const { connected, error } = /** @type {CustomEvent} */ (e).detail;
+    $("conn-status").textContent = connected ? "online" : `offline${error ? ` (${error})` : ""}`;
+    $("conn-status").dataset.state = connected ? "online" : "offline";
+    log(connected ? "signaling connected" : `signaling disconnected${error ? `: ${error}` : ""}`);
+  });
+  me.addEventListener("presence", (e) => {
+    const { wallet: who, online } = /** @type {CustomEvent} */ (e).detail;
+    contacts.set(who, { online });
+    log(`${who} is ${online ? "online" : "offline"}`);
+    renderContacts();
+  });
+  me.addEventListener("ice", (e) => {
+    const { provider, ttl, fetches } = /** @type {CustomEvent} */ (e).detail;
+    log(`ICE #${fetches} from ${provider}, ttl ${ttl} s`);
+    renderIce();
+  });
+  me.addEventListener("pair", (e) => {
+    const { peer, pair } = /** @type {CustomEvent} */ (e).detail;
+    pairs.set(peer, pair);
+    if (pair) log(`peer connection with ${peer}: ${pairText(pair)}`);
+    renderPair();
+  });
+  me.addEventListener("message", (e) => {
+    const m = /** @type {CustomEvent<import("./rtc-sdk.js").IncomingMessage>} */ (e).detail;
+    if (!contacts.has(m.sender)) contacts.set(m.sender, { online: null });
+    const row = addRow(m.sender, "in", m.payload, m.messageId);
+    markTransport(row, m.transport, m.forced, m.transport === "rtc" ? pairs.get(m.sender) ?? null : null);
+    if (m.transport === "rtc") {
+      // The pair event may come after the first frame: read the selected pair now.
+      me.selectedPair(m.sender).then((pair) => {
+        if (pair) markTransport(row, "rtc", false, pair);
+      });
+    }
+    renderContacts();
+  });
+  $("signin-error").textContent = "";
+  $("me").textContent = wallet;
+  await me.start();
+  return me;
+}
+
+$("signin-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const token = input("token").value.trim();
+  /** @type {HTMLButtonElement} */ ($("signin-button")).disabled = true;
+  try {
+    client = await signIn(token);
+    input("token").value = "";
+    $("signin").hidden = true;
+    $("app").hidden = false;
+    renderIce();
+    setInterval(renderIce, 1000);
+  } catch (err) {
+    const code = /** @type {any} */ (err)?.code ?? /** @type {Error} */ (err).message;
+    $("signin-error").textContent = `sign-in failed: ${code}`;
+    $("me").textContent = "not signed in";
+  } finally {
+    /** @type {HTMLButtonElement} */ ($("signin-button")).disabled = false;
+  }
+});
+
+$("add-contact-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const wallet = input("add-contact").value.trim();
+  if (wallet) select(normalizeWallet(wallet));
+  input("add-contact").value = "";
+});
+
+$("compose").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const text = input("compose-text").value;
+  if (!client || !selected || !text) return;
+  input("compose-text").value = "";
+  const messageId = `m-${crypto.randomUUID()}`;
+  const row = addRow(selected, "out", text, messageId);
+  try {
+    const delivery = await client.send(selected, text, { messageId });
+    if (delivery.candidatePair) pairs.set(delivery.to, delivery.candidatePair);
+    markTransport(row, delivery.transport, delivery.forced, delivery.candidatePair);
+    log(`sent ${messageId.slice(0, 10)}… over ${delivery.transport.toUpperCase()}` +
+      (delivery.forced ? " (forced)" : "") + ` after ${delivery.rtcTries} RTC tries`);
+    renderPair();
+  } catch (err) {
+    markTransport(row, "failed", false, null);
+    log(`send failed: ${/** @type {any} */ (err)?.code ?? "error"}`);
+  }
+});
+
+input("force-relay").addEventListener("change", () => {
+  const policy = input("force-relay").checked ? "relay" : "all";
+  client?.setIceTransportPolicy(policy);
+  log(`iceTransportPolicy: ${policy}`);
+});
+
+input("block-path").addEventListener("change", () => {
+  client?.setPeerPathBlocked(input("block-path").checked);
+  log(input("block-path").checked ? "peer path blocked (simulated)" : "peer path restored");
+  renderPair();
+});

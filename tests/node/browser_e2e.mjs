@@ -1,0 +1,166 @@
+// Two users on the demo page (clients/web, served by the gateway at /demo/) in one Chromium,
+// two browser contexts, driven by playwright-core. Called by tests/test_browser_e2e.py inside a
+// network namespace; prints one JSON line with what the pages showed and exits 0, or prints
+// {"error": ...} and exits 1. Every wait is a condition with a deadline.
+//
+// Env: DEMO_URL, TOKEN_A, TOKEN_B, WALLET_A, WALLET_B, ARTIFACTS (screenshot folder),
+//      CHROMIUM (default /usr/bin/chromium).
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const env = process.env;
+const WAIT = 15000; // per condition; the relay fallback alone takes 2 x 3 s ACK windows
+
+const result = { console: [], timings: {}, pages: {} };
+
+function watch(page, name) {
+  page.on("console", async (msg) => {
+    let args;
+    try {
+      args = await Promise.all(msg.args().map((a) => a.jsonValue().catch(() => String(a))));
+    } catch {
+      args = [];
+    }
+    result.console.push({ page: name, type: msg.type(), text: msg.text(), args: JSON.stringify(args) });
+  });
+  page.on("pageerror", (err) => result.console.push({ page: name, type: "pageerror", text: String(err), args: "" }));
+}
+
+async function signIn(page, token) {
+  await page.goto(env.DEMO_URL);
+  await page.locator("#token").fill(token);
+  await page.locator("#signin-button").click();
+  await page.locator('#conn-status[data-state="online"]').waitFor({ timeout: WAIT });
+}
+
+const contact = (page, wallet, online) =>
+  page.locator(`#contacts li[data-wallet="${wallet}"][data-online="${online}"]`);
+
+/** The message rows as the page shows them. */
+const rows = (page) =>
+  page.locator("#messages .msg").evaluateAll((els) =>
+    els.map((el) => ({
+      direction: el.dataset.direction,
+      transport: el.dataset.transport,
+      forced: el.dataset.forced,
+      text: el.querySelector(".text")?.textContent ?? "",
+      badge: el.querySelector(".transport")?.textContent ?? "",
+      detail: el.querySelector(".detail")?.textContent ?? "",
+    })),
+  );
+
+async function facts(page) {
+  const pair = page.locator("#pair-type");
+  return {
+    pairText: await pair.textContent(),
+    pairLocal: await pair.getAttribute("data-local"),
+    pairRemote: await pair.getAttribute("data-remote"),
+    iceExpiry: await page.locator("#ice-expiry").textContent(),
+    iceExpiresAt: await page.locator("#ice-expiry").getAttribute("data-expires-at"),
+    iceProvider: await page.locator("#ice-provider").textContent(),
+    connection: await page.locator("#conn-status").textContent(),
+    contacts: await page.locator("#contacts li").evaluateAll((els) =>
+      els.map((el) => ({ wallet: el.dataset.wallet, online: el.dataset.online, text: el.textContent })),
+    ),
+  };
+}
+
+async function send(page, text) {
+  await page.locator("#compose-text").fill(text);
+  await page.locator("#send").click();
+}
+
+/** Waits for the row with `text` in `direction` to show a transport; returns the seconds it took. */
+async function settled(page, direction, text, transport) {
+  const started = Date.now();
+  await page
+    .locator(`#messages .msg[data-direction="${direction}"][data-transport="${transport}"]`, { hasText: text })
+    .waitFor({ timeout: WAIT });
+  return (Date.now() - started) / 1000;
+}
+
+async function main() {
+  const artifacts = env.ARTIFACTS;
+  mkdirSync(artifacts, { recursive: true });
+  const started = Date.now();
+  const browser = await chromium.launch({
+    executablePath: env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      "--disable-features=WebRtcHideLocalIpsWithMdns",
+    ],
+  });
+  try {
+    const [alice, bob] = await Promise.all(
+      ["alice", "bob"].map(async (name) => {
+        const context = await browser.newContext({ viewport: { width: 1180, height: 760 } });
+        const page = await context.newPage();
+        watch(page, name);
+        return page;
+      }),
+    );
+    const shot = async (phase) => {
+      await alice.screenshot({ path: join(artifacts, `alice-${phase}.png`) });
+      await bob.screenshot({ path: join(artifacts, `bob-${phase}.png`) });
+    };
+
+    try {
+      await steps(alice, bob, shot, started);
+    } catch (err) {
+      await shot("failure").catch(() => {});
+      throw err;
+    }
+  } finally {
+    await browser.close();
+  }
+  result.timings.total = (Date.now() - started) / 1000;
+  console.log(JSON.stringify(result));
+}
+
+async function steps(alice, bob, shot, started) {
+  const [wa, wb] = [env.WALLET_A, env.WALLET_B];
+  await signIn(alice, env.TOKEN_A);
+  await signIn(bob, env.TOKEN_B);
+  // Presence: each sees the other online (snapshot for the first, update for the second).
+  await contact(alice, wb, "true").waitFor({ timeout: WAIT });
+  await contact(bob, wa, "true").waitFor({ timeout: WAIT });
+  result.timings.signedIn = (Date.now() - started) / 1000;
+
+  // 1. TURN forced on both sides: the message crosses the data channel through coturn.
+  await alice.locator("#force-relay").check();
+  await bob.locator("#force-relay").check();
+  await alice.locator(`#contacts li[data-wallet="${wb}"]`).click();
+  await send(alice, "hello over rtc");
+  result.timings.rtcSend = await settled(alice, "out", "hello over rtc", "rtc");
+  await settled(bob, "in", "hello over rtc", "rtc");
+  await alice.locator('#pair-type[data-local="relay"]').waitFor({ timeout: WAIT });
+  await bob.locator('#pair-type[data-local="relay"]').waitFor({ timeout: WAIT });
+  await shot("rtc");
+  result.pages.rtc = {
+    alice: { ...(await facts(alice)), rows: await rows(alice) },
+    bob: { ...(await facts(bob)), rows: await rows(bob) },
+  };
+
+  // 2. Alice's peer path fails: her message goes through the relay (forced), and so does Bob's
+  //    reply (Alice answers no offer).
+  await alice.locator("#block-path").check();
+  await send(alice, "hello over relay");
+  result.timings.relaySend = await settled(alice, "out", "hello over relay", "relay");
+  await settled(bob, "in", "hello over relay", "relay");
+  await send(bob, "reply over relay");
+  result.timings.relayReply = await settled(bob, "out", "reply over relay", "relay");
+  await settled(alice, "in", "reply over relay", "relay");
+  await shot("relay");
+  result.pages.relay = {
+    alice: { ...(await facts(alice)), rows: await rows(alice) },
+    bob: { ...(await facts(bob)), rows: await rows(bob) },
+  };
+}
+
+main().catch((err) => {
+  console.log(JSON.stringify({ ...result, error: String(err && err.stack ? err.stack : err) }));
+  process.exit(1);
+});

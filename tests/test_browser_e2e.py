@@ -1,0 +1,300 @@
+"""End to end in a real browser: the demo page (clients/web) with the web SDK, in Chromium.
+
+The test creates a network namespace with a veth pair (Chromium gathers no ICE candidate when
+only `lo` exists), runs the whole stack in it (redis-server, coturn, ice-service with the coturn
+provider, signal-service, relay-service and the nginx gateway serving the page at /demo/), and
+drives two browser contexts as two users with playwright-core (tests/node/browser_e2e.mjs, run
+with `ip netns exec`). Nothing listens or connects outside the namespace, which is deleted at the
+end with every process in it.
+
+1. TURN forced on both pages (iceTransportPolicy 'relay'): the message crosses the data channel
+   (transport RTC on both pages) and both pages show a relay/relay candidate pair.
+2. Alice's peer path blocked (the page's toggle): her message and Bob's reply arrive through the
+   relay (transport Relay, forced) after the two ACK windows.
+
+Screenshots of both pages after each step go to tests/artifacts/browser-e2e/ (git-ignored).
+Skipped, with the reason, without Chromium, root (network namespaces), node or playwright-core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import (
+    JWT_SECRET,
+    NODE_DIR,
+    REPO_ROOT,
+    TURN_SECRET,
+    Coturn,
+    Gateway,
+    Process,
+    RedisServer,
+    ServiceProcess,
+    add_contacts,
+    base_env,
+    http_status,
+    make_token,
+    metric_value,
+    signal_env,
+    wait_for,
+)
+from rtc_common.directory import REDIS_FLAGS_KEY
+
+CHROMIUM = Path(os.environ.get("RTC_CHROMIUM", "/usr/bin/chromium"))
+ARTIFACTS = REPO_ROOT / "tests" / "artifacts" / "browser-e2e"
+DRIVER = NODE_DIR / "browser_e2e.mjs"
+DRIVER_TIMEOUT = 90.0
+CLONE_NEWNET = 0x40000000
+
+
+def _missing() -> str | None:
+    if not CHROMIUM.exists():
+        return f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)"
+    if os.geteuid() != 0:
+        return "needs root to create a network namespace (ip netns)"
+    if shutil.which("ip") is None:
+        return "iproute2's `ip` is not installed"
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (NODE_DIR / "node_modules" / "playwright-core").is_dir():
+        return "playwright-core is not installed (npm ci in tests/node)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"setns: {os.strerror(errno)}")
+
+
+@contextlib.contextmanager
+def network_namespace() -> Iterator[str]:
+    """A fresh namespace with `lo` and a veth pair (10.213.0.1/24 <-> 10.213.0.2/24), both ends
+    inside. The calling thread enters it (so the helpers' probes, free ports and Redis client
+    are the namespace's); on exit it returns, every process left in the namespace is killed by
+    its id, and the namespace is deleted."""
+    name = f"rtcweb-{uuid.uuid4().hex[:8]}"
+    try:
+        _ip("netns", "add", name)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        stderr = getattr(exc, "stderr", b"") or b""
+        pytest.skip(f"cannot create a network namespace: {stderr.decode(errors='replace').strip()}")
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        for args in (
+            ("link", "set", "lo", "up"),
+            ("link", "add", "v0", "type", "veth", "peer", "name", "v1"),
+            ("addr", "add", "10.213.0.1/24", "dev", "v0"),
+            ("addr", "add", "10.213.0.2/24", "dev", "v1"),
+            ("link", "set", "v0", "up"),
+            ("link", "set", "v1", "up"),
+            ("route", "add", "default", "via", "10.213.0.2", "dev", "v0"),
+        ):
+            _ip("netns", "exec", name, "ip", *args)
+        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield name
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            pids = subprocess.run(
+                ["ip", "netns", "pids", name], capture_output=True, text=True, timeout=10
+            ).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
+def in_namespace(process: Process, namespace: str) -> Process:
+    """Start the process through `ip netns exec` (it execs, so the pid stays the process's)."""
+    process.argv = ["ip", "netns", "exec", namespace, *process.argv]
+    return process
+
+
+def run_driver(namespace: str, env: dict[str, str]) -> dict[str, Any]:
+    """The Node driver in the namespace, in its own process group (Chromium included), killed
+    as a group when it outlives its deadline."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", namespace, "node", str(DRIVER)],
+        cwd=NODE_DIR,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=DRIVER_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(
+            f"the browser driver took over {DRIVER_TIMEOUT} s:\n{stderr[-3000:]}"
+        ) from None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no result from the driver (exit {proc.returncode}):\n{stdout}\n{stderr[-3000:]}"
+    result: dict[str, Any] = json.loads(lines[-1])
+    if proc.returncode != 0 or "error" in result:
+        raise AssertionError(
+            f"browser driver failed: {result.get('error')}\nconsole: {result.get('console')}\n"
+            f"{stderr[-2000:]}"
+        )
+    return result
+
+
+def transport_count(ice: ServiceProcess, transport: str, candidate: str, forced: str) -> float:
+    labels = f'candidate_type="{candidate}",forced="{forced}",transport="{transport}"'
+    return metric_value(ice.url, "rtc_transport_messages_total", labels)
+
+
+def row(rows: list[dict[str, str]], direction: str, text: str) -> dict[str, str]:
+    found = [r for r in rows if r["direction"] == direction and r["text"] == text]
+    assert len(found) == 1, f"one {direction} row {text!r} expected: {rows}"
+    return found[0]
+
+
+def test_browser_rtc_over_turn_then_relay_fallback(tmp_path: Path) -> None:
+    started = time.monotonic()
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
+    with network_namespace() as ns:
+        root = tmp_path / "stack"
+        components: list[Process] = []
+        try:
+
+            def start(component: Any) -> Any:
+                in_namespace(component, ns)
+                components.append(component)
+                component.start()
+                return component
+
+            redis = start(RedisServer(root / "redis"))
+            redis.client().hset(REDIS_FLAGS_KEY, "rtc.ice", "1")
+            coturn = start(Coturn(root / "coturn"))
+            ice = start(
+                ServiceProcess(
+                    "ice_service", root / "ice", base_env(redis.url, TURN_URIS=coturn.uris)
+                )
+            )
+            sig = start(
+                ServiceProcess(
+                    "signal_service",
+                    root / "signal",
+                    {**signal_env(redis.url), "INSTANCE_ID": "browser-signal"},
+                )
+            )
+            relay = start(ServiceProcess("relay_service", root / "relay", base_env(redis.url)))
+            gateway = start(
+                Gateway(root / "gateway", ice=[ice.port], signal=[sig.port], relay=[relay.port])
+            )
+            assert http_status(gateway.url + "/demo/") == 200
+            assert http_status(gateway.url + "/demo/vendor/socket.io.esm.min.js") == 200
+            stack_seconds = time.monotonic() - started
+
+            a, b = "0x" + uuid.uuid4().hex[:10], "0x" + uuid.uuid4().hex[:10]
+            add_contacts(redis, a, b)
+            token_a, token_b = make_token(a), make_token(b)
+            result = run_driver(
+                ns,
+                {
+                    "DEMO_URL": gateway.url + "/demo/",
+                    "TOKEN_A": token_a,
+                    "TOKEN_B": token_b,
+                    "WALLET_A": a,
+                    "WALLET_B": b,
+                    "ARTIFACTS": str(ARTIFACTS),
+                    "CHROMIUM": str(CHROMIUM),
+                },
+            )
+
+            # 1. RTC through coturn: both pages show the transport and a relay/relay pair.
+            rtc = result["pages"]["rtc"]
+            for name, direction in (("alice", "out"), ("bob", "in")):
+                page = rtc[name]
+                shown = row(page["rows"], direction, "hello over rtc")
+                assert shown["transport"] == "rtc" and shown["badge"] == "RTC", (name, shown)
+                assert (page["pairLocal"], page["pairRemote"]) == ("relay", "relay"), page
+                assert page["pairText"] == "relay ↔ relay", page
+                assert page["iceProvider"].startswith("coturn"), page
+                assert page["iceExpiresAt"].endswith("Z") and "(in " in page["iceExpiry"], page
+                assert page["connection"] == "online", page
+            for name, direction in (("alice", "out"), ("bob", "in")):
+                shown = row(rtc[name]["rows"], direction, "hello over rtc")
+                assert shown["detail"] == "pair relay ↔ relay", (name, shown)
+            for name, other in (("alice", b), ("bob", a)):
+                contacts = rtc[name]["contacts"]
+                assert [(c["wallet"], c["online"]) for c in contacts] == [(other, "true")], contacts
+
+            # 2. The peer path blocked on Alice's side: both messages went through the relay.
+            relay_pages = result["pages"]["relay"]
+            for name, direction, text in (
+                ("alice", "out", "hello over relay"),
+                ("bob", "in", "hello over relay"),
+                ("bob", "out", "reply over relay"),
+                ("alice", "in", "reply over relay"),
+            ):
+                shown = row(relay_pages[name]["rows"], direction, text)
+                assert shown["transport"] == "relay" and shown["badge"] == "Relay", (name, shown)
+                assert shown["forced"] == "true" and shown["detail"] == "forced (RTC failed)", shown
+            # Each message appears once per page (dedup across transports).
+            for name in ("alice", "bob"):
+                assert len(relay_pages[name]["rows"]) == 3, relay_pages[name]["rows"]
+            # 2 ACK windows of 3 s, then the relay.
+            assert 5.5 < result["timings"]["relaySend"] < 12, result["timings"]
+
+            # Telemetry reached ice-service with the selected candidate type.
+            wait_for(
+                lambda: (
+                    transport_count(ice, "rtc", "relay", "false") >= 1
+                    and transport_count(ice, "relay", "unknown", "true") >= 2
+                ),
+                10,
+                what="telemetry counters",
+            )
+
+            # No token or secret on the pages' consoles.
+            console = json.dumps(result["console"])
+            for secret in (token_a, token_b, JWT_SECRET, TURN_SECRET):
+                assert secret not in console
+            assert "credential" not in console.lower()
+            assert not [c for c in result["console"] if c["type"] == "pageerror"], console
+
+            for shot in ("alice-rtc", "bob-rtc", "alice-relay", "bob-relay"):
+                assert (ARTIFACTS / f"{shot}.png").stat().st_size > 10_000, shot
+            print(
+                f"stack {stack_seconds:.1f} s, browser {result['timings']}, "
+                f"total {time.monotonic() - started:.1f} s"
+            )
+        finally:
+            for component in reversed(components):
+                component.stop()
