@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -121,11 +122,13 @@ class Clients:
         self.stack = stack
         self.made: list[RtcClient] = []
 
-    async def start(self, wallet: str, addr: str, **kwargs: Any) -> RtcClient:
+    async def start(
+        self, wallet: str, addr: str, *, base_url: str | None = None, **kwargs: Any
+    ) -> RtcClient:
         token = make_token(wallet)
         self.stack.remember(token)
         client = RtcClient(
-            self.stack.gateway.url,
+            base_url or self.stack.gateway.url,
             token,
             wallet,
             ice_transport_policy="relay",
@@ -371,3 +374,76 @@ async def test_ice_refresh_at_70_percent_rebuilds_with_fresh_credentials(
             transport="udp",
         )
     assert refused.value.response.attributes["ERROR-CODE"][0] == 401
+
+
+async def test_ice_refresh_in_real_time_and_expired_credentials_refused(
+    stack: Stack, clients: Clients, tmp_path: Path
+) -> None:
+    """With TURN_CRED_TTL=20 s and the real clock: the SDK re-fetches at ~70 % (counted at
+    ice-service), the first credentials really expire and coturn refuses them for a new
+    allocation, and a peer connection made after that expiry opens with the fresh ones."""
+    short_ttl = 20
+    ice = ServiceProcess(
+        "ice_service",
+        tmp_path / "ice-short",
+        base_env(stack.redis.url, TURN_URIS=stack.coturn.uris, TURN_CRED_TTL=str(short_ttl)),
+    )
+    ice.start()
+    gateway = Gateway(
+        tmp_path / "gateway-short",
+        ice=[ice.port],
+        signal=[p.port for p in stack.signals],
+        relay=[stack.relay.port],
+    )
+    gateway.start()
+    try:
+        addr_a, _, addr_b, _ = await spread_addresses(gateway)
+        a, b = new_wallet(), new_wallet()
+        add_contacts(stack.redis, a, b)
+        alice = await clients.start(a, addr_a, base_url=gateway.url)
+        await clients.start(b, addr_b, base_url=gateway.url)
+        first_ice = alice.ice
+        assert first_ice is not None and first_ice.ttl == short_ttl
+        first_turn = next(s for s in first_ice.ice_servers if s.username)
+        assert first_turn.username is not None and first_turn.credential is not None
+        expiry = int(first_turn.username.split(":")[0])
+        started = time.monotonic()
+        sent = await alice.send(b, "with the first credentials")
+        assert sent.transport == "rtc" and sent.candidate_pair == ("relay", "relay")
+
+        issued = metric_value(ice.url, "rtc_ice_issued_total", 'provider="coturn"')
+        await until(lambda: alice.ice_fetches >= 2, short_ttl, what="refresh at ~70 % of ttl")
+        refreshed_after = time.monotonic() - started
+        assert 0.6 * short_ttl <= refreshed_after <= 0.8 * short_ttl + 1, refreshed_after
+        assert metric_value(ice.url, "rtc_ice_issued_total", 'provider="coturn"') > issued
+        fresh = alice.ice
+        assert fresh is not None and fresh.turn_usernames[0] != first_turn.username
+
+        # The first credentials expire (coturn checks expiry against its clock, no tolerance).
+        await until(lambda: time.time() > expiry + 1, short_ttl, what="first credentials expired")
+        with pytest.raises(TransactionFailed) as refused:
+            await create_turn_endpoint(
+                asyncio.DatagramProtocol,
+                server_addr=("127.0.0.1", stack.coturn.port),
+                username=first_turn.username,
+                password=first_turn.credential,
+                transport="udp",
+            )
+        assert refused.value.response.attributes["ERROR-CODE"][0] == 401
+
+        # A peer connection made now (the old ones closed) opens with the fresh credentials.
+        alice.set_peer_path_blocked(True)
+        await until(lambda: alice.peer_connection(b) is None, what="connections closed")
+        alice.set_peer_path_blocked(False)
+        after = await alice.send(b, "after expiry")
+        assert after.transport == "rtc" and after.candidate_pair == ("relay", "relay"), after
+        pc = alice.peer_connection(b)
+        assert pc is not None and turn_username_of(pc) == alice.ice.turn_usernames[0]
+        assert turn_username_of(pc) != first_turn.username
+        print(
+            f"\n[ice refresh] ttl={short_ttl}s refreshed after {refreshed_after:.1f}s; first"
+            " credentials refused by coturn after expiry; new connection used the fresh ones"
+        )
+    finally:
+        gateway.stop()
+        ice.stop()
