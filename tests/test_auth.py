@@ -14,6 +14,7 @@ import json
 import time
 import warnings
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -432,6 +433,21 @@ async def test_rs256_public_key(bare: BareFactory) -> None:
     await assert_error(refused, 401, "unauthorized")
     # An HS256 token, even signed with the right HMAC secret, is not an accepted algorithm.
     await assert_error(await client.get(WHOAMI, headers=bearer(make_token())), 401, "unauthorized")
+
+
+async def test_public_key_from_a_file(bare: BareFactory, tmp_path: Path) -> None:
+    key, pem = rsa_keys()
+    key_file = tmp_path / "jwt.pem"
+    key_file.write_text(pem)
+    client = await bare(JWT_ALGORITHMS="RS256", JWT_PUBLIC_KEY_FILE=str(key_file), JWT_SECRET="")
+    response = await client.get(WHOAMI, headers=bearer(signed(key, "RS256")))
+    assert response.status == 200
+    with pytest.raises(SettingsError) as failed:
+        load_settings(
+            CommonSettings,
+            {"JWT_ALGORITHMS": "RS256", "JWT_PUBLIC_KEY_FILE": str(tmp_path / "missing.pem")},
+        )
+    assert "JWT_PUBLIC_KEY_FILE" in str(failed.value)
 
 
 async def test_es256_public_key(bare: BareFactory) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from jwt.algorithms import get_default_algorithms
@@ -61,6 +62,8 @@ class CommonSettings(BaseSettings):
 
     jwt_secret: SecretStr | None = None
     jwt_public_key: SecretStr | None = None
+    # A PEM file instead of JWT_PUBLIC_KEY (multi-line values do not fit every .env format).
+    jwt_public_key_file: str | None = None
     jwt_algorithms: CsvList = ("HS256",)
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
@@ -123,6 +126,22 @@ class CommonSettings(BaseSettings):
         except re.error as exc:
             raise ValueError(f"not a valid regular expression ({exc})") from None
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_key_file(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and data.get("jwt_public_key_file")
+            and not data.get("jwt_public_key")
+        ):
+            path = Path(str(data["jwt_public_key_file"]))
+            try:
+                return {**data, "jwt_public_key": path.read_text()}
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or type(exc).__name__
+                raise ValueError(f"JWT_PUBLIC_KEY_FILE cannot be read ({reason})") from None
+        return data
 
     @model_validator(mode="after")
     def _jwt_key(self) -> CommonSettings:
