@@ -14,6 +14,11 @@ from .web import READINESS_KEY
 REDIS_KEY = web.AppKey("rtc_redis", Redis)
 
 
+def as_text(value: bytes | str) -> str:
+    """A Redis reply item as text (clients here do not decode responses)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def make_redis(url: str) -> Redis:
     """A Redis client that fails fast when Redis is down (callers have fallbacks or answer 503)."""
     return Redis.from_url(

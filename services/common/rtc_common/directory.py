@@ -19,7 +19,7 @@ from aiohttp import web
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
-from .clients import make_redis
+from .clients import as_text, make_redis
 from .errors import unavailable
 from .metrics import DIRECTORY_ERRORS, FLAG_STALE_SERVED
 from .settings import CommonSettings
@@ -68,7 +68,7 @@ class RedisDirectory:
 
     async def list_flags(self) -> dict[str, bool]:
         raw = await self._redis.hgetall(REDIS_FLAGS_KEY)
-        return {_text(k): v in (b"1", "1") for k, v in raw.items()}
+        return {as_text(k): v in (b"1", "1") for k, v in raw.items()}
 
     async def are_mutual_contacts(self, wallet_a: str, wallet_b: str) -> bool:
         pipe = self._redis.pipeline(transaction=False)
@@ -79,7 +79,7 @@ class RedisDirectory:
 
     async def mutual_contacts(self, wallet: str) -> list[str]:
         listed = sorted(
-            _text(v) for v in await self._redis.smembers(REDIS_CONTACTS_PREFIX + wallet)
+            as_text(v) for v in await self._redis.smembers(REDIS_CONTACTS_PREFIX + wallet)
         )
         if not listed:
             return []
@@ -201,10 +201,6 @@ def open_directory(settings: CommonSettings) -> Directory:
         )
         return MongoDirectory(client, settings)
     return RedisDirectory(make_redis(url))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(slots=True)

@@ -19,6 +19,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from .clients import as_text
+
 QUEUE_PREFIX = "relay:q:"
 IDEM_PREFIX = "relay:idem:"
 # ASCII digits only (\d also matches other scripts' digits), no trailing newline ($ allows one).
@@ -90,10 +92,6 @@ class RelayMessage:
         return queued_at_ms(self.id)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class RelayStore:
     def __init__(self, redis: Redis, *, max_queue: int = 10000, ttl_seconds: int = 604800) -> None:
         self._redis = redis
@@ -110,7 +108,7 @@ class RelayStore:
             args=[self._max_queue, self._ttl_ms, sender, conv_id, message_id, payload, int(forced)],
         )
         kind = {0: "stored", 1: "duplicate", 2: "queue_full"}[int(status)]
-        return Enqueued(kind, _text(stream_id), _text(stored_forced) == "1")
+        return Enqueued(kind, as_text(stream_id), as_text(stored_forced) == "1")
 
     async def pull(self, wallet: str, limit: int) -> tuple[list[RelayMessage], bool]:
         """The oldest `limit` messages of the wallet's queue, and whether more are waiting."""
@@ -132,12 +130,12 @@ class RelayStore:
     def _message(entry: Any) -> RelayMessage:
         stream_id, raw_fields = entry
         if isinstance(raw_fields, dict):
-            fields = {_text(k): _text(v) for k, v in raw_fields.items()}
+            fields = {as_text(k): as_text(v) for k, v in raw_fields.items()}
         else:  # a flat [k, v, k, v] list (script replies)
-            flat = [_text(v) for v in raw_fields]
+            flat = [as_text(v) for v in raw_fields]
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
         return RelayMessage(
-            id=_text(stream_id),
+            id=as_text(stream_id),
             sender=fields["from"],
             conv_id=fields["convId"],
             message_id=fields["messageId"],
@@ -153,4 +151,6 @@ class RelayStore:
         except Exception:
             return {}
         merged: dict[Any, Any] = {**appendonly, **fsync}
-        return {_text(k): _text(v) for k, v in merged.items() if k is not None and v is not None}
+        return {
+            as_text(k): as_text(v) for k, v in merged.items() if k is not None and v is not None
+        }

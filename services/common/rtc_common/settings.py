@@ -172,6 +172,23 @@ class CommonSettings(BaseSettings):
         return self.directory_url or self.redis_url
 
 
+class RelayStoreSettings(CommonSettings):
+    """For services that touch the relay queue (relay-service, signal-service's relay:ack)."""
+
+    relay_redis_url: str | None = None
+
+    @field_validator("relay_redis_url")
+    @classmethod
+    def _relay_redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// URL")
+        return value
+
+    @property
+    def effective_relay_redis_url(self) -> str:
+        return self.relay_redis_url or self.redis_url
+
+
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 
 

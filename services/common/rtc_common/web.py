@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .auth import Authenticator, auth_middleware
+from .auth import Authenticator, auth_middleware, public
 from .context import request_id_var
 from .errors import ApiError, error_body, error_response
 from .metrics import HTTP_LATENCY, HTTP_REQUESTS, render_metrics
@@ -199,6 +201,18 @@ async def _metrics(request: web.Request) -> web.Response:
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response
+
+
+def serve_openapi(app: web.Application, package: str, path: str) -> None:
+    """Serve `package`'s openapi.json (read once, compacted) at `path`, without credentials."""
+    document = json.loads(resources.files(package).joinpath("openapi.json").read_text())
+    body = json.dumps(document, separators=(",", ":")).encode()
+
+    @public
+    async def get_openapi(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app.router.add_get(path, get_openapi)
 
 
 def create_base_app(

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import AsyncIterator
-from importlib import resources
 from typing import Literal
 
 import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
-from rtc_common.auth import IDENTITY_KEY, allow_anonymous, public
+from rtc_common.auth import IDENTITY_KEY, allow_anonymous
 from rtc_common.clients import REDIS_KEY, redis_context
 from rtc_common.directory import FLAGS_KEY, directory_context
 from rtc_common.errors import ApiError, invalid_payload, unauthorized
 from rtc_common.ratelimit import RateLimiter
 from rtc_common.times import iso_ms
-from rtc_common.web import READINESS_KEY, client_ip, create_base_app, extra_headers
+from rtc_common.web import READINESS_KEY, client_ip, create_base_app, extra_headers, serve_openapi
 
 from .metrics import FAILED, FALLBACK_USED, ISSUED, TRANSPORT
 from .providers import (
@@ -41,7 +39,6 @@ ICE_SETTINGS_KEY = web.AppKey("ice_settings", IceSettings)
 ISSUER_KEY = web.AppKey("ice_issuer", IceIssuer)
 ICE_LIMITER_KEY = web.AppKey("ice_limiter", RateLimiter)
 TELEMETRY_LIMITER_KEY = web.AppKey("ice_telemetry_limiter", RateLimiter)
-OPENAPI_KEY = web.AppKey("ice_openapi", bytes)
 
 
 class TelemetryEvent(BaseModel):
@@ -121,11 +118,6 @@ async def post_telemetry(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@public
-async def get_openapi(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")
-
-
 def _build_provider(
     name: Provider, settings: IceSettings, session: aiohttp.ClientSession
 ) -> IceProvider:
@@ -169,20 +161,14 @@ async def _ice_dependencies(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
-def load_openapi() -> bytes:
-    text = resources.files("ice_service").joinpath("openapi.json").read_text()
-    return json.dumps(json.loads(text), separators=(",", ":")).encode()
-
-
 def create_app(settings: IceSettings) -> web.Application:
     app = create_base_app(settings)
     app[ICE_SETTINGS_KEY] = settings
-    app[OPENAPI_KEY] = load_openapi()
     app.cleanup_ctx.append(redis_context(REDIS_KEY, settings.redis_url))
     app.cleanup_ctx.append(directory_context(settings))
     app.cleanup_ctx.append(_ice_dependencies)
     for prefix in API_PREFIXES:
         app.router.add_get(f"{prefix}/ice", get_ice)
         app.router.add_post(f"{prefix}/telemetry", post_telemetry)
-    app.router.add_get("/api/v1/rtc/openapi.json", get_openapi)
+    serve_openapi(app, "ice_service", "/api/v1/rtc/openapi.json")
     return app

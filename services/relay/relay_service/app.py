@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from importlib import resources
 from typing import Annotated, Any, TypeVar
 
 import socketio
@@ -13,14 +12,14 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from rtc_common.auth import conv_id, get_identity, is_valid_wallet, normalize_wallet, public
+from rtc_common.auth import conv_id, get_identity, is_valid_wallet, normalize_wallet
 from rtc_common.clients import REDIS_KEY, redis_context
 from rtc_common.directory import DIRECTORY_KEY, AccessCache, directory_context
 from rtc_common.errors import ApiError, invalid_payload, unavailable
 from rtc_common.ratelimit import RateLimiter
 from rtc_common.relay_store import RelayMessage, RelayStore, queued_at_ms
 from rtc_common.times import iso_ms
-from rtc_common.web import create_base_app, extra_headers
+from rtc_common.web import create_base_app, extra_headers, serve_openapi
 
 from .metrics import ACKED, ENQUEUED, PULLED, PUSH_FAILURES
 from .settings import RelaySettings
@@ -37,7 +36,6 @@ STORE_KEY = web.AppKey("relay_store", RelayStore)
 ACCESS_KEY = web.AppKey("relay_access", AccessCache)
 LIMITER_KEY = web.AppKey("relay_limiter", RateLimiter)
 PUSHER_KEY = web.AppKey("relay_pusher", socketio.AsyncRedisManager)
-OPENAPI_KEY = web.AppKey("relay_openapi", bytes)
 
 
 class EnqueueRequest(BaseModel):
@@ -189,11 +187,6 @@ async def ack(request: web.Request) -> web.Response:
     return web.json_response({"acked": acked})
 
 
-@public
-async def get_openapi(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")
-
-
 async def _relay_dependencies(app: web.Application) -> AsyncIterator[None]:
     settings = app[RELAY_SETTINGS_KEY]
     store_redis = app[RELAY_REDIS_KEY]
@@ -231,18 +224,12 @@ async def _check_durability(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-def load_openapi() -> bytes:
-    text = resources.files("relay_service").joinpath("openapi.json").read_text()
-    return json.dumps(json.loads(text), separators=(",", ":")).encode()
-
-
 def create_app(settings: RelaySettings) -> web.Application:
     # Room for the largest payload JSON-escaped (up to 6 bytes a character) plus the envelope.
     app = create_base_app(
         settings, client_max_size=settings.relay_max_payload_bytes * 6 + 64 * 1024
     )
     app[RELAY_SETTINGS_KEY] = settings
-    app[OPENAPI_KEY] = load_openapi()
     app.cleanup_ctx.append(redis_context(REDIS_KEY, settings.redis_url))
     app.cleanup_ctx.append(
         redis_context(RELAY_REDIS_KEY, settings.effective_relay_redis_url, "relay_store")
@@ -254,5 +241,5 @@ def create_app(settings: RelaySettings) -> web.Application:
         app.router.add_post(f"{prefix}/enqueue", enqueue)
         app.router.add_get(f"{prefix}/pull", pull)
         app.router.add_post(f"{prefix}/ack", ack)
-    app.router.add_get("/api/v1/relay/openapi.json", get_openapi)
+    serve_openapi(app, "relay_service", "/api/v1/relay/openapi.json")
     return app

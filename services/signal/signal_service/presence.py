@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from rtc_common.clients import as_text
 
 PREFIX = "presence:"
 INSTANCES_KEY = PREFIX + "instances"
@@ -60,10 +61,6 @@ redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
 return redis.call('HLEN', KEYS[3])
 """
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +120,7 @@ class Presence:
         dropped while it is live.
         """
         raw = await self._redis.hgetall(self._sockets_key)
-        held = {_text(k): _text(v) for k, v in raw.items()}
+        held = {as_text(k): as_text(v) for k, v in raw.items()}
         local = await local_sockets()
         live = {sock.sid for sock in local}
         came = [sock.wallet for sock in local if sock.sid not in held and await self.register(sock)]
@@ -138,10 +135,10 @@ class Presence:
         """Remove the sockets of instances whose heartbeat expired; returns wallets now offline."""
         offline: list[str] = []
         for raw in await self._redis.smembers(INSTANCES_KEY):
-            instance = _text(raw)
+            instance = as_text(raw)
             if instance == self.instance_id:
                 continue
-            offline.extend(_text(w) for w in await self._reap(args=[PREFIX, instance]))
+            offline.extend(as_text(w) for w in await self._reap(args=[PREFIX, instance]))
         return offline
 
     async def online(self, wallets: list[str]) -> list[str]:
@@ -155,7 +152,7 @@ class Presence:
 
     async def has_rtc_socket(self, wallet: str) -> bool:
         values = await self._redis.hvals(self._conn_key(wallet))
-        return any(_text(v).endswith("|1") for v in values)
+        return any(as_text(v).endswith("|1") for v in values)
 
     async def leave(self) -> None:
         """Graceful shutdown: drop the liveness key so the reaper cleans up at once."""

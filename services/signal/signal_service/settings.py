@@ -6,14 +6,15 @@ import os
 import socket
 
 from pydantic import Field
-from rtc_common.settings import CommonSettings
+from rtc_common.settings import RelayStoreSettings
 
 
 def _default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class SignalSettings(CommonSettings):
+class SignalSettings(RelayStoreSettings):
+    # RELAY_REDIS_URL: the relay queue, for the `relay:ack` socket event.
     service_name: str = "signal-service"
     port: int = Field(default=8201, ge=1, le=65535)
 
@@ -31,9 +32,3 @@ class SignalSettings(CommonSettings):
         default_factory=_default_instance_id, pattern=r"^[A-Za-z0-9._-]{1,64}$"
     )
     socketio_channel: str = "rtc-socketio"
-    # The relay queue's Redis, for the `relay:ack` socket event (defaults to REDIS_URL).
-    relay_redis_url: str | None = None
-
-    @property
-    def effective_relay_redis_url(self) -> str:
-        return self.relay_redis_url or self.redis_url
