@@ -1,0 +1,1 @@
+"""Benchmarks: the three hot paths against baselines measured in the same run (`make bench`)."""

@@ -1,0 +1,118 @@
+"""`python -m bench [--mode quick|full] [--only ice,signaling,connections,relay]`.
+
+Prints a progress line per measurement on stderr, then the table; writes
+bench/results/<date>-<mode>.json, and docs/benchmarks.md in full mode (or with --write-docs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import connections, ice, relay, signaling
+from bench.harness import LOAD_CPUS, SERVER_CPUS, raise_fd_limit
+from bench.modes import FULL, QUICK, progress
+from bench.report import render_markdown, render_table
+from tests.helpers import REPO_ROOT
+
+SCENARIOS = {
+    "ice": ice.run,
+    "signaling": signaling.run,
+    "connections": connections.run,
+    "relay": relay.run,
+}
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+
+    def version(argv: list[str]) -> str:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            return (out.stdout or out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "not found"
+
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT
+    ).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(int(mem) / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "node": version(["node", "--version"]),
+        "nginx": version(["nginx", "-v"]),
+        "redis": version(["redis-server", "--version"]),
+        "wrk": version(["wrk", "--version"]),
+        "server_cpus": SERVER_CPUS,
+        "load_cpus": LOAD_CPUS,
+        "git_rev": rev,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--mode", choices=["quick", "full"], default="quick")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument("--label", default="", help="a suffix for the results file")
+    parser.add_argument("--write-docs", action="store_true", help="also in quick mode")
+    args = parser.parse_args()
+    mode = FULL if args.mode == "full" else QUICK
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    for tool in ("wrk", "redis-benchmark", "nginx", "redis-server", "node"):
+        if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
+            sys.exit(f"bench: {tool} not found (make bench installs it: apt-get install wrk ...)")
+    if not (REPO_ROOT / "bench" / "node" / "node_modules").exists():
+        sys.exit("bench: bench/node/node_modules missing (make bench runs npm ci there)")
+    raise_fd_limit()
+    # The orchestrator and its load generators stay off the servers' CPU.
+    if LOAD_CPUS:
+        os.sched_setaffinity(0, {int(c) for c in LOAD_CPUS.split(",")})
+    results: dict[str, Any] = {
+        "mode": mode.name,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "scenarios": {},
+    }
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="rtc-bench-") as tmp:
+        for name in chosen:
+            progress(f"== {name} ({mode.name})")
+            results["scenarios"][name] = SCENARIOS[name](mode, Path(tmp) / name)
+    results["seconds"] = round(time.monotonic() - started, 1)
+    out_dir = REPO_ROOT / "bench" / "results"
+    out_dir.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+    suffix = f"-{args.label}" if args.label else ""
+    path = out_dir / f"{stamp}-{mode.name}{suffix}.json"
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    print(render_table(results))
+    print(f"\nresults: {path.relative_to(REPO_ROOT)} ({results['seconds']} s)")
+    if mode is FULL or args.write_docs:
+        docs = REPO_ROOT / "docs" / "benchmarks.md"
+        docs.parent.mkdir(exist_ok=True)
+        docs.write_text(render_markdown(results, path.relative_to(REPO_ROOT)))
+        print(f"docs: {docs.relative_to(REPO_ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Signaling ceiling in Python: python-socketio + AsyncRedisManager, a room emit, nothing else.
+
+`python -m bench.bare_sio` on PORT with REDIS_URL. A client connects with auth {wallet} and joins
+room user:<wallet>; event `signal` {to, ...} is emitted as `signal` to room user:<to> through the
+Redis manager (so it crosses instances), with no auth, validation, dedup or rate limit.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import socketio
+import uvloop
+from aiohttp import web
+
+
+def create_app() -> web.Application:
+    manager = socketio.AsyncRedisManager(os.environ["REDIS_URL"], channel="bench-bare")
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp", client_manager=manager, cors_allowed_origins="*"
+    )
+
+    @sio.event
+    async def connect(sid: str, environ: dict[str, Any], auth: dict[str, Any] | None) -> None:
+        await sio.enter_room(sid, f"user:{(auth or {}).get('wallet', sid)}")
+
+    @sio.on("signal")
+    async def signal(sid: str, data: dict[str, Any]) -> None:
+        await sio.emit("signal", data, room=f"user:{data['to']}")
+
+    app = web.Application()
+    sio.attach(app)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", healthz)
+    return app
+
+
+if __name__ == "__main__":
+    web.run_app(
+        create_app(),
+        host="127.0.0.1",
+        port=int(os.environ["PORT"]),
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),
+    )

@@ -1,0 +1,126 @@
+"""Scenario 3: idle websocket clients on one signal instance, and presence fan-out.
+
+RSS per connection = (server RSS with N sockets open - RSS before) / N; connect rate = N over the
+time the clients took (at most PARALLEL handshakes in flight, each a real JWT handshake and a
+presence registration). Fan-out: a wallet with `fanout_contacts` online mutual contacts comes
+online; time from its connect until every contact got its presence:update.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.harness import (
+    LOAD_CPUS,
+    NODE_DIR,
+    pinned,
+    python_server,
+    rss_bytes,
+    server_pid,
+    start_redis,
+)
+from bench.modes import Mode, progress
+from bench.signaling import signal_service_env
+from tests.helpers import Process, make_token
+
+PARALLEL = 64
+
+
+def run(mode: Mode, workdir: Path) -> dict[str, Any]:
+    redis = start_redis(workdir / "redis")
+    started: list[Process] = [redis]
+    try:
+        signal = python_server("signal_service", workdir / "signal", signal_service_env(redis.url))
+        started.append(signal)
+        pid = server_pid(signal)
+        n = mode.connections
+        progress(f"connections: making {n} tokens")
+        users = [{"wallet": f"idle{i}", "token": make_token(f"idle{i}")} for i in range(n)]
+        spec_path = workdir / "connections.json"
+        spec_path.write_text(json.dumps({"urlA": signal.url, "users": users, "parallel": PARALLEL}))
+        time.sleep(0.5)  # settle after start (not synchronisation: a memory reading's baseline)
+        before = rss_bytes(pid)
+        env = {**os.environ, "MODE": "connections", "PROTOCOL": "rtc", "SPEC": str(spec_path)}
+        client = subprocess.Popen(
+            pinned(
+                LOAD_CPUS, ["node", "--max-old-space-size=8192", str(NODE_DIR / "signal_load.mjs")]
+            ),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert client.stdout is not None and client.stdin is not None
+        opened = json.loads(client.stdout.readline())
+        after = rss_bytes(pid)
+        client.stdin.write("close\n")
+        client.stdin.flush()
+        client.wait(timeout=300)
+        per_conn = (after - before) / max(1, opened["connected"])
+        progress(
+            f"connections: {opened['connected']} open ({opened['failed']} failed) at "
+            f"{opened['per_second']:.0f}/s, {per_conn / 1024:.1f} KiB each"
+        )
+        fanout = fan_out(mode, redis, signal.url, workdir)
+        return {
+            "target": n,
+            "connected": opened["connected"],
+            "failed": opened["failed"],
+            "connect_per_second": opened["per_second"],
+            "rss_before_mib": before / 2**20,
+            "rss_after_mib": after / 2**20,
+            "rss_per_connection_kib": per_conn / 1024,
+            "fanout": fanout,
+        }
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+def fan_out(mode: Mode, redis: Any, url: str, workdir: Path) -> dict[str, Any]:
+    runs = []
+    client = redis.client()
+    for repeat in range(mode.repeats):
+        subject = f"star{repeat}"
+        contacts = [f"fan{repeat}x{i}" for i in range(mode.fanout_contacts)]
+        pipe = client.pipeline()
+        pipe.sadd(f"rtc:contacts:{subject}", *contacts)
+        for contact in contacts:
+            pipe.sadd(f"rtc:contacts:{contact}", subject)
+        pipe.execute()
+        spec = {
+            "urlA": url,
+            "urlB": url,
+            "users": [{"wallet": c, "token": make_token(c)} for c in contacts],
+            "subject": {"wallet": subject, "token": make_token(subject)},
+        }
+        spec_path = workdir / "fanout.json"
+        spec_path.write_text(json.dumps(spec))
+        env = {**os.environ, "MODE": "fanout", "PROTOCOL": "rtc", "SPEC": str(spec_path)}
+        out = subprocess.run(
+            pinned(LOAD_CPUS, ["node", str(NODE_DIR / "signal_load.mjs")]),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=True,
+        ).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        runs.append(result)
+        progress(
+            f"presence fan-out {repeat + 1}/{mode.repeats}: {result['notified']}/"
+            f"{result['contacts']} notified in {result['fanout_ms']:.1f} ms"
+        )
+    from bench.harness import summary
+
+    return {
+        "contacts": mode.fanout_contacts,
+        "fanout_ms": summary([r["fanout_ms"] for r in runs]),
+        "all_notified": all(r["notified"] == r["contacts"] for r in runs),
+        "runs": runs,
+    }

@@ -1,0 +1,294 @@
+"""The results table (terminal and docs/benchmarks.md), goals included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+Row = tuple[str, str, str, str, str]  # scenario, measure, value, ratio, goal
+# The hand-written part of docs/benchmarks.md: profiles, changes made, what would move a goal.
+FINDINGS = Path(__file__).with_name("findings.md")
+
+
+def fmt(stat: dict[str, float], unit: str, digits: int = 0) -> str:
+    if not stat or stat.get("n", 0) == 0:
+        return "n/a"
+    med, lo, hi = stat["median"], stat["min"], stat["max"]
+    if stat.get("n", 1) == 1:
+        return f"{med:,.{digits}f} {unit}"
+    return f"{med:,.{digits}f} {unit} [{lo:,.{digits}f}-{hi:,.{digits}f}]"
+
+
+def ratio(a: dict[str, float], b: dict[str, float]) -> float:
+    try:
+        return a["median"] / b["median"]
+    except (KeyError, ZeroDivisionError):
+        return float("nan")
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    s = results["scenarios"]
+    if "ice" in s:
+        sat, fixed = s["ice"]["saturation"], s["ice"]["fixed_1000"]
+        bare, nginx = sat["bare_aiohttp"]["rps"], sat["nginx_static"]["rps"]
+        r = ratio(sat["ice"]["rps"], bare)
+        out += [
+            (
+                "ICE",
+                "nginx answering the JSON itself (machine ceiling)",
+                fmt(nginx, "req/s"),
+                "",
+                "",
+            ),
+            ("ICE", "bare aiohttp handler behind the gateway", fmt(bare, "req/s"), "1.00", ""),
+            (
+                "ICE",
+                "ice-service, stdlib asyncio loop (before)",
+                fmt(sat["ice_asyncio"]["rps"], "req/s"),
+                f"{ratio(sat['ice_asyncio']['rps'], bare):.2f} of bare",
+                "",
+            ),
+            (
+                "ICE",
+                "ice-service (uvloop)",
+                fmt(sat["ice"]["rps"], "req/s"),
+                f"{r:.2f} of bare, {ratio(sat['ice']['rps'], nginx):.3f} of nginx",
+                f">= 0.50 of bare: {verdict(r >= 0.5)}",
+            ),
+        ]
+        for name, label in (
+            ("bare_aiohttp", "bare aiohttp"),
+            ("ice_asyncio", "ice-service asyncio"),
+            ("ice", "ice-service"),
+        ):
+            p99 = fixed[name]["p99_ms"]
+            goal = f"p99 <= 10 ms: {verdict(p99['median'] <= 10)}" if name == "ice" else ""
+            out.append(
+                (
+                    "ICE",
+                    f"{label} at 1,000 req/s p50 / p99",
+                    f"{fmt(fixed[name]['p50_ms'], 'ms', 2)} / {fmt(p99, 'ms', 2)}",
+                    "",
+                    goal,
+                )
+            )
+    if "signaling" in s:
+        lat, sat = s["signaling"]["latency_1000"], s["signaling"]["saturation"]
+        names = (
+            ("node_socketio", "Node socket.io + redis-adapter"),
+            ("bare_python_socketio", "bare python-socketio + AsyncRedisManager"),
+            ("signal_service", "signal-service"),
+        )
+        for name, label in names:
+            goal, rr = "", ""
+            if name == "signal_service":
+                r = ratio(lat[name]["p99_ms"], lat["bare_python_socketio"]["p99_ms"])
+                rr = f"{r:.2f}x bare p99"
+                goal = (
+                    f"<= 1.5x bare: {verdict(r <= 1.5)}; p99 <= 5 ms: "
+                    f"{verdict(lat[name]['p99_ms']['median'] <= 5)}"
+                )
+            out.append(
+                (
+                    "Signaling",
+                    f"{label} at 1,000 signals/s p50 / p99",
+                    f"{fmt(lat[name]['p50_ms'], 'ms', 2)} / {fmt(lat[name]['p99_ms'], 'ms', 2)}"
+                    f" (lost {lat[name]['lost']})",
+                    rr,
+                    goal,
+                )
+            )
+        for name, label in names:
+            goal, rr = "", ""
+            if name == "signal_service":
+                r = ratio(sat[name]["per_second"], sat["node_socketio"]["per_second"])
+                rb = ratio(sat[name]["per_second"], sat["bare_python_socketio"]["per_second"])
+                rr = f"{r:.2f} of Node, {rb:.2f} of bare"
+                goal = f">= Node per core: {verdict(r >= 1)}"
+            out.append(
+                (
+                    "Signaling",
+                    f"{label} sustained",
+                    fmt(sat[name]["per_second"], "signals/s"),
+                    rr,
+                    goal,
+                )
+            )
+    if "connections" in s:
+        c = s["connections"]
+        per = c["rss_per_connection_kib"]
+        out += [
+            (
+                "Connections",
+                f"{c['connected']:,} idle websockets on one signal instance ({c['failed']} failed)",
+                f"{per:.1f} KiB each (RSS {c['rss_before_mib']:.0f} -> "
+                f"{c['rss_after_mib']:.0f} MiB)",
+                "",
+                f"20,000 at <= 30 KiB: {verdict(c['connected'] >= 20000 and per <= 30)}",
+            ),
+            (
+                "Connections",
+                "connect rate (JWT handshake + presence)",
+                f"{c['connect_per_second']:,.0f} /s",
+                "",
+                "",
+            ),
+            (
+                "Connections",
+                f"presence fan-out to {c['fanout']['contacts']} online contacts",
+                fmt(c["fanout"]["fanout_ms"], "ms", 1)
+                + ("" if c["fanout"]["all_notified"] else " (NOT all notified)"),
+                "",
+                "",
+            ),
+        ]
+    if "relay" in s:
+        for fsync, r in s["relay"].items():
+            sat, fixed = r["saturation"], r["fixed_1000"]
+            rel = ratio(sat["relay"]["rps"], sat["bare_aiohttp"]["rps"])
+            goal = f">= 0.60 of bare: {verdict(rel >= 0.6)}" if fsync == "everysec" else ""
+            out += [
+                (
+                    f"Relay ({fsync})",
+                    "redis-benchmark XADD (Redis ceiling)",
+                    fmt(r["redis_benchmark_xadd"], "/s"),
+                    "",
+                    "",
+                ),
+                (
+                    f"Relay ({fsync})",
+                    "bare aiohttp XADD behind the gateway",
+                    fmt(sat["bare_aiohttp"]["rps"], "msg/s"),
+                    "1.00",
+                    "",
+                ),
+                (
+                    f"Relay ({fsync})",
+                    "relay-service enqueue",
+                    fmt(sat["relay"]["rps"], "msg/s"),
+                    f"{rel:.2f} of bare, "
+                    f"{ratio(sat['relay']['rps'], r['redis_benchmark_xadd']):.3f} of redis-bench",
+                    goal,
+                ),
+            ]
+            for name, label in (("bare_aiohttp", "bare XADD"), ("relay", "relay-service enqueue")):
+                p99 = fixed[name]["p99_ms"]
+                g = (
+                    f"p99 <= 15 ms: {verdict(p99['median'] <= 15)}"
+                    if name == "relay" and fsync == "everysec"
+                    else ""
+                )
+                out.append(
+                    (
+                        f"Relay ({fsync})",
+                        f"{label} at 1,000 msg/s p50 / p99",
+                        f"{fmt(fixed[name]['p50_ms'], 'ms', 2)} / {fmt(p99, 'ms', 2)}",
+                        "",
+                        g,
+                    )
+                )
+            out.append(
+                (
+                    f"Relay ({fsync})",
+                    "pull+ack (100 per pull)",
+                    fmt(r["pull_ack"]["per_second"], "msg/s"),
+                    "",
+                    "",
+                )
+            )
+    return out
+
+
+def render_table(results: dict[str, Any]) -> str:
+    table = rows(results)
+    widths = [max(len(row[i]) for row in table) for i in range(5)] if table else [0] * 5
+    header = ("scenario", "measure", "median [min-max]", "ratio", "goal")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table]
+    return "\n".join(lines)
+
+
+def render_markdown(results: dict[str, Any], json_path: Path) -> str:
+    m = results["machine"]
+    table = "\n".join(f"| {' | '.join(row)} |" for row in rows(results))
+    return TEMPLATE.format(
+        mode=results["mode"],
+        started=results["started"],
+        seconds=results["seconds"],
+        cpu=m["cpu"],
+        cpus=m["cpus"],
+        memory=m["memory_gib"],
+        kernel=m["kernel"],
+        python=m["python"],
+        node=m["node"],
+        nginx=m["nginx"],
+        redis=m["redis"],
+        server_cpus=m["server_cpus"],
+        load_cpus=m["load_cpus"],
+        rev=m["git_rev"],
+        table=table,
+        json_path=json_path,
+        findings=FINDINGS.read_text(),
+    )
+
+
+TEMPLATE = """# Benchmarks
+
+Generated by `make bench-full` ({mode} mode) on {started}, git {rev}, in {seconds} s. Raw figures,
+every repeat included: `{json_path}`. Every figure is the median of the repeats with
+[min-max]; every baseline was measured in the same run, interleaved with its subject.
+
+| scenario | measure | median [min-max] | ratio | goal |
+|---|---|---|---|---|
+{table}
+
+## Machine
+
+{cpu}, {cpus} CPUs, {memory} GiB, Linux {kernel}; Python {python}, Node {node}, {nginx},
+{redis}. Servers (nginx, Redis, the services and the baselines) are pinned to CPU {server_cpus}
+and the load generators to CPU {load_cpus} with `taskset`, so a generator never takes the
+servers' core: every server-side figure is **one core's** worth. Each generator's own CPU use is
+in the JSON (`generator_cpu_percent`) to show it was not the bottleneck.
+
+## How to reproduce
+
+```sh
+make bootstrap          # the venv (what `make run` sets up)
+make bench              # quick mode: 3 repeats of short runs, a few minutes, prints the table
+make bench-full         # full mode: 5 repeats of 10 s runs, 20,000 sockets; writes this page
+.venv/bin/python -m bench --mode quick --only ice,relay   # a subset
+```
+
+`make bench` installs wrk (apt) and the Node packages of `bench/node` when they are missing.
+
+## What each scenario measures
+
+- **ICE**: `GET /api/v1/rtc/ice` through the gateway (coturn provider, rate limit raised so it is
+  not what is measured, per-address gateway limits off). Saturation with wrk (1 thread, 64
+  connections); latency at a fixed 1,000 req/s with `bench/loadgen.py`, an open-loop generator
+  that sends on schedule and counts each latency from the request's scheduled time (no
+  coordinated omission). Baselines: a bare aiohttp handler returning the same JSON (same size)
+  behind the same gateway, and nginx returning it itself. `ice-service, stdlib asyncio loop` is
+  the same service with `EVENT_LOOP=asyncio` (the "before" of the uvloop change).
+- **Signaling**: `rtc:offer` with a ~1.5 KB SDP from user A on instance 1 to user B on instance
+  2 (two instances, one Redis, so every signal crosses pub/sub), socket.io-client over websocket
+  (`bench/node/signal_load.mjs`). Latency at a fixed 1,000 signals/s from the scheduled send
+  time to delivery; sustained rate with 4 sender/receiver pairs keeping 16 signals in flight
+  each. Baselines: bare python-socketio + AsyncRedisManager room emit (`bench/bare_sio.py`) and
+  Node socket.io + @socket.io/redis-adapter (`bench/node/server.mjs`), same protocol and payload.
+- **Connections**: N idle websocket clients (real JWT handshakes) on one signal instance: RSS
+  growth per connection, connect rate with 64 handshakes in flight, then a wallet with 500
+  online mutual contacts comes online: time until every contact got `presence:update`.
+- **Relay**: `POST /api/v1/relay/enqueue` (unique messageIds, 2,000 recipients) through the
+  gateway with Redis AOF `appendfsync everysec` and `always`; baselines: a bare aiohttp handler
+  doing one XADD behind the same gateway, and `redis-benchmark` running XADD (Redis's ceiling).
+  Pull+ack: one recipient drains its queue 100 messages per pull, acking each batch.
+
+{findings}"""

@@ -1,0 +1,118 @@
+"""Scenario 2: offer delivery between two users on different signal instances.
+
+Three servers, each as two instances sharing one Redis, driven by the same socket.io-client load
+(bench/node/signal_load.mjs) with the same ~1.5 KB SDP: signal-service (auth, validation, contacts,
+dedup, rate limit), bare python-socketio + AsyncRedisManager (bench/bare_sio.py) and Node
+socket.io + @socket.io/redis-adapter (bench/node/server.mjs). Clients connect to the instances
+directly, user A to the first and user B to the second, so every signal crosses Redis pub/sub.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.harness import NodeServer, python_server, run_node_load, start_redis, summary
+from bench.modes import Mode, progress
+from tests.helpers import Process, add_contacts, base_env, make_token
+
+PAIRS = 4
+WINDOW = 16
+
+
+def users(redis: Any, prefix: str, n: int) -> list[dict[str, Any]]:
+    pairs = []
+    for i in range(n):
+        a, b = f"{prefix}a{i}", f"{prefix}b{i}"
+        add_contacts(redis, a, b)
+        pairs.append(
+            {
+                "a": {"wallet": a, "token": make_token(a)},
+                "b": {"wallet": b, "token": make_token(b)},
+            }
+        )
+    return pairs
+
+
+def signal_service_env(redis_url: str, **extra: str) -> dict[str, str]:
+    return base_env(redis_url, SIGNAL_RATE_PER_SEC="100000", **extra)
+
+
+def run(mode: Mode, workdir: Path) -> dict[str, Any]:
+    redis = start_redis(workdir / "redis")
+    started: list[Process] = [redis]
+    try:
+        servers: dict[str, tuple[str, str, list[Process]]] = {}
+        env = signal_service_env(redis.url)
+        rtc = [python_server("signal_service", workdir / f"signal{i}", env) for i in range(2)]
+        started += rtc
+        servers["signal_service"] = ("rtc", "", rtc)
+        bare = [
+            python_server("bench.bare_sio", workdir / f"bare{i}", {"REDIS_URL": redis.url})
+            for i in range(2)
+        ]
+        started += bare
+        servers["bare_python_socketio"] = ("bare", "", bare)
+        node = [NodeServer(workdir / f"node{i}", redis.url) for i in range(2)]
+        for server in node:
+            server.start()
+        started += node
+        servers["node_socketio"] = ("bare", "", node)
+
+        latency: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+        saturation: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+        for repeat in range(mode.repeats):
+            for name, (protocol, _, instances) in servers.items():
+                urls = {"urlA": instances[0].url, "urlB": instances[1].url}  # type: ignore[attr-defined]
+                prefix = f"r{repeat}{name[:4]}"
+                spec = {
+                    **urls,
+                    "pairs": users(redis, prefix + "l", 1),
+                    "rate": 1000,
+                    "duration": mode.fixed_seconds,
+                }
+                result = run_node_load("latency", protocol, spec, workdir)
+                latency[name].append(result)
+                progress(
+                    f"signaling 1000/s {repeat + 1}/{mode.repeats} {name}: p50 "
+                    f"{result['p50_ms']:.2f} ms p99 {result['p99_ms']:.2f} ms lost {result['lost']}"
+                )
+                spec = {
+                    **urls,
+                    "pairs": users(redis, prefix + "s", PAIRS),
+                    "window": WINDOW,
+                    "duration": mode.saturation_seconds,
+                }
+                result = run_node_load("saturate", protocol, spec, workdir)
+                saturation[name].append(result)
+                progress(
+                    f"signaling saturation {repeat + 1}/{mode.repeats} {name}: "
+                    f"{result['per_second']:.0f} signals/s"
+                )
+        return {
+            "pairs": PAIRS,
+            "window": WINDOW,
+            "latency_1000": {
+                name: {
+                    "p50_ms": summary([r["p50_ms"] for r in runs]),
+                    "p99_ms": summary([r["p99_ms"] for r in runs]),
+                    "lost": sum(r["lost"] for r in runs),
+                    "errors": sum(r["errors"] for r in runs),
+                    "generator_cpu_percent": summary([r["generator_cpu_percent"] for r in runs]),
+                    "runs": runs,
+                }
+                for name, runs in latency.items()
+            },
+            "saturation": {
+                name: {
+                    "per_second": summary([r["per_second"] for r in runs]),
+                    "errors": sum(r["errors"] for r in runs),
+                    "generator_cpu_percent": summary([r["generator_cpu_percent"] for r in runs]),
+                    "runs": runs,
+                }
+                for name, runs in saturation.items()
+            },
+        }
+    finally:
+        for process in reversed(started):
+            process.stop()
