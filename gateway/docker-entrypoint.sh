@@ -12,6 +12,12 @@
 #      GATEWAY_AFFINITY_KEY ($remote_addr: the nginx variable hashed over the signal replicas;
 #      e.g. $http_x_forwarded_for behind a load balancer, after real_ip).
 #      GATEWAY_WEB_ROOT (/usr/share/rtc-gateway/web: the web SDK and demo page served at /demo/).
+#      Per-client limits (README "Configuration"; the same defaults as rtcctl's GatewayLimits):
+#      GATEWAY_RATE_LIMIT (50 requests/s per client address; off or 0: no limit),
+#      GATEWAY_RATE_BURST (100), GATEWAY_CONN_LIMIT (100 open connections per address; off or 0),
+#      GATEWAY_MAX_BODY_SIZE (128k), GATEWAY_RELAY_MAX_BODY_SIZE (512k),
+#      GATEWAY_MAX_HEADER_SIZE (8k), GATEWAY_CLIENT_HEADER_TIMEOUT (10s),
+#      GATEWAY_CLIENT_BODY_TIMEOUT (10s), GATEWAY_SEND_TIMEOUT (30s).
 set -eu
 
 TEMPLATE=${GATEWAY_TEMPLATE:-/etc/rtc-gateway/nginx.conf.template}
@@ -33,6 +39,57 @@ if [ "$affinity_ok" != yes ]; then
         "(e.g. \$remote_addr, \$http_x_forwarded_for), got: '$AFFINITY_KEY'"
     exit 64
 fi
+
+# Limits, sizes and timeouts: checked here (they are pasted into the config), exported for render.
+bad_value() {
+    log "$1 must be $2, got: '$3'"
+    exit 64
+}
+is_count() { # 1-7 ASCII digits
+    case $1 in '' | *[!0-9]*) return 1 ;; esac
+    [ ${#1} -le 7 ]
+}
+per_address() { # VARIABLE VALUE -> KEY, LIMIT; off (or 0): an empty key, never counted
+    case $2 in
+        off | OFF | Off | 0) KEY='""' LIMIT=1 ;;
+        *) is_count "$2" || bad_value "$1" "a number of 1 to 7 digits, or off" "$2"
+           KEY='$binary_remote_addr' LIMIT=$2 ;;
+    esac
+}
+nginx_size() { # VARIABLE VALUE: 128k, 1m, 4096
+    case $2 in [1-9]*) ;; *) bad_value "$1" "an nginx size such as 128k or 1m" "$2" ;; esac
+    is_count "${2%[kKmM]}" || bad_value "$1" "an nginx size such as 128k or 1m" "$2"
+}
+nginx_time() { # VARIABLE VALUE: 10s, 500ms, 1m, 30
+    case $2 in *ms) t=${2%ms} ;; *) t=${2%[sm]} ;; esac
+    case $t in [1-9]*) ;; *) bad_value "$1" "an nginx time such as 10s or 500ms" "$2" ;; esac
+    is_count "$t" || bad_value "$1" "an nginx time such as 10s or 500ms" "$2"
+}
+per_address GATEWAY_RATE_LIMIT "${GATEWAY_RATE_LIMIT:-50}"
+export R_rate_key="$KEY" R_rate_limit="$LIMIT"
+per_address GATEWAY_CONN_LIMIT "${GATEWAY_CONN_LIMIT:-100}"
+export R_conn_key="$KEY" R_conn_limit="$LIMIT"
+R_rate_burst=${GATEWAY_RATE_BURST:-100}
+case $R_rate_burst in
+    0*) bad_value GATEWAY_RATE_BURST "a number from 1, of at most 7 digits" "$R_rate_burst" ;;
+    *) is_count "$R_rate_burst" ||
+        bad_value GATEWAY_RATE_BURST "a number from 1, of at most 7 digits" "$R_rate_burst" ;;
+esac
+export R_rate_burst
+export R_max_body_size="${GATEWAY_MAX_BODY_SIZE:-128k}"
+export R_relay_max_body_size="${GATEWAY_RELAY_MAX_BODY_SIZE:-512k}"
+export R_max_header_size="${GATEWAY_MAX_HEADER_SIZE:-8k}"
+export R_client_header_timeout="${GATEWAY_CLIENT_HEADER_TIMEOUT:-10s}"
+export R_client_body_timeout="${GATEWAY_CLIENT_BODY_TIMEOUT:-10s}"
+export R_send_timeout="${GATEWAY_SEND_TIMEOUT:-30s}"
+nginx_size GATEWAY_MAX_BODY_SIZE "$R_max_body_size"
+nginx_size GATEWAY_RELAY_MAX_BODY_SIZE "$R_relay_max_body_size"
+nginx_size GATEWAY_MAX_HEADER_SIZE "$R_max_header_size"
+nginx_time GATEWAY_CLIENT_HEADER_TIMEOUT "$R_client_header_timeout"
+nginx_time GATEWAY_CLIENT_BODY_TIMEOUT "$R_client_body_timeout"
+nginx_time GATEWAY_SEND_TIMEOUT "$R_send_timeout"
+LIMIT_NAMES="rate_key rate_limit rate_burst conn_key conn_limit max_body_size relay_max_body_size"
+export LIMIT_NAMES="$LIMIT_NAMES max_header_size client_header_timeout client_body_timeout send_timeout"
 
 # "host:port" -> one `server addr:port;` line per address the name resolves to (every replica of
 # a compose service), sorted so that an unchanged set renders the same file. A name that does not
@@ -63,6 +120,7 @@ render() {
         /^\{\{ice_servers\}\}$/ { print ENVIRON["R_ICE"]; next }
         /^\{\{signal_servers\}\}$/ { print ENVIRON["R_SIGNAL"]; next }
         /^\{\{relay_servers\}\}$/ { print ENVIRON["R_RELAY"]; next }
+        /^\{\{extra_(upstreams|locations)\}\}$/ { next }
         {
             gsub(/\{\{run_dir\}\}/, ENVIRON["R_RUN_DIR"])
             gsub(/\{\{log_dir\}\}/, ENVIRON["R_LOG_DIR"])
@@ -71,6 +129,8 @@ render() {
             gsub(/\{\{affinity_key\}\}/, ENVIRON["R_AFFINITY_KEY"])
             gsub(/\{\{web_root\}\}/, ENVIRON["R_WEB_ROOT"])
             gsub(/\{\{daemon\}\}/, "off")
+            n = split(ENVIRON["LIMIT_NAMES"], names, " ")
+            for (i = 1; i <= n; i++) gsub("\\{\\{" names[i] "\\}\\}", ENVIRON["R_" names[i]])
             print
         }' "$TEMPLATE"
 }

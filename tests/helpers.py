@@ -30,7 +30,7 @@ import jwt
 import redis
 from rtc_common.directory import Directory, open_directory
 from rtc_common.settings import CommonSettings, load_settings
-from rtcctl.local import StackPorts, render_gateway, turnserver_conf
+from rtcctl.local import GatewayLimits, StackPorts, render_gateway, turnserver_conf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 JWT_SECRET = "test-jwt-secret-0123456789abcdef0123456789"
@@ -177,12 +177,13 @@ class RedisServer(Process):
 
 
 class Coturn(Process):
-    def __init__(self, workdir: Path, secret: str = TURN_SECRET):
+    def __init__(self, workdir: Path, secret: str = TURN_SECRET, previous: str | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.secret = secret
-        conf = workdir / "turnserver.conf"
-        conf.write_text(turnserver_conf(workdir, self.port, secret))
+        self.conf = workdir / "turnserver.conf"
+        self.conf.write_text(turnserver_conf(workdir, self.port, secret, previous))
+        conf = self.conf
         super().__init__(
             f"coturn:{self.port}", ["turnserver", "-c", str(conf)], workdir / "turn.log"
         )
@@ -254,6 +255,7 @@ class Gateway(Process):
         ice: list[int],
         signal: list[int] | None = None,
         relay: list[int] | None = None,
+        limits: GatewayLimits | None = None,
     ):
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "logs").mkdir(exist_ok=True)
@@ -263,7 +265,7 @@ class Gateway(Process):
             gateway=self.port, ice=ice, signal=signal or [free_port()], relay=relay or [free_port()]
         )
         conf = workdir / "nginx.conf"
-        conf.write_text(render_gateway(workdir, ports))
+        conf.write_text(render_gateway(workdir, ports, limits=limits))
         super().__init__(
             f"gateway:{self.port}",
             ["nginx", "-c", str(conf), "-p", f"{workdir}/"],

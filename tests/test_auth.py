@@ -485,6 +485,80 @@ async def test_algorithm_confusion_is_refused(bare: BareFactory, pinned: str) ->
         await assert_error(response, 401, "unauthorized")
 
 
+# --- Key rotation -------------------------------------------------------------------------
+
+PREVIOUS_SECRET = "the-secret-being-retired-0123456789abcdef"
+
+
+async def test_hmac_key_rotation(bare: BareFactory) -> None:
+    """JWT_SECRET_PREVIOUS: tokens of the retired secret stay valid during the rotation; once it
+    is removed they are refused. Expiry and claims are checked whichever key matched."""
+    old_token = make_token("0xo1d", secret=PREVIOUS_SECRET)
+    rotating = await bare(JWT_SECRET_PREVIOUS=PREVIOUS_SECRET)
+    for token in (make_token("0xo1d"), old_token):
+        response = await rotating.get(WHOAMI, headers=bearer(token))
+        assert (await response.json())["wallet"] == "0xo1d"
+    for refused in (
+        make_token(secret=PREVIOUS_SECRET, expires_in=-5),
+        make_token(secret="a-third-secret-never-configured-0123456789"),
+        make_token(None, secret=PREVIOUS_SECRET),
+    ):
+        await assert_error(await rotating.get(WHOAMI, headers=bearer(refused)), 401, "unauthorized")
+    expired = await rotating.get(
+        WHOAMI, headers=bearer(make_token(secret=PREVIOUS_SECRET, expires_in=-5))
+    )
+    assert (await expired.json())["message"] == "token expired"
+    retired = await bare()
+    await assert_error(await retired.get(WHOAMI, headers=bearer(old_token)), 401, "unauthorized")
+    # The previous key of the other family is not used (a leftover JWT_SECRET_PREVIOUS with RS256).
+    _key, pem = rsa_keys()
+    rs_only = await bare(
+        JWT_ALGORITHMS="RS256", JWT_PUBLIC_KEY=pem, JWT_SECRET_PREVIOUS=PREVIOUS_SECRET
+    )
+    await assert_error(await rs_only.get(WHOAMI, headers=bearer(old_token)), 401, "unauthorized")
+
+
+async def test_public_key_rotation(bare: BareFactory, tmp_path: Path) -> None:
+    new_key, new_pem = rsa_keys()
+    old_key, old_pem = rsa_keys()
+    other_key, _ = rsa_keys()
+    (tmp_path / "old.pem").write_text(old_pem)
+    for env in (
+        {"JWT_PUBLIC_KEY_PREVIOUS": old_pem},
+        {"JWT_PUBLIC_KEY_PREVIOUS_FILE": str(tmp_path / "old.pem")},
+    ):
+        client = await bare(JWT_ALGORITHMS="RS256", JWT_PUBLIC_KEY=new_pem, JWT_SECRET="", **env)
+        for key in (new_key, old_key):
+            response = await client.get(WHOAMI, headers=bearer(signed(key, "RS256")))
+            assert response.status == 200, await response.text()
+        refused = await client.get(WHOAMI, headers=bearer(signed(other_key, "RS256")))
+        await assert_error(refused, 401, "unauthorized")
+        # HS256 signed with either PEM as the HMAC secret: still the algorithm confusion.
+        for pem in (new_pem, old_pem):
+            forged = hs256_by_hand({"wallet": "0xabc", "exp": later()}, pem.encode())
+            await assert_error(
+                await client.get(WHOAMI, headers=bearer(forged)), 401, "unauthorized"
+            )
+
+
+def test_unusable_previous_keys_fail_at_start(tmp_path: Path) -> None:
+    _key, pem = rsa_keys()
+    _ec_key, ec_pem = ec_keys()
+    base = {"JWT_ALGORITHMS": "RS256", "JWT_PUBLIC_KEY": pem}
+    for env, variable in (
+        ({"JWT_PUBLIC_KEY_PREVIOUS": ec_pem}, "JWT_PUBLIC_KEY_PREVIOUS"),
+        ({"JWT_PUBLIC_KEY_PREVIOUS": SECRET_VALUE}, "JWT_PUBLIC_KEY_PREVIOUS"),
+        (
+            {"JWT_PUBLIC_KEY_PREVIOUS_FILE": str(tmp_path / "missing.pem")},
+            "JWT_PUBLIC_KEY_PREVIOUS_FILE",
+        ),
+    ):
+        with pytest.raises(SettingsError) as error:
+            load_settings(CommonSettings, {**base, **env})
+        assert variable in str(error.value)
+        assert SECRET_VALUE not in str(error.value)
+
+
 # --- Settings -----------------------------------------------------------------------------
 
 SECRET_VALUE = "do-not-echo-this-secret-0123456789"

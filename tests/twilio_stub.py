@@ -94,6 +94,8 @@ class TwilioStub:
     api_key: str = API_KEY
     api_secret: str = API_SECRET
     mode: str = "ok"
+    # Seconds to wait before answering an authenticated token request (a slow upstream).
+    delay: float = 0.0
     # Applied to each successful body before it is sent (e.g. to drop `urls` from an entry).
     shape: Callable[[dict[str, Any]], None] | None = None
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -156,6 +158,8 @@ class TwilioStub:
         if len(ttl) != 1 or not ttl[0].isdigit():
             return twilio_error(400, 21212, "Invalid Ttl")
         self.received.set()
+        if self.delay > 0:
+            await asyncio.sleep(self.delay)  # the slow upstream itself, not a synchronisation
 
         if self.mode in ("hold", "hang"):
             await self.release.wait()

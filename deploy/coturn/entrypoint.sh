@@ -2,6 +2,7 @@
 # Renders /etc/rtc-coturn/turnserver.conf.template into /tmp/turnserver.conf and runs turnserver.
 set -eu
 : "${TURN_SECRET:?TURN_SECRET is required (the same secret as ice-service)}"
+export TURN_SECRET_PREVIOUS="${TURN_SECRET_PREVIOUS:-}"
 export TURN_PORT="${TURN_PORT:-3478}"
 export TURN_MIN_PORT="${TURN_MIN_PORT:-49160}"
 export TURN_MAX_PORT="${TURN_MAX_PORT:-49999}"

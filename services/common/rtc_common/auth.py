@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -19,6 +20,8 @@ from .errors import ApiError, unauthorized
 from .settings import CommonSettings
 
 MAX_TOKEN_LENGTH = 8192
+# Verified tokens remembered per process (see JwtVerifier._remember).
+VERIFIED_CACHE_SIZE = 10_000
 _HEX_WALLET = re.compile(r"^0x[0-9a-fA-F]+$")
 # Wallets end up in Redis keys, TURN usernames ("<expiry>:<wallet>") and convIds ("a:b"),
 # so separators and control characters are refused rather than escaped.
@@ -53,30 +56,49 @@ class JwtVerifier:
     def __init__(self, settings: CommonSettings) -> None:
         # The key follows the pinned algorithm family (settings refuse mixing families): a leftover
         # JWT_SECRET must not become the key of RS/ES/PS tokens, nor the public key an HMAC secret.
-        asymmetric = any(not alg.startswith("HS") for alg in settings.jwt_algorithms)
-        secret = settings.jwt_public_key if asymmetric else settings.jwt_secret
-        if secret is None:  # settings validation guarantees one of them
+        # During a key rotation the previous key (JWT_SECRET_PREVIOUS / JWT_PUBLIC_KEY_PREVIOUS)
+        # follows the current one; it is tried only when the signature does not match.
+        self._keys = settings.jwt_verification_keys
+        if not self._keys:  # settings validation guarantees one of them
             raise ValueError("JWT_SECRET or JWT_PUBLIC_KEY is required")
-        self._key = secret.get_secret_value()
         self._algorithms = list(settings.jwt_algorithms)
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._wallet_claim = settings.jwt_wallet_claim
+        self._verified: dict[str, Identity] = {}
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        for index, key in enumerate(self._keys):
+            try:
+                claims: dict[str, Any] = jwt.decode(
+                    token,
+                    key,
+                    algorithms=self._algorithms,
+                    issuer=self._issuer,
+                    audience=self._audience,
+                    options={"require": ["exp"], "verify_aud": self._audience is not None},
+                )
+            except jwt.InvalidSignatureError:
+                # The signature is checked before any claim: another key may still match.
+                if index == len(self._keys) - 1:
+                    raise
+                continue
+            return claims
+        raise jwt.InvalidSignatureError("no verification key")
 
     def verify(self, token: str, method: AuthMethod) -> Identity:
         # A JWT is ASCII; other text (e.g. undecodable header bytes) must not reach PyJWT, whose
         # encode step would raise something other than a PyJWTError (a 500).
         if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
             raise unauthorized("invalid token")
+        cached = self._verified.get(token)
+        if cached is not None:
+            if time.time() < cached.claims["exp"]:  # no leeway, like PyJWT's check here
+                return Identity(wallet=cached.wallet, method=method, claims=cached.claims)
+            del self._verified[token]
+            raise unauthorized("token expired")
         try:
-            claims = jwt.decode(
-                token,
-                self._key,
-                algorithms=self._algorithms,
-                issuer=self._issuer,
-                audience=self._audience,
-                options={"require": ["exp"], "verify_aud": self._audience is not None},
-            )
+            claims = self._decode(token)
         except jwt.ExpiredSignatureError:
             raise unauthorized("token expired") from None
         except jwt.PyJWTError:
@@ -88,7 +110,18 @@ class JwtVerifier:
         wallet = normalize_wallet(wallet)
         if not is_valid_wallet(wallet):
             raise unauthorized("token wallet claim is malformed")
-        return Identity(wallet=wallet, method=method, claims=claims)
+        identity = Identity(wallet=wallet, method=method, claims=claims)
+        self._remember(token, identity)
+        return identity
+
+    def _remember(self, token: str, identity: Identity) -> None:
+        # Clients send the same token on every request: a verified token is remembered (by its
+        # whole text, signature included) until its exp, so the signature is checked once.
+        if not isinstance(identity.claims.get("exp"), int | float):
+            return
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))  # the oldest entry
+        self._verified[token] = identity
 
 
 class Authenticator:

@@ -50,6 +50,8 @@ class CommonSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: LogLevel = "INFO"
+    # uvloop by default; "asyncio" is the stdlib loop (the benchmarks compare both).
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     directory_url: str | None = None
@@ -64,6 +66,11 @@ class CommonSettings(BaseSettings):
     jwt_public_key: SecretStr | None = None
     # A PEM file instead of JWT_PUBLIC_KEY (multi-line values do not fit every .env format).
     jwt_public_key_file: str | None = None
+    # Key rotation: a second verification key, accepted while the first is retired (tokens
+    # signed with it stay valid until they expire). Same algorithm family as the main key.
+    jwt_secret_previous: SecretStr | None = None
+    jwt_public_key_previous: SecretStr | None = None
+    jwt_public_key_previous_file: str | None = None
     jwt_algorithms: CsvList = ("HS256",)
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
@@ -130,17 +137,17 @@ class CommonSettings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _read_key_file(cls, data: Any) -> Any:
-        if (
-            isinstance(data, dict)
-            and data.get("jwt_public_key_file")
-            and not data.get("jwt_public_key")
-        ):
-            path = Path(str(data["jwt_public_key_file"]))
-            try:
-                return {**data, "jwt_public_key": path.read_text()}
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = getattr(exc, "strerror", None) or type(exc).__name__
-                raise ValueError(f"JWT_PUBLIC_KEY_FILE cannot be read ({reason})") from None
+        if not isinstance(data, dict):
+            return data
+        for key in ("jwt_public_key", "jwt_public_key_previous"):
+            if data.get(f"{key}_file") and not data.get(key):
+                path = Path(str(data[f"{key}_file"]))
+                try:
+                    data = {**data, key: path.read_text()}
+                except (OSError, UnicodeDecodeError) as exc:
+                    reason = getattr(exc, "strerror", None) or type(exc).__name__
+                    variable = f"{key}_file".upper()
+                    raise ValueError(f"{variable} cannot be read ({reason})") from None
         return data
 
     @model_validator(mode="after")
@@ -153,19 +160,36 @@ class CommonSettings(BaseSettings):
             raise ValueError("JWT_SECRET is required for HMAC algorithms")
         if asymmetric and self.jwt_public_key is None:
             raise ValueError("JWT_PUBLIC_KEY is required for RS/ES/PS algorithms")
-        if asymmetric and self.jwt_public_key is not None:
+        for variable, value in (
+            ("JWT_PUBLIC_KEY", self.jwt_public_key),
+            ("JWT_PUBLIC_KEY_PREVIOUS", self.jwt_public_key_previous),
+        ):
+            if not asymmetric or value is None:
+                continue
             # Checked here so a malformed key fails the start, not every request (as 401s or 500s).
-            pem = self.jwt_public_key.get_secret_value()
+            pem = value.get_secret_value()
             for alg in sorted(asymmetric):
                 try:
                     key = get_default_algorithms()[alg].prepare_key(pem)
                 except (InvalidKeyError, ValueError, TypeError):
                     raise ValueError(
-                        f"JWT_PUBLIC_KEY is not a PEM public key usable with {alg}"
+                        f"{variable} is not a PEM public key usable with {alg}"
                     ) from None
                 if hasattr(key, "private_bytes"):
-                    raise ValueError("JWT_PUBLIC_KEY must be a public key, not a private key")
+                    raise ValueError(f"{variable} must be a public key, not a private key")
         return self
+
+    @property
+    def jwt_verification_keys(self) -> tuple[str, ...]:
+        """The keys tokens are checked with, current first: the pinned family's key, then its
+        `*_PREVIOUS` key during a rotation."""
+        asymmetric = any(not alg.startswith("HS") for alg in self.jwt_algorithms)
+        keys = (
+            (self.jwt_public_key, self.jwt_public_key_previous)
+            if asymmetric
+            else (self.jwt_secret, self.jwt_secret_previous)
+        )
+        return tuple(key.get_secret_value() for key in keys if key is not None)
 
     @property
     def effective_directory_url(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from rtc_common.jsonbody import MAX_JSON_DEPTH, too_deep
 
 CANDIDATE_MAX_BYTES = 2048
 SIGNAL_ID_MAX = 128
@@ -62,6 +63,8 @@ class PayloadError(ValueError):
 def parse(model: type[_Strict], data: object) -> Any:
     if not isinstance(data, dict):
         raise PayloadError("payload must be an object")
+    if too_deep(data):
+        raise PayloadError(f"payload nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         return model.model_validate(data)
     except ValidationError as exc:

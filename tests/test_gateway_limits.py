@@ -1,0 +1,441 @@
+"""The gateway's limits against real nginx: request rate and open connections per client address,
+body and header sizes, slow clients; each configurable (GATEWAY_*), the per-address ones
+switchable off. And the services' own JSON depth limit, through the gateway.
+
+One redis + ice-service for the module; each test renders and starts its own gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from helpers import (
+    Gateway,
+    RedisServer,
+    ServiceProcess,
+    base_env,
+    free_port,
+    make_token,
+)
+from rtc_common.directory import REDIS_FLAGS_KEY
+from rtcctl.local import GATEWAY_TEMPLATE, GatewayLimits, StackPorts, render_gateway
+
+ROOT = Path(__file__).resolve().parents[1]
+OPENAPI = "/api/v1/rtc/openapi.json"  # public, proxied to ice-service, no Redis budget
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("limits")
+    started: list[Any] = []
+    try:
+        redis = RedisServer(root / "redis")
+        redis.start()
+        started.append(redis)
+        redis.client().hset(REDIS_FLAGS_KEY, "rtc.ice", "1")
+        ice = ServiceProcess("ice_service", root / "ice", base_env(redis.url))
+        ice.start()
+        started.append(ice)
+        relay = ServiceProcess("relay_service", root / "relay", base_env(redis.url))
+        relay.start()
+        started.append(relay)
+        yield {"ice": ice, "relay": relay, "redis": redis}
+    finally:
+        for component in reversed(started):
+            component.stop()
+
+
+GatewayFactory = Callable[..., Gateway]
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, services: dict[str, ServiceProcess]) -> Iterator[GatewayFactory]:
+    started: list[Gateway] = []
+
+    def start(limits: GatewayLimits | None = None) -> Gateway:
+        gw = Gateway(
+            tmp_path / f"gateway{len(started)}",
+            ice=[services["ice"].port],
+            relay=[services["relay"].port],
+            limits=limits,
+        )
+        started.append(gw)
+        gw.start()
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+async def get(
+    gw: Gateway, path: str, *, local_addr: str | None = None, **kwargs: Any
+) -> tuple[int, Any, Any]:
+    connector = aiohttp.TCPConnector(local_addr=(local_addr, 0)) if local_addr else None
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.request(kwargs.pop("method", "GET"), gw.url + path, **kwargs) as response,
+    ):
+        text = await response.text()
+        try:
+            body = json.loads(text) if text else None
+        except ValueError:
+            body = text
+        return response.status, response.headers, body
+
+
+def assert_envelope(status: int, body: Any, expected: int, code: str) -> None:
+    assert status == expected, body
+    assert isinstance(body, dict) and set(body) == {"error", "message", "requestId"}, body
+    assert body["error"] == code
+
+
+# -- request rate per client address -------------------------------------------------------
+
+
+async def test_request_rate_per_address(gateway: GatewayFactory) -> None:
+    gw = gateway(GatewayLimits(rate_limit=2, rate_burst=4))
+    statuses = []
+    for _ in range(12):
+        status, headers, body = await get(gw, OPENAPI)
+        statuses.append(status)
+        if status == 429:
+            assert_envelope(status, body, 429, "rate_limited")
+            assert headers["Retry-After"] == "1"
+            assert headers["Content-Type"].startswith("application/json")
+            assert "requests" in body["message"]
+    # 1 + a burst of 4 pass at once (nodelay); the rest of a fast run is refused.
+    assert statuses[:5] == [200] * 5 and statuses.count(429) >= 6, statuses
+    # Another client address has its own budget; the gateway's /healthz is never limited.
+    assert (await get(gw, OPENAPI, local_addr="127.0.0.2"))[0] == 200
+    assert [(await get(gw, "/healthz"))[0] for _ in range(10)] == [200] * 10
+    # The budget comes back at the configured rate (2 a second).
+    deadline = time.monotonic() + 5
+    while (await get(gw, OPENAPI))[0] != 200:
+        assert time.monotonic() < deadline, "the rate limit never let a request through again"
+        await asyncio.sleep(0.1)
+
+
+async def test_request_rate_off(gateway: GatewayFactory) -> None:
+    gw = gateway(GatewayLimits.off())
+    statuses = await asyncio.gather(*(get(gw, OPENAPI) for _ in range(200)))
+    assert {s for s, _, _ in statuses} == {200}
+
+
+# -- open connections per client address ---------------------------------------------------
+
+
+def open_slow_upload(gw: Gateway, path: str = "/api/v1/rtc/telemetry") -> socket.socket:
+    """A request whose body never finishes: it holds one connection in the gateway."""
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n{".encode()
+    )
+    return sock
+
+
+async def test_connections_per_address(gateway: GatewayFactory) -> None:
+    gw = gateway(GatewayLimits(rate_limit=None, conn_limit=2, client_body_timeout="30s"))
+    held = [open_slow_upload(gw), open_slow_upload(gw)]
+    try:
+
+        async def refused() -> bool:
+            return (await get(gw, OPENAPI))[0] == 429
+
+        deadline = time.monotonic() + 5
+        while not await refused():  # the two uploads reach the gateway's body phase
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        status, headers, body = await get(gw, OPENAPI)
+        assert_envelope(status, body, 429, "rate_limited")
+        assert "connections" in body["message"] and headers["Retry-After"] == "1"
+        assert (await get(gw, OPENAPI, local_addr="127.0.0.2"))[0] == 200
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while (await get(gw, OPENAPI))[0] != 200:
+        assert time.monotonic() < deadline, "closed connections were not released"
+        await asyncio.sleep(0.02)
+
+
+async def test_connections_off(gateway: GatewayFactory) -> None:
+    gw = gateway(GatewayLimits(conn_limit=None, client_body_timeout="30s"))
+    held = [open_slow_upload(gw) for _ in range(5)]
+    try:
+        assert (await get(gw, OPENAPI))[0] == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
+# -- slow clients ---------------------------------------------------------------------------
+
+
+def closed_within(sock: socket.socket, seconds: float) -> float:
+    """Seconds until the gateway closed `sock` (whatever it answered first)."""
+    started = time.monotonic()
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started
+
+
+def test_slow_headers_and_body_are_cut_off(gateway: GatewayFactory) -> None:
+    gw = gateway(GatewayLimits(client_header_timeout="1s", client_body_timeout="1s"))
+    # The whole header block must arrive within client_header_timeout.
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never ends its headers
+        assert 0.5 < closed_within(sock, 10) < 5
+    # client_body_timeout is between two reads of the body.
+    with open_slow_upload(gw) as sock:  # never ends its body
+        assert 0.5 < closed_within(sock, 10) < 5
+    # A body trickled in slower than the timeout in total, but faster between two sends, is read.
+    body = b'{"transport": "rtc"}'
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /api/v1/rtc/telemetry HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Authorization: Bearer {make_token('0x510')}\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        for index in range(0, len(body), 5):
+            time.sleep(0.35)  # the slow client itself: under the timeout between two sends
+            sock.sendall(body[index : index + 5])
+        assert sock.recv(4096).startswith(b"HTTP/1.1 204")
+
+
+# -- sizes ----------------------------------------------------------------------------------
+
+
+async def test_body_and_header_sizes_are_configurable(gateway: GatewayFactory) -> None:
+    gw = gateway(GatewayLimits(max_body_size="1k", relay_max_body_size="2k", max_header_size="1k"))
+    token = make_token("0x5123")
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    status, _, body = await get(
+        gw, "/api/v1/rtc/telemetry", method="POST", data=b" " * 1500, headers=auth
+    )
+    assert_envelope(status, body, 413, "payload_too_large")
+    # Under the relay's own limit (2k) the same body reaches relay-service (a 400 there).
+    status, _, body = await get(
+        gw, "/api/v1/relay/ack", method="POST", data=b" " * 1500, headers=auth
+    )
+    assert_envelope(status, body, 400, "invalid_payload")
+    status, _, body = await get(
+        gw, "/api/v1/relay/ack", method="POST", data=b" " * 3000, headers=auth
+    )
+    assert_envelope(status, body, 413, "payload_too_large")
+    status, _, body = await get(gw, OPENAPI, headers={"X-Big": "x" * 1500})
+    assert_envelope(status, body, 431, "invalid_payload")
+    assert (await get(gw, OPENAPI, headers={"X-Big": "x" * 500}))[0] == 200
+
+
+async def test_default_sizes(gateway: GatewayFactory) -> None:
+    gw = gateway()
+    token = make_token("0x5124")
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    status, _, body = await get(
+        gw, "/api/v1/rtc/telemetry", method="POST", data=b" " * (129 * 1024), headers=auth
+    )
+    assert_envelope(status, body, 413, "payload_too_large")
+    status, _, body = await get(gw, OPENAPI, headers={"X-Big": "x" * 9000})
+    assert_envelope(status, body, 431, "invalid_payload")
+
+
+async def test_large_bodies_and_answers_pass_in_memory(
+    gateway: GatewayFactory, services: dict[str, Any]
+) -> None:
+    """Near the size limits, in both directions: nothing goes through nginx temp files (which
+    its workers, running as another user under a root master, may not be able to write)."""
+    gw = gateway()
+    a, b = "0x1a96e0", "0x1a96e1"
+    redis = services["redis"].client()
+    redis.sadd(f"rtc:contacts:{a}", b)
+    redis.sadd(f"rtc:contacts:{b}", a)
+    for n in range(3):
+        status, _, body = await get(
+            gw,
+            "/api/v1/relay/enqueue",
+            method="POST",
+            json={"to": b, "convId": f"{a}:{b}", "messageId": f"big-{n}", "payload": "\n" * 60000},
+            headers={"Authorization": f"Bearer {make_token(a)}"},
+        )  # 60,000 bytes, 120 KB JSON-escaped
+        assert status == 202, body
+    status, _, body = await get(
+        gw, "/api/v1/relay/pull", headers={"Authorization": f"Bearer {make_token(b)}"}
+    )
+    assert status == 200 and len(body["messages"]) == 3, body
+
+
+# -- the services' JSON depth limit, through the gateway -----------------------------------
+
+
+def nested(depth: int) -> str:
+    """JSON text: lists nested `depth` deep (made by hand: json.dumps recurses)."""
+    return "[" * depth + "1" + "]" * depth
+
+
+@pytest.mark.parametrize("path", ["/api/v1/rtc/telemetry", "/api/v1/relay/ack"])
+async def test_json_depth_limit(gateway: GatewayFactory, path: str) -> None:
+    gw = gateway()
+    auth = {"Authorization": f"Bearer {make_token('0xdee9')}"}
+    base = '"transport": "rtc"' if "telemetry" in path else '"ids": []'
+    headers = {**auth, "Content-Type": "application/json"}
+
+    async def post(text: str) -> tuple[int, Any, Any]:
+        return await get(gw, path, method="POST", data=text.encode(), headers=headers)
+
+    assert (await post("{" + base + ', "x": ' + nested(31) + "}"))[0] in (200, 204)
+    for depth in (33, 5000):
+        status, _, body = await post("{" + base + ', "x": ' + nested(depth) + "}")
+        assert_envelope(status, body, 400, "invalid_payload")
+    status, _, body = await post("[" * 60_000)  # under ice-service's 64 KiB body limit
+    assert_envelope(status, body, 400, "invalid_payload")
+
+
+# -- configuration: the local stack (Python) and the image (shell) render the same ----------
+
+
+LIMIT_LINES = (
+    "client_max_body_size",
+    "large_client_header_buffers",
+    "client_header_timeout",
+    "client_body_timeout",
+    "send_timeout",
+    "default ",
+    "limit_req_zone",
+    "limit_req ",
+    "limit_conn ",
+)
+
+
+def limit_lines(conf: str) -> list[str]:
+    return [line.strip() for line in conf.splitlines() if line.strip().startswith(LIMIT_LINES)]
+
+
+def entrypoint_render(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "GATEWAY_TEMPLATE": str(GATEWAY_TEMPLATE),
+        "GATEWAY_RUN_DIR": str(tmp_path),
+        "GATEWAY_RESOLVE_SECONDS": "0",
+        "NGINX": shutil.which("true") or "/bin/true",
+        "ICE_UPSTREAM": "ice.invalid:1",
+        "SIGNAL_UPSTREAM": "signal.invalid:2",
+        "RELAY_UPSTREAM": "relay.invalid:3",
+        **env,
+    }
+    return subprocess.run(
+        ["sh", str(ROOT / "gateway" / "docker-entrypoint.sh")],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"GATEWAY_RATE_LIMIT": "off", "GATEWAY_CONN_LIMIT": "0"},
+        {"GATEWAY_RATE_LIMIT": "0", "GATEWAY_CONN_LIMIT": "OFF"},
+        {
+            "GATEWAY_RATE_LIMIT": "7",
+            "GATEWAY_RATE_BURST": "1",
+            "GATEWAY_CONN_LIMIT": "3",
+            "GATEWAY_MAX_BODY_SIZE": "1m",
+            "GATEWAY_RELAY_MAX_BODY_SIZE": "2m",
+            "GATEWAY_MAX_HEADER_SIZE": "16k",
+            "GATEWAY_CLIENT_HEADER_TIMEOUT": "500ms",
+            "GATEWAY_CLIENT_BODY_TIMEOUT": "2s",
+            "GATEWAY_SEND_TIMEOUT": "1m",
+        },
+    ],
+    ids=["defaults", "off", "zero", "custom"],
+)
+def test_local_and_image_render_the_same_limits(tmp_path: Path, env: dict[str, str]) -> None:
+    local = render_gateway(
+        tmp_path, StackPorts(gateway=free_port()), limits=GatewayLimits.from_env(env)
+    )
+    done = entrypoint_render(tmp_path / "image", env)
+    assert done.returncode == 0, done.stderr
+    image = (tmp_path / "image" / "nginx.conf").read_text()
+    assert limit_lines(local) == limit_lines(image)
+    assert "{{" not in local.replace("{{...}}", "") and "{{" not in image.replace("{{...}}", "")
+    off = env.get("GATEWAY_RATE_LIMIT", "").lower() in ("off", "0")
+    assert ('default "";' in local) == off
+    # nginx itself accepts the rendered config.
+    for sub in ("logs", "nginx-tmp"):
+        (tmp_path / sub).mkdir(exist_ok=True)
+    (tmp_path / "nginx.conf").write_text(local)
+    check = subprocess.run(
+        [
+            "nginx",
+            "-t",
+            "-q",
+            "-e",
+            "stderr",
+            "-c",
+            str(tmp_path / "nginx.conf"),
+            "-p",
+            f"{tmp_path}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GATEWAY_RATE_LIMIT", "5;x"),
+        ("GATEWAY_RATE_LIMIT", "-1"),
+        ("GATEWAY_CONN_LIMIT", "many"),
+        ("GATEWAY_RATE_BURST", "off"),
+        ("GATEWAY_RATE_BURST", "0"),
+        ("GATEWAY_MAX_BODY_SIZE", "0k"),
+        ("GATEWAY_MAX_BODY_SIZE", "1g"),
+        ("GATEWAY_MAX_HEADER_SIZE", "8k; deny all"),
+        ("GATEWAY_SEND_TIMEOUT", "1h"),
+        ("GATEWAY_CLIENT_BODY_TIMEOUT", "s"),
+    ],
+)
+def test_malformed_limits_are_refused_by_both(tmp_path: Path, variable: str, value: str) -> None:
+    with pytest.raises(ValueError, match=variable):
+        GatewayLimits.from_env({variable: value})
+    done = entrypoint_render(tmp_path, {variable: value})
+    assert done.returncode == 64, done.stderr
+    assert variable in done.stderr
+    assert not (tmp_path / "nginx.conf").exists()
+
+
+def test_local_stack_reads_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rtcctl local prepare` (make run / make up) renders the GATEWAY_* of its environment."""
+    from rtcctl.local import prepare
+
+    monkeypatch.setenv("GATEWAY_RATE_LIMIT", "off")
+    monkeypatch.setenv("GATEWAY_CONN_LIMIT", "off")
+    monkeypatch.setenv("GATEWAY_SEND_TIMEOUT", "45s")
+    prepare(tmp_path / "run", StackPorts(gateway=free_port()))
+    conf = (tmp_path / "run" / "nginx.conf").read_text()
+    assert conf.count('default "";') == 2 and "send_timeout 45s;" in conf
