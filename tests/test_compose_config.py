@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from ice_service.settings import IceSettings
 from relay_service.settings import RelaySettings
 from signal_service.settings import SignalSettings
@@ -62,12 +63,36 @@ def test_services_and_only_the_gateway_published() -> None:
         "redis",
         "mongo",
         "coturn",
+        # docker-compose 1.29 lists every profile's services.
+        "prometheus",
+        "grafana",
     }
-    rendered = compose("-f", str(COMPOSE), "config").stdout
-    # One `ports:` in the whole stack: the gateway's (coturn uses the host's network).
-    assert rendered.count("    ports:\n") == 1
-    gateway = rendered.split("\n  gateway:\n", 1)[1].split("\n  ice-service:\n", 1)[0]
-    assert "    ports:\n" in gateway
+    rendered = yaml.safe_load(compose("-f", str(COMPOSE), "config").stdout)
+    published = {name for name, service in rendered["services"].items() if service.get("ports")}
+    # The gateway, and the monitoring profile's Prometheus and Grafana on the host's loopback
+    # only (coturn uses the host's network).
+    assert published == {"gateway", "prometheus", "grafana"}
+    for name in ("prometheus", "grafana"):
+        ports = rendered["services"][name]["ports"]
+        assert [str(port).split(":", 1)[0] for port in ports] == ["127.0.0.1"]
+        assert rendered["services"][name]["profiles"] == ["monitoring"]
+
+
+@needs_compose
+def test_monitoring_profile() -> None:
+    done = compose("-f", str(COMPOSE), "--profile", "monitoring", "config", "--services")
+    assert done.returncode == 0, done.stderr
+    assert {"prometheus", "grafana"} <= set(done.stdout.split())
+    rendered = yaml.safe_load(compose("-f", str(COMPOSE), "config").stdout)
+    # docker-compose 1.29 renders volumes as `source:target:mode`.
+    mounts = {
+        target: source
+        for name in ("prometheus", "grafana")
+        for source, target, _mode in (v.split(":") for v in rendered["services"][name]["volumes"])
+    }
+    assert mounts["/etc/prometheus"] == str(ROOT / "deploy" / "prometheus")
+    assert mounts["/etc/grafana/provisioning"] == str(ROOT / "deploy" / "grafana" / "provisioning")
+    assert mounts["/var/lib/grafana/dashboards"] == str(ROOT / "deploy" / "grafana" / "dashboards")
 
 
 def env_example_names() -> set[str]:

@@ -5,6 +5,8 @@
 #   stack.sh run         foreground; Ctrl-C stops everything
 #   stack.sh up          background; returns once every service is ready
 #   stack.sh down        stops what `up` started
+# MONITORING=1 (make run MONITORING=1): also a Prometheus on 127.0.0.1:${RTC_PROMETHEUS_PORT:-9390}
+# scraping the services and evaluating deploy/prometheus/alerts.yml.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -15,6 +17,9 @@ export RTC_RUN_DIR=$RUN_DIR
 VENV=$ROOT/.venv
 PIDFILE=$RUN_DIR/honcho.pid
 GATEWAY_PORT=${RTC_GATEWAY_PORT:-8080}
+# Not 9090: Debian's own prometheus package starts a system Prometheus there.
+MONITORING=${MONITORING:-}
+case "$MONITORING" in 1 | true | yes) MONITORING=1 ;; *) MONITORING= ;; esac
 
 say() { printf '==> %s\n' "$*"; }
 
@@ -23,6 +28,7 @@ bootstrap() {
     command -v nginx >/dev/null || missing+=(nginx)
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v turnserver >/dev/null || missing+=(coturn)
+    [ -z "$MONITORING" ] || command -v prometheus >/dev/null || missing+=(prometheus)
     if ((${#missing[@]})); then
         say "installing ${missing[*]} (apt)"
         local sudo=""
@@ -48,7 +54,7 @@ start_background() {
         echo "the local stack is already running (pid $(cat "$PIDFILE")); 'make down' stops it" >&2
         exit 1
     fi
-    "$VENV/bin/rtcctl" local prepare >/dev/null
+    "$VENV/bin/rtcctl" local prepare ${MONITORING:+--monitoring} >/dev/null
     # setsid: honcho leads its own session, so `down` can stop it without touching our shell.
     setsid "$VENV/bin/honcho" --no-colour -d "$ROOT" -e "$RUN_DIR/env" -f "$RUN_DIR/Procfile" start \
         >>"$RUN_DIR/logs/stack.log" 2>&1 < /dev/null &
@@ -72,6 +78,9 @@ RTC backplane is up: http://127.0.0.1:$GATEWAY_PORT
   ICE:    curl -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$GATEWAY_PORT/api/v1/rtc/ice
   logs:   $RUN_DIR/logs/
 MSG
+    if [ -n "$MONITORING" ]; then
+        echo "  prometheus: http://127.0.0.1:${RTC_PROMETHEUS_PORT:-9390} (alerts: /alerts)"
+    fi
 }
 
 stop() {

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 HTTP_REQUESTS = Counter(
     "rtc_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
@@ -18,6 +27,11 @@ RATE_LIMIT_FALLBACK = Counter(
     "Rate-limit decisions taken by the per-process fallback limiter because Redis was unreachable",
     ["scope"],
 )
+RATE_LIMIT_DEGRADED = Gauge(
+    "rtc_ratelimit_degraded",
+    "1 while this scope limits per process because Redis is unreachable",
+    ["scope"],
+)
 RATE_LIMITED = Counter(
     "rtc_ratelimit_rejected_total", "Requests refused by a rate limit", ["scope"]
 )
@@ -29,6 +43,24 @@ FLAG_STALE_SERVED = Counter(
     "Feature-flag answers served from the last known value because the directory failed",
 )
 
+# Sampled in the background once /metrics has been scraped (rtc_common.web): what /readyz
+# would answer, so that "no instance ready" is a query over the scraped series.
+READY = Gauge("rtc_ready", "1 when every readiness check of this process passes (as /readyz)")
+READY_CHECK = Gauge("rtc_ready_check", "1 when this readiness check passes", ["check"])
+
 
 def render_metrics() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, remembered: the hot paths call it per request, and the label
+    values are few (routes, statuses, providers), never a wallet or a credential."""
+    key = (id(metric), values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*values)
+    return child

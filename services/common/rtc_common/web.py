@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -10,6 +11,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -19,15 +21,19 @@ from multidict import CIMultiDict
 from .auth import Authenticator, auth_middleware, public
 from .context import request_id_var
 from .errors import ApiError, error_body, error_response
-from .metrics import HTTP_LATENCY, HTTP_REQUESTS, render_metrics
+from .metrics import HTTP_LATENCY, HTTP_REQUESTS, READY, READY_CHECK, labelled, render_metrics
 from .settings import CommonSettings
 
 log = logging.getLogger("rtc.web")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ReadinessCheck = Callable[[], Awaitable[None]]
+# A gauge refresher run in the background (see `MetricsSampling`).
+Sampler = Callable[[], Awaitable[None]]
 
 REQUEST_ID_KEY = web.RequestKey("rtc_request_id", str)
+# perf_counter() when the request reached the app (uvloop's loop clock has 1 ms resolution).
+STARTED_KEY = web.RequestKey("rtc_started", float)
 # Headers a handler wants on its answer whatever the outcome (e.g. RateLimit-* on a 403).
 EXTRA_HEADERS_KEY = web.RequestKey("rtc_extra_headers", CIMultiDict[str])
 SETTINGS_KEY = web.AppKey("rtc_settings", CommonSettings)
@@ -35,6 +41,8 @@ READINESS_KEY = web.AppKey("rtc_readiness", dict[str, ReadinessCheck])
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 READINESS_TIMEOUT = 2.0
+# Background gauges (readiness, relay queue depth) are refreshed this often once scraped.
+SAMPLE_SECONDS = 5.0
 
 _CODE_BY_STATUS = {
     400: "invalid_payload",
@@ -56,7 +64,8 @@ def extra_headers(request: web.Request) -> CIMultiDict[str]:
     return headers
 
 
-def _route_label(request: web.Request) -> str:
+def route_label(request: web.Request) -> str:
+    """The matched route's path template (a low-cardinality label), or `unmatched`."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
 
@@ -68,7 +77,7 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
     request[REQUEST_ID_KEY] = request_id
     token = request_id_var.set(request_id)
-    started = time.perf_counter()
+    started = request[STARTED_KEY] = time.perf_counter()
     try:
         try:
             response = await handler(request)
@@ -92,9 +101,9 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
             response.headers["X-Request-ID"] = request_id
             for name, value in request.get(EXTRA_HEADERS_KEY, {}).items():
                 response.headers[name] = value
-        route = _route_label(request)
-        HTTP_REQUESTS.labels(request.method, route, str(response.status)).inc()
-        HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+        route = route_label(request)
+        labelled(HTTP_REQUESTS, request.method, route, str(response.status)).inc()
+        labelled(HTTP_LATENCY, request.method, route).observe(time.perf_counter() - started)
         return response
     finally:
         request_id_var.reset(token)
@@ -176,8 +185,9 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def _readyz(request: web.Request) -> web.Response:
-    checks = request.app[READINESS_KEY]
+async def run_readiness(app: web.Application) -> dict[str, str]:
+    """Every readiness check of the app, concurrently: name -> "ok" or "failed: <type>"."""
+    checks = app[READINESS_KEY]
 
     async def run(check: ReadinessCheck) -> str:
         try:
@@ -188,7 +198,11 @@ async def _readyz(request: web.Request) -> web.Response:
         return "ok"
 
     names = list(checks)
-    results = dict(zip(names, await asyncio.gather(*(run(checks[n]) for n in names)), strict=True))
+    return dict(zip(names, await asyncio.gather(*(run(checks[n]) for n in names)), strict=True))
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    results = await run_readiness(request.app)
     failing = [name for name, result in results.items() if result != "ok"]
     if failing:
         body = {**error_body("unavailable", "not ready: " + ", ".join(failing)), "checks": results}
@@ -196,7 +210,69 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "checks": results})
 
 
+@dataclass
+class MetricsSampling:
+    """Gauges that need I/O (readiness, the relay queue), refreshed every `SAMPLE_SECONDS`.
+
+    The loop starts at the first scrape of /metrics (a process nobody scrapes does no extra
+    work), and that first scrape waits for one pass so it never reports a default 0. Samplers
+    are added by the services (`app[SAMPLING_KEY].samplers.append(...)`); each pass is bounded
+    by `READINESS_TIMEOUT` per sampler and a failing sampler only logs.
+    """
+
+    samplers: list[Sampler] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    first_pass: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def sample(self) -> None:
+        async def run(sampler: Sampler) -> None:
+            try:
+                async with asyncio.timeout(READINESS_TIMEOUT * 2):
+                    await sampler()
+            except Exception as exc:  # a gauge left stale must not stop the others
+                log.warning("metrics sampler failed", extra={"error": type(exc).__name__})
+
+        await asyncio.gather(*(run(s) for s in self.samplers))
+
+    async def _loop(self) -> None:
+        while True:
+            await self.sample()
+            self.first_pass.set()
+            await asyncio.sleep(SAMPLE_SECONDS)
+
+    async def ensure_started(self) -> None:
+        if self.task is None:
+            self.task = asyncio.create_task(self._loop())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.first_pass.wait(), READINESS_TIMEOUT * 2 + 1)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+
+
+SAMPLING_KEY = web.AppKey("rtc_metrics_sampling", MetricsSampling)
+
+
+def _readiness_sampler(app: web.Application) -> Sampler:
+    async def sample() -> None:
+        results = await run_readiness(app)
+        for name, result in results.items():
+            READY_CHECK.labels(name).set(1 if result == "ok" else 0)
+        READY.set(1 if all(r == "ok" for r in results.values()) else 0)
+
+    return sample
+
+
+async def _stop_sampling(app: web.Application) -> None:
+    await app[SAMPLING_KEY].stop()
+
+
 async def _metrics(request: web.Request) -> web.Response:
+    await request.app[SAMPLING_KEY].ensure_started()
     body, content_type = render_metrics()
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
@@ -237,6 +313,8 @@ def create_base_app(
     )
     app[SETTINGS_KEY] = settings
     app[READINESS_KEY] = {}
+    app[SAMPLING_KEY] = MetricsSampling(samplers=[_readiness_sampler(app)])
+    app.on_shutdown.append(_stop_sampling)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -15,11 +16,20 @@ from rtc_common.auth import IDENTITY_KEY, allow_anonymous
 from rtc_common.clients import REDIS_KEY, redis_context
 from rtc_common.directory import FLAGS_KEY, directory_context
 from rtc_common.errors import ApiError, invalid_payload, unauthorized
+from rtc_common.jsonbody import read_json
+from rtc_common.metrics import labelled
 from rtc_common.ratelimit import RateLimiter
 from rtc_common.times import iso_ms
-from rtc_common.web import READINESS_KEY, client_ip, create_base_app, extra_headers, serve_openapi
+from rtc_common.web import (
+    READINESS_KEY,
+    client_ip,
+    create_base_app,
+    extra_headers,
+    route_label,
+    serve_openapi,
+)
 
-from .metrics import FAILED, FALLBACK_USED, ISSUED, TRANSPORT
+from .metrics import FAILED, FALLBACK_USED, ISSUED, REQUEST_LATENCY, REQUESTS, TRANSPORT
 from .providers import (
     CoturnProvider,
     IceIssuer,
@@ -60,6 +70,28 @@ def _cache_headers(settings: IceSettings) -> dict[str, str]:
 
 @allow_anonymous
 async def get_ice(request: web.Request) -> web.Response:
+    """The ICE route, counted by route, answering provider and status, and timed."""
+    started = time.perf_counter()
+    provider, status = "none", 500
+    try:
+        response, provider = await _answer_ice(request)
+        status = response.status
+        return response
+    except ApiError as exc:
+        status = exc.status
+        raise
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away (nginx's code for it)
+        raise
+    finally:
+        labelled(REQUESTS, route_label(request), provider, str(status)).inc()
+        labelled(REQUEST_LATENCY, provider).observe(time.perf_counter() - started)
+
+
+async def _answer_ice(request: web.Request) -> tuple[web.Response, str]:
     app = request.app
     settings = app[ICE_SETTINGS_KEY]
     headers = extra_headers(request)
@@ -86,12 +118,12 @@ async def get_ice(request: web.Request) -> web.Response:
         FAILED.inc()
         log.warning("no ICE provider could answer", extra={"reason": str(exc)})
         raise ApiError("ice_unavailable", "ICE credentials are temporarily unavailable") from None
-    ISSUED.labels(credentials.provider).inc()
+    labelled(ISSUED, credentials.provider).inc()
     if credentials.provider != issuer.primary.name:
         FALLBACK_USED.labels(credentials.provider).inc()
 
     now = time.time()
-    return web.json_response(
+    response = web.json_response(
         {
             "iceServers": credentials.ice_servers,
             "ttl": max(0, math.ceil(credentials.expires_at - now)),
@@ -100,6 +132,7 @@ async def get_ice(request: web.Request) -> web.Response:
             "expiresAt": iso_ms(credentials.expires_at),
         }
     )
+    return response, credentials.provider
 
 
 async def post_telemetry(request: web.Request) -> web.Response:
@@ -107,8 +140,9 @@ async def post_telemetry(request: web.Request) -> web.Response:
     verdict = await request.app[TELEMETRY_LIMITER_KEY].hit(f"wallet:{identity.wallet}")
     extra_headers(request).update(verdict.headers())
     verdict.raise_if_limited()
+    data = await read_json(request)
     try:
-        event = TelemetryEvent.model_validate_json(await request.read())
+        event = TelemetryEvent.model_validate(data)
     except ValidationError as exc:
         fields = sorted({".".join(str(p) for p in err["loc"]) or "body" for err in exc.errors()})
         raise invalid_payload("invalid telemetry event: " + ", ".join(fields)) from None

@@ -16,12 +16,13 @@ from typing import Any, Protocol
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
-from .metrics import UPSTREAM_CALLS, UPSTREAM_WAITING
+from .metrics import CIRCUIT_OPEN, UPSTREAM_CALLS, UPSTREAM_LATENCY, UPSTREAM_WAITING
 from .settings import IceSettings, Provider
 
 log = logging.getLogger("ice.providers")
 
 IceServer = dict[str, Any]
+UPSTREAM_OUTCOMES = ("ok", "http_error", "timeout", "bad_response", "connection", "error")
 # A reused Twilio token is served on upstream failure only while at least this much life remains.
 MIN_SERVED_TTL = 60.0
 
@@ -152,6 +153,10 @@ class TwilioProvider:
         self._cached: IceCredentials | None = None
         self._inflight: asyncio.Task[IceCredentials] | None = None
         self.breaker = CircuitBreaker()
+        # Every series exists from the start: a rate() over a series born at 3 sees no increase.
+        for outcome in UPSTREAM_OUTCOMES:
+            UPSTREAM_CALLS.labels("twilio", outcome)
+        CIRCUIT_OPEN.labels("twilio").set(0)
 
     @property
     def url(self) -> str:
@@ -194,6 +199,7 @@ class TwilioProvider:
 
     async def _fetch(self) -> IceCredentials:
         started = self._clock()
+        timer = time.perf_counter()
         try:
             async with self._session.post(
                 self._url,
@@ -220,6 +226,8 @@ class TwilioProvider:
         except Exception as exc:  # anything else is still a provider failure: 503, breaker counts
             self._failed("error")
             raise ProviderError(f"twilio call failed ({type(exc).__name__})") from None
+        finally:
+            UPSTREAM_LATENCY.labels("twilio").observe(time.perf_counter() - timer)
         servers: list[IceServer] = []
         for server in token.ice_servers:
             urls = server.urls or server.url
@@ -235,11 +243,13 @@ class TwilioProvider:
             self._failed("bad_response")
             raise ProviderError("twilio answered with no ICE servers")
         self.breaker.success()
+        CIRCUIT_OPEN.labels("twilio").set(0)
         UPSTREAM_CALLS.labels("twilio", "ok").inc()
         return IceCredentials(servers, started + token.ttl, "twilio")
 
     def _failed(self, outcome: str) -> None:
         self.breaker.failure()
+        CIRCUIT_OPEN.labels("twilio").set(int(self.breaker.opened_at is not None))
         UPSTREAM_CALLS.labels("twilio", outcome).inc()
         log.warning("twilio token request failed", extra={"outcome": outcome})
 

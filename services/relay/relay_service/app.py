@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypeVar
@@ -16,12 +15,26 @@ from rtc_common.auth import conv_id, get_identity, is_valid_wallet, normalize_wa
 from rtc_common.clients import REDIS_KEY, redis_context
 from rtc_common.directory import DIRECTORY_KEY, AccessCache, directory_context
 from rtc_common.errors import ApiError, invalid_payload, unavailable
+from rtc_common.jsonbody import read_json
 from rtc_common.ratelimit import RateLimiter
 from rtc_common.relay_store import RelayMessage, RelayStore, queued_at_ms
 from rtc_common.times import iso_ms
-from rtc_common.web import create_base_app, extra_headers, serve_openapi
+from rtc_common.web import SAMPLING_KEY, create_base_app, extra_headers, serve_openapi
 
-from .metrics import ACKED, ENQUEUED, PULLED, PUSH_FAILURES
+from .metrics import (
+    ACKED,
+    ENQUEUE_REFUSED,
+    ENQUEUED,
+    EXPIRED,
+    OLDEST_AGE,
+    PULLED,
+    PUSH_FAILURES,
+    PUSHED,
+    QUEUE_DEPTH,
+    QUEUES,
+    SAMPLE_TRUNCATED,
+    TTL,
+)
 from .settings import RelaySettings
 
 log = logging.getLogger("relay.app")
@@ -29,6 +42,8 @@ log = logging.getLogger("relay.app")
 API_PREFIXES = ("/api/v1/relay", "/api/relay")
 PULL_MAX = 100
 PULL_DEFAULT = 50
+# The queue gauges look at no more than this many queue keys per sample.
+STATS_MAX_QUEUES = 10_000
 
 RELAY_SETTINGS_KEY = web.AppKey("relay_settings", RelaySettings)
 RELAY_REDIS_KEY = web.AppKey("relay_redis", Redis)
@@ -58,21 +73,12 @@ def _fields(exc: ValidationError) -> str:
     return ", ".join(sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()}))
 
 
-async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        # RecursionError: nesting deeper than the decoder's stack (e.g. "[" * 100000).
-        raise invalid_payload("body must be JSON") from None
-
-
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
 async def _parse_body(request: web.Request, model: type[BodyT]) -> BodyT:
     """The request's JSON object as `model`, or 400 invalid_payload naming the bad fields."""
-    data = await _json_body(request)
+    data = await read_json(request)
     if not isinstance(data, dict):
         raise invalid_payload("body must be a JSON object")
     try:
@@ -129,9 +135,12 @@ async def enqueue(request: web.Request) -> web.Response:
         )
     except RedisError:
         # Not stored, so never a 2xx: the client retries with the same messageId.
+        ENQUEUE_REFUSED.labels("unavailable").inc()
         log.warning("relay store unavailable on enqueue")
         raise unavailable("relay store unavailable, retry with the same messageId") from None
+    EXPIRED.inc(result.expired)
     if result.status == "queue_full":
+        ENQUEUE_REFUSED.labels("queue_full").inc()
         raise ApiError("queue_full", f"recipient queue is full ({settings.relay_max_queue})")
     answer: dict[str, Any] = {
         "ok": True,
@@ -155,6 +164,7 @@ async def _push(app: web.Application, to: str, message: RelayMessage) -> None:
     """Best effort: the message is stored, so a failed push only delays it until the next pull."""
     try:
         await app[PUSHER_KEY].emit("relay:message", message_body(message), room=f"user:{to}")
+        PUSHED.inc()
     except Exception as exc:
         PUSH_FAILURES.inc()
         log.warning("relay push failed", extra={"error": type(exc).__name__})
@@ -169,11 +179,14 @@ async def pull(request: web.Request) -> web.Response:
     ):
         raise invalid_payload(f"limit must be an integer from 1 to {PULL_MAX}")
     try:
-        messages, more = await request.app[STORE_KEY].pull(wallet, int(raw_limit))
+        pulled = await request.app[STORE_KEY].pull(wallet, int(raw_limit))
     except RedisError:
         raise unavailable("relay store unavailable") from None
-    PULLED.inc(len(messages))
-    return web.json_response({"messages": [message_body(m) for m in messages], "more": more})
+    PULLED.inc(len(pulled.messages))
+    EXPIRED.inc(pulled.expired)
+    return web.json_response(
+        {"messages": [message_body(m) for m in pulled.messages], "more": pulled.more}
+    )
 
 
 async def ack(request: web.Request) -> web.Response:
@@ -203,6 +216,18 @@ async def _relay_dependencies(app: web.Application) -> AsyncIterator[None]:
         settings.redis_url, channel=settings.socketio_channel, write_only=True
     )
     app[PUSHER_KEY] = pusher
+    TTL.set(settings.relay_ttl_seconds)
+    for reason in ("queue_full", "unavailable"):
+        ENQUEUE_REFUSED.labels(reason)  # the series exist from the start (rate() needs that)
+
+    async def sample_queues() -> None:
+        stats = await app[STORE_KEY].stats(STATS_MAX_QUEUES)
+        QUEUE_DEPTH.set(stats.depth)
+        QUEUES.set(stats.queues)
+        OLDEST_AGE.set(stats.oldest_age)
+        SAMPLE_TRUNCATED.set(int(stats.truncated))
+
+    app[SAMPLING_KEY].samplers.append(sample_queues)
     yield
 
 

@@ -16,7 +16,7 @@ from rtc_common.directory import DIRECTORY_KEY, AccessCache, directory_context
 from rtc_common.relay_store import RelayStore
 from rtc_common.web import READINESS_KEY, create_base_app
 
-from .metrics import PUBSUB_PROBE_FAILURES, REAPED
+from .metrics import PUBSUB_LISTENER_UP, PUBSUB_PROBE_FAILURES, REAPED
 from .namespace import DEPS_KEY, NAMESPACE_KEY, SIO_KEY, SignalDeps, SignalNamespace, SignalServer
 from .presence import LocalSocket, Presence
 from .pubsub import ObservedRedisManager
@@ -117,8 +117,10 @@ async def _watchdog(app: web.Application) -> None:
         try:
             await manager.probe(wait=1.0)
             failed_probes = 0
+            PUBSUB_LISTENER_UP.set(1)
         except Exception as exc:
             PUBSUB_PROBE_FAILURES.inc()
+            PUBSUB_LISTENER_UP.set(0)
             failed_probes += 1
             log.warning("pub/sub self-probe failed", extra={"error": type(exc).__name__})
             if failed_probes >= 2 and manager.subscribed:
@@ -152,7 +154,9 @@ def create_app(settings: SignalSettings) -> web.Application:
     _library_loggers_to_root()
     app = create_base_app(settings, authenticator)
     app[SIGNAL_SETTINGS_KEY] = settings
-    manager = ObservedRedisManager(settings.redis_url, channel=settings.socketio_channel)
+    manager = ObservedRedisManager(
+        settings.redis_url, channel=settings.socketio_channel, instance_id=settings.instance_id
+    )
     sio = SignalServer(
         async_mode="aiohttp",
         client_manager=manager,

@@ -147,6 +147,9 @@ def cmd_local(args: argparse.Namespace) -> int:
             redis=int(os.environ.get("RTC_REDIS_PORT", "6390")),
             turn=int(os.environ.get("RTC_TURN_PORT", "3478")),
             signal=[8201 + i for i in range(int(os.environ.get("RTC_SIGNAL_INSTANCES", "2")))],
+            prometheus=(
+                int(os.environ.get("RTC_PROMETHEUS_PORT", "9390")) if args.monitoring else None
+            ),
         )
         local.prepare(run_dir, ports)
         print(f"prepared {run_dir}")
@@ -193,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("local", help="local stack helpers used by `make run` / `make up`")
     stack.add_argument("action", choices=["prepare", "wait"])
     stack.add_argument("--timeout", type=float, default=90.0)
+    stack.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="prepare: also run a Prometheus scraping the services (RTC_PROMETHEUS_PORT, 9390)",
+    )
     stack.set_defaults(func=cmd_local)
 
     doctor.add_parser(sub)

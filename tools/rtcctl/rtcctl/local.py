@@ -15,11 +15,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 GATEWAY_TEMPLATE = REPO_ROOT / "gateway" / "nginx.conf.template"
+ALERT_RULES = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
 WEB_ROOT = REPO_ROOT / "clients" / "web"  # served at /demo/ (the web SDK and the demo page)
 
 
@@ -31,6 +34,99 @@ class StackPorts:
     ice: list[int] = field(default_factory=lambda: [8101])
     signal: list[int] = field(default_factory=lambda: [8201, 8202])
     relay: list[int] = field(default_factory=lambda: [8301])
+    # A Prometheus scraping the services (`make run MONITORING=1`); None: not started.
+    prometheus: int | None = None
+
+
+_NGINX_SIZE = re.compile(r"[1-9][0-9]{0,8}[km]?")
+_NGINX_TIME = re.compile(r"[1-9][0-9]{0,6}(?:ms|s|m)?")
+_OFF = ("off", "0")
+
+
+@dataclass(frozen=True)
+class GatewayLimits:
+    """The gateway's per-client limits (the `GATEWAY_*` variables; README "Configuration").
+
+    `rate_limit` (requests per second per client address, bursts up to `rate_burst` more) and
+    `conn_limit` (open connections per client address) are `None` when switched off.
+    gateway/docker-entrypoint.sh reads the same variables with the same defaults.
+    """
+
+    rate_limit: int | None = 50
+    rate_burst: int = 100
+    conn_limit: int | None = 100
+    max_body_size: str = "128k"
+    relay_max_body_size: str = "512k"
+    max_header_size: str = "8k"
+    client_header_timeout: str = "10s"
+    client_body_timeout: str = "10s"
+    send_timeout: str = "30s"
+
+    ENV: ClassVar[dict[str, str]] = {
+        "rate_limit": "GATEWAY_RATE_LIMIT",
+        "rate_burst": "GATEWAY_RATE_BURST",
+        "conn_limit": "GATEWAY_CONN_LIMIT",
+        "max_body_size": "GATEWAY_MAX_BODY_SIZE",
+        "relay_max_body_size": "GATEWAY_RELAY_MAX_BODY_SIZE",
+        "max_header_size": "GATEWAY_MAX_HEADER_SIZE",
+        "client_header_timeout": "GATEWAY_CLIENT_HEADER_TIMEOUT",
+        "client_body_timeout": "GATEWAY_CLIENT_BODY_TIMEOUT",
+        "send_timeout": "GATEWAY_SEND_TIMEOUT",
+    }
+
+    def __post_init__(self) -> None:
+        for name in ("rate_limit", "conn_limit"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= 1_000_000:
+                raise ValueError(f"{self.ENV[name]}: an integer from 1 to 1000000, or off")
+        if not 1 <= self.rate_burst <= 1_000_000:
+            raise ValueError("GATEWAY_RATE_BURST: an integer from 1 to 1000000")
+        for name in ("max_body_size", "relay_max_body_size", "max_header_size"):
+            if not _NGINX_SIZE.fullmatch(getattr(self, name)):
+                raise ValueError(f"{self.ENV[name]}: an nginx size such as 128k or 1m")
+        for name in ("client_header_timeout", "client_body_timeout", "send_timeout"):
+            if not _NGINX_TIME.fullmatch(getattr(self, name)):
+                raise ValueError(f"{self.ENV[name]}: an nginx time such as 10s or 500ms")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> GatewayLimits:
+        """Defaults for unset or empty variables; `off` (or 0) switches a per-address limit off."""
+        values: dict[str, Any] = {}
+        for name, variable in cls.ENV.items():
+            raw = environ.get(variable, "").strip().lower()
+            if not raw:
+                continue
+            if name in ("rate_limit", "conn_limit", "rate_burst"):
+                if name != "rate_burst" and raw in _OFF:
+                    values[name] = None
+                    continue
+                if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
+                    raise ValueError(f"{variable}: an integer, or off")
+                values[name] = int(raw)
+            else:
+                values[name] = raw
+        return cls(**values)
+
+    @classmethod
+    def off(cls) -> GatewayLimits:
+        """No per-address limits (benchmarks from one address); sizes and timeouts stay."""
+        return cls(rate_limit=None, conn_limit=None)
+
+    def placeholders(self) -> dict[str, str]:
+        return {
+            # An empty key is never counted: that is how a limit is off.
+            "rate_key": '""' if self.rate_limit is None else "$binary_remote_addr",
+            "rate_limit": str(self.rate_limit or 1),
+            "rate_burst": str(self.rate_burst),
+            "conn_key": '""' if self.conn_limit is None else "$binary_remote_addr",
+            "conn_limit": str(self.conn_limit or 1),
+            "max_body_size": self.max_body_size,
+            "relay_max_body_size": self.relay_max_body_size,
+            "max_header_size": self.max_header_size,
+            "client_header_timeout": self.client_header_timeout,
+            "client_body_timeout": self.client_body_timeout,
+            "send_timeout": self.send_timeout,
+        }
 
 
 def render_gateway(
@@ -42,11 +138,18 @@ def render_gateway(
     workers: int = 1,
     affinity_key: str = "$remote_addr",
     web_root: Path = WEB_ROOT,
+    extra_upstreams: str = "",
+    extra_locations: str = "",
+    limits: GatewayLimits | None = None,
 ) -> str:
     """nginx.conf for the gateway: every path it writes points into `run_dir`.
 
     `affinity_key`: the nginx variable hashed over the signal upstreams (Socket.IO affinity).
     `web_root`: the folder served at `/demo/` (the web SDK and the demo page).
+    `extra_upstreams`, `extra_locations`: nginx `upstream` blocks and `location` blocks added to
+    the config (the benchmarks' baselines); empty in the product.
+    `limits`: per-client limits, sizes and timeouts (default: `GatewayLimits()`, the code
+    defaults; `GatewayLimits.off()` has no per-address limits).
     """
     if not re.fullmatch(r"\$[a-z_]+", affinity_key):
         raise ValueError(f"affinity_key must be one nginx variable ($name): {affinity_key!r}")
@@ -65,6 +168,9 @@ def render_gateway(
         "relay_servers": servers(ports.relay),
         "affinity_key": affinity_key,
         "web_root": str(Path(web_root).resolve()),
+        "extra_upstreams": extra_upstreams,
+        "extra_locations": extra_locations,
+        **(limits or GatewayLimits()).placeholders(),
     }
     text = template.read_text()
     for key, value in values.items():
@@ -72,7 +178,9 @@ def render_gateway(
     return text
 
 
-def turnserver_conf(run_dir: Path, port: int, secret: str) -> str:
+def turnserver_conf(run_dir: Path, port: int, secret: str, previous: str | None = None) -> str:
+    """coturn's config for the local stack. `previous`: a retired secret still accepted during a
+    rotation (TURN_SECRET_PREVIOUS; coturn accepts every `static-auth-secret` line)."""
     return "\n".join(
         [
             "listening-ip=127.0.0.1",
@@ -80,6 +188,7 @@ def turnserver_conf(run_dir: Path, port: int, secret: str) -> str:
             f"listening-port={port}",
             "use-auth-secret",
             f"static-auth-secret={secret}",
+            *([f"static-auth-secret={previous}"] if previous else []),
             "realm=rtc.local",
             "fingerprint",
             # Loopback peers are what a one-machine stack has; never enable this on a public host.
@@ -97,6 +206,36 @@ def turnserver_conf(run_dir: Path, port: int, secret: str) -> str:
             "",
         ]
     )
+
+
+def render_prometheus(
+    ports: StackPorts,
+    rule_files: list[Path] | None = None,
+    *,
+    scrape_interval: str = "5s",
+    evaluation_interval: str = "5s",
+) -> str:
+    """prometheus.yml scraping the local stack's services (static targets, the compose jobs'
+    names, which the alerts rely on) and loading `rule_files` (default: deploy's alerts.yml)."""
+    rules = [ALERT_RULES] if rule_files is None else rule_files
+    jobs = {"ice-service": ports.ice, "signal-service": ports.signal, "relay-service": ports.relay}
+    config = {
+        "global": {
+            "scrape_interval": scrape_interval,
+            "scrape_timeout": scrape_interval,
+            "evaluation_interval": evaluation_interval,
+        },
+        "rule_files": [str(Path(path).resolve()) for path in rules],
+        "scrape_configs": [
+            {
+                "job_name": job,
+                "static_configs": [{"targets": [f"127.0.0.1:{port}" for port in job_ports]}],
+            }
+            for job, job_ports in jobs.items()
+        ],
+    }
+    # JSON is YAML: no YAML library needed to write it.
+    return json.dumps(config, indent=2) + "\n"
 
 
 def _load_or_create_secrets(run_dir: Path) -> dict[str, str]:
@@ -151,9 +290,20 @@ def prepare(run_dir: Path, ports: StackPorts) -> None:
         + "".join(f"{k}={v}\n" for k, v in env.items())
     )
     env_path.chmod(0o600)
-    (run_dir / "nginx.conf").write_text(render_gateway(run_dir, ports))
+    (run_dir / "nginx.conf").write_text(
+        render_gateway(run_dir, ports, limits=GatewayLimits.from_env(os.environ))
+    )
     turn_conf = run_dir / "turnserver.conf"
-    turn_conf.write_text(turnserver_conf(run_dir, ports.turn, generated["TURN_SECRET"]))
+    turn_conf.write_text(
+        turnserver_conf(
+            run_dir,
+            ports.turn,
+            generated["TURN_SECRET"],
+            # A rotation: put the new TURN_SECRET and the old one as TURN_SECRET_PREVIOUS in
+            # secrets.env; remove the old one once TURN_CRED_TTL has passed.
+            generated.get("TURN_SECRET_PREVIOUS") or None,
+        )
+    )
     turn_conf.chmod(0o600)
     (run_dir / "stack.json").write_text(json.dumps(asdict(ports), indent=2) + "\n")
 
@@ -187,6 +337,20 @@ def prepare(run_dir: Path, ports: StackPorts) -> None:
             f"nginx -c {shlex.quote(str(run_dir / 'nginx.conf'))} -p {shlex.quote(str(run_dir))}/",
         )
     )
+    if ports.prometheus is not None:
+        prometheus_dir = run_dir / "prometheus"
+        (prometheus_dir / "data").mkdir(parents=True, exist_ok=True)
+        (prometheus_dir / "prometheus.yml").write_text(render_prometheus(ports))
+        lines.append(
+            logged(
+                "prometheus",
+                "prometheus"
+                f" --config.file={shlex.quote(str(prometheus_dir / 'prometheus.yml'))}"
+                f" --storage.tsdb.path={shlex.quote(str(prometheus_dir / 'data'))}"
+                " --storage.tsdb.retention.time=2d"
+                f" --web.listen-address=127.0.0.1:{ports.prometheus}",
+            )
+        )
     (run_dir / "Procfile").write_text("\n".join(lines) + "\n")
 
 
@@ -197,6 +361,8 @@ def wait_ready(run_dir: Path, timeout: float = 60.0) -> bool:
     targets.update({f"signal:{p}": f"http://127.0.0.1:{p}/readyz" for p in ports.signal})
     targets.update({f"relay:{p}": f"http://127.0.0.1:{p}/readyz" for p in ports.relay})
     targets["gateway"] = f"http://127.0.0.1:{ports.gateway}/healthz"
+    if ports.prometheus is not None:
+        targets["prometheus"] = f"http://127.0.0.1:{ports.prometheus}/-/ready"
     pending = dict(targets)
     deadline = time.monotonic() + timeout
     last_report = 0.0
