@@ -1198,3 +1198,75 @@ async def test_one_sockets_signals_keep_their_order(stack: Stack, peers: PeerFac
         await sender.emit("rtc:candidate", candidate(a, b, signal_id))
     await receiver.wait_signal("rtc:candidate", ids[-1])
     assert [data["signalId"] for _, data in receiver.signals()] == ids
+
+
+# -- 9. hostile input on the other client events: relay:ack and the handshake's auth ----------
+
+ack_ids = st.one_of(
+    st.text(max_size=70),
+    st.sampled_from(["0-1", "1-0", "9999999999999-0", "-", "+", "*", "$", "0-0", "1-x"]),
+    leaves,
+)
+ack_payloads = st.one_of(
+    jsonish,
+    deep,
+    st.fixed_dictionaries({"ids": st.lists(ack_ids, max_size=8) | jsonish | deep}),
+    st.fixed_dictionaries({"ids": st.lists(st.just("1-0"), min_size=999, max_size=1002)}),
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(payload=ack_payloads)
+async def test_hostile_relay_acks_never_break_the_handler(
+    stack: Stack, hostile_pair: tuple[Peer, Peer], payload: Any
+) -> None:
+    """relay:ack answers {acked: n} (n = 0: nothing is in these queues) or invalid_payload."""
+    sender, _ = hostile_pair
+    assert sender.sio.connected, "the server dropped the connection"
+    ack = await sender.call("relay:ack", payload)
+    assert ack == {"acked": 0} or (
+        isinstance(ack, dict) and ack.get("ok") is False and ack.get("error") == "invalid_payload"
+    ), ack
+
+
+# No binary values: a CONNECT packet cannot carry attachments (the client refuses to send one).
+json_only = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=5),
+    max_leaves=12,
+)
+handshake_auth = st.one_of(
+    json_only,
+    deep,
+    st.fixed_dictionaries(
+        {"token": json_only | st.text(max_size=300) | st.just("a.b.c")},
+        optional={"rtc": json_only},
+    ),
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(auth=handshake_auth)
+async def test_hostile_handshake_auth_is_refused_cleanly(
+    stack: Stack, peers: PeerFactory, auth: Any
+) -> None:
+    """Any `auth` without a valid token: a connect_error `unauthorized`, never a crash."""
+    data = await peers().refused(stack.signals[0].url, auth=auth)
+    assert refusal_code(data) == "unauthorized"
+
+
+def test_instance_healthy_after_hostile_acks_and_handshakes(stack: Stack) -> None:
+    instance = stack.signals[0]
+    assert http_status(instance.url + "/readyz") == 200
+    assert "Traceback" not in instance.log_text()
+    assert "signaling handler failed" not in instance.log_text()

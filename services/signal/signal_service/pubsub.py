@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import uuid
@@ -20,23 +21,33 @@ from typing import Any
 
 import socketio
 
+from .metrics import PUBLISH_FAILURES
+
 log = logging.getLogger("signal.pubsub")
 
 MAX_RETRY_SECONDS = 1.0
 _PROBE_METHOD = "rtc_probe"
+# Every connection of an instance's manager is named `<prefix><instance id>`, so that Redis can
+# tell which instances' listeners are subscribed right now (CLIENT LIST TYPE pubsub).
+CLIENT_NAME_PREFIX = "rtc-signal:"
+
+# Set (in the emitting task's context) when the stock _publish() gave up: the emit reached this
+# instance's own sockets only.
+PUBLISH_FAILED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "publish_failed", default=False
+)
 
 
 class ObservedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
-    def __init__(self, url: str, channel: str) -> None:
-        super().__init__(
-            url,
-            channel=channel,
-            redis_options={
-                "socket_connect_timeout": 1.0,
-                "socket_keepalive": True,
-                "health_check_interval": 10,
-            },
-        )
+    def __init__(self, url: str, channel: str, instance_id: str | None = None) -> None:
+        options: dict[str, Any] = {
+            "socket_connect_timeout": 1.0,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+        }
+        if instance_id is not None:
+            options["client_name"] = CLIENT_NAME_PREFIX + instance_id
+        super().__init__(url, channel=channel, redis_options=options)
         self._probes: dict[str, asyncio.Future[None]] = {}
         self.subscribed = False
 
@@ -67,6 +78,30 @@ class ObservedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                     await self.pubsub.aclose()
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, MAX_RETRY_SECONDS)
+
+    async def _publish(self, data: Any) -> Any:
+        # The stock method logs and returns None when Redis refused the message twice.
+        result = await super()._publish(data)
+        if result is None:
+            PUBLISH_FAILED.set(True)
+            PUBLISH_FAILURES.inc()
+        return result
+
+    async def listening(self, instances: set[str], registered: int) -> bool:
+        """Are the listeners of these instances subscribed now (so a publish reaches them)?
+
+        After Redis restarts, each listener subscribes again within `MAX_RETRY_SECONDS`; a
+        message published before that is lost for that instance (pub/sub keeps nothing). Fast
+        path: as many subscribers as registered instances. Otherwise Redis names them.
+        """
+        if getattr(self, "redis", None) is None:
+            return False
+        [(_, subscribers)] = await self.redis.pubsub_numsub(self.channel)
+        if int(subscribers) >= registered:
+            return True
+        clients = await self.redis.client_list(_type="pubsub")
+        names = {str(c.get("name", "")) for c in clients}
+        return all(CLIENT_NAME_PREFIX + instance in names for instance in instances)
 
     async def _listen(self) -> AsyncIterator[Any]:
         async for data in super()._listen():
