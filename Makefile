@@ -6,10 +6,10 @@ PY := .venv/bin/python
 bootstrap:
 	@deploy/local/stack.sh bootstrap
 
-run:        ## the local stack in the foreground (Ctrl-C stops it)
+run:        ## the local stack in the foreground (Ctrl-C stops it); MONITORING=1: also Prometheus
 	@deploy/local/stack.sh run
 
-up:         ## the local stack in the background, returns when ready
+up:         ## the local stack in the background, returns when ready; MONITORING=1 as for run
 	@deploy/local/stack.sh up
 
 down:       ## stop what `make up` started
@@ -23,20 +23,38 @@ test: bootstrap tests/node/node_modules
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 fmt: bootstrap
-	.venv/bin/ruff format services tools tests clients deploy
-	.venv/bin/ruff check --fix services tools tests clients deploy
+	.venv/bin/ruff format services tools tests clients deploy bench
+	.venv/bin/ruff check --fix services tools tests clients deploy bench
 
 lint: bootstrap
-	.venv/bin/ruff check services tools tests clients deploy
-	.venv/bin/ruff format --check services tools tests clients deploy
+	.venv/bin/ruff check services tools tests clients deploy bench
+	.venv/bin/ruff format --check services tools tests clients deploy bench
 
 type: bootstrap
 	.venv/bin/mypy
 
 check: lint type test
 
+chaos: bootstrap   ## the combined fault run (CHAOS_SECONDS, default 180); docs/reliability.md
+	$(PY) tests/chaos.py $(CHAOS_ARGS)
+.PHONY: chaos
+
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache
+
+bench/node/node_modules: bench/node/package-lock.json
+	cd bench/node && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+bench-deps: bootstrap bench/node/node_modules
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+
+bench: bench-deps  ## quick benchmarks (minutes): prints the table, writes bench/results/
+	$(PY) -m bench --mode quick $(BENCH_ARGS)
+
+bench-full: bench-deps  ## full benchmarks: also writes docs/benchmarks.md
+	$(PY) -m bench --mode full $(BENCH_ARGS)
+.PHONY: bench bench-full bench-deps
 
 compose-config:  ## docker-compose.yml is valid (offline; needs docker-compose)
 	docker-compose -f docker-compose.yml config -q

@@ -11,8 +11,9 @@ import os
 from typing import Any
 
 import socketio
-import uvloop
 from aiohttp import web
+
+from bench.baselines import serve
 
 
 def create_app() -> web.Application:
@@ -41,11 +42,4 @@ def create_app() -> web.Application:
 
 
 if __name__ == "__main__":
-    web.run_app(
-        create_app(),
-        host="127.0.0.1",
-        port=int(os.environ["PORT"]),
-        access_log=None,
-        print=None,
-        loop=uvloop.new_event_loop(),
-    )
+    serve(create_app())

@@ -51,12 +51,17 @@ def create_app() -> web.Application:
     return app
 
 
-if __name__ == "__main__":
+def serve(app: web.Application) -> None:
+    """Run a baseline on PORT (loopback), uvloop, no access log: the framework at its best."""
     web.run_app(
-        create_app(),
+        app,
         host="127.0.0.1",
         port=int(os.environ["PORT"]),
         access_log=None,
         print=None,
         loop=uvloop.new_event_loop(),
     )
+
+
+if __name__ == "__main__":
+    serve(create_app())

@@ -18,6 +18,7 @@ from typing import Any
 from bench.harness import (
     LOAD_CPUS,
     NODE_DIR,
+    NodeServer,
     pinned,
     python_server,
     rss_bytes,
@@ -31,52 +32,63 @@ from tests.helpers import Process, make_token
 PARALLEL = 64
 
 
+def idle_sockets(server: Process, pid: int, protocol: str, n: int, workdir: Path) -> dict[str, Any]:
+    """Open n idle websocket clients on one server: its RSS growth per socket, connect rate."""
+    users = [{"wallet": f"idle{i}", "token": make_token(f"idle{i}")} for i in range(n)]
+    spec_path = workdir / f"connections-{pid}.json"
+    url = server.url  # type: ignore[attr-defined]
+    spec_path.write_text(json.dumps({"urlA": url, "users": users, "parallel": PARALLEL}))
+    time.sleep(0.5)  # let the fresh server settle before the memory baseline is read
+    before = rss_bytes(pid)
+    env = {**os.environ, "MODE": "connections", "PROTOCOL": protocol, "SPEC": str(spec_path)}
+    argv = ["node", "--max-old-space-size=8192", str(NODE_DIR / "signal_load.mjs")]
+    client = subprocess.Popen(
+        pinned(LOAD_CPUS, argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert client.stdout is not None and client.stdin is not None
+    opened = json.loads(client.stdout.readline())
+    after = rss_bytes(pid)
+    client.stdin.write("close\n")
+    client.stdin.flush()
+    client.wait(timeout=300)
+    return {
+        "connected": opened["connected"],
+        "failed": opened["failed"],
+        "connect_per_second": opened["per_second"],
+        "rss_before_mib": before / 2**20,
+        "rss_after_mib": after / 2**20,
+        "rss_per_connection_kib": (after - before) / max(1, opened["connected"]) / 1024,
+    }
+
+
 def run(mode: Mode, workdir: Path) -> dict[str, Any]:
     redis = start_redis(workdir / "redis")
     started: list[Process] = [redis]
     try:
+        n = mode.connections
+        servers: dict[str, tuple[Process, str]] = {}
         signal = python_server("signal_service", workdir / "signal", signal_service_env(redis.url))
         started.append(signal)
-        pid = server_pid(signal)
-        n = mode.connections
-        progress(f"connections: making {n} tokens")
-        users = [{"wallet": f"idle{i}", "token": make_token(f"idle{i}")} for i in range(n)]
-        spec_path = workdir / "connections.json"
-        spec_path.write_text(json.dumps({"urlA": signal.url, "users": users, "parallel": PARALLEL}))
-        time.sleep(0.5)  # settle after start (not synchronisation: a memory reading's baseline)
-        before = rss_bytes(pid)
-        env = {**os.environ, "MODE": "connections", "PROTOCOL": "rtc", "SPEC": str(spec_path)}
-        client = subprocess.Popen(
-            pinned(
-                LOAD_CPUS, ["node", "--max-old-space-size=8192", str(NODE_DIR / "signal_load.mjs")]
-            ),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        assert client.stdout is not None and client.stdin is not None
-        opened = json.loads(client.stdout.readline())
-        after = rss_bytes(pid)
-        client.stdin.write("close\n")
-        client.stdin.flush()
-        client.wait(timeout=300)
-        per_conn = (after - before) / max(1, opened["connected"])
-        progress(
-            f"connections: {opened['connected']} open ({opened['failed']} failed) at "
-            f"{opened['per_second']:.0f}/s, {per_conn / 1024:.1f} KiB each"
-        )
-        fanout = fan_out(mode, redis, signal.url, workdir)
-        return {
-            "target": n,
-            "connected": opened["connected"],
-            "failed": opened["failed"],
-            "connect_per_second": opened["per_second"],
-            "rss_before_mib": before / 2**20,
-            "rss_after_mib": after / 2**20,
-            "rss_per_connection_kib": per_conn / 1024,
-            "fanout": fanout,
-        }
+        servers["signal_service"] = (signal, "rtc")
+        bare = python_server("bench.bare_sio", workdir / "bare", {"REDIS_URL": redis.url})
+        started.append(bare)
+        servers["bare_python_socketio"] = (bare, "bare")
+        node = NodeServer(workdir / "node", redis.url)
+        node.start()
+        started.append(node)
+        servers["node_socketio"] = (node, "bare")
+        results: dict[str, Any] = {"target": n}
+        for name, (server, protocol) in servers.items():
+            progress(f"connections: {n} idle sockets on {name}")
+            result = idle_sockets(server, server_pid(server), protocol, n, workdir)
+            results[name] = result
+            progress(
+                f"connections: {name}: {result['connected']} open ({result['failed']} failed) at "
+                f"{result['connect_per_second']:.0f}/s, "
+                f"{result['rss_per_connection_kib']:.1f} KiB each"
+            )
+        results["fanout"] = fan_out(mode, redis, signal.url, workdir)
+        return results
     finally:
         for process in reversed(started):
             process.stop()

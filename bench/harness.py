@@ -73,6 +73,14 @@ def server_pid(process: Process) -> int:
     return process.proc.pid
 
 
+def gateway_pid(gateway: Process) -> int:
+    """nginx's (single) worker process: where the gateway's CPU goes."""
+    master = server_pid(gateway)
+    children = Path(f"/proc/{master}/task/{master}/children")
+    wait_for(lambda: bool(children.read_text().split()), what="the nginx worker")
+    return int(children.read_text().split()[0])
+
+
 def raise_fd_limit(n: int = 200_000) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = max(soft, min(n, hard)) if os.geteuid() != 0 else n
@@ -82,7 +90,23 @@ def raise_fd_limit(n: int = 200_000) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-class BenchGateway(Process):
+class HttpServer(Process):
+    """A process listening on `port`, started when its /healthz answers 200."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+        wait_for(
+            lambda: self.ensure_alive() or http_status(self.url + "/healthz") == 200, what=self.name
+        )
+
+
+class BenchGateway(HttpServer):
     """The product's gateway config, per-address limits off, plus the baselines' routes.
 
     `extra_routes`: path prefix -> port of a baseline (or a variant of a service); the prefix is
@@ -137,16 +161,6 @@ class BenchGateway(Process):
             workdir / "logs" / "gateway.log",
         )
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        super().start()
-        wait_for(
-            lambda: self.ensure_alive() or http_status(self.url + "/healthz") == 200, what=self.name
-        )
-
 
 def python_server(
     module: str, workdir: Path, env: Mapping[str, str], ready: str = "/readyz"
@@ -157,7 +171,7 @@ def python_server(
     return process
 
 
-class NodeServer(Process):
+class NodeServer(HttpServer):
     def __init__(self, workdir: Path, redis_url: str):
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -169,21 +183,18 @@ class NodeServer(Process):
             env,
         )
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        super().start()
-        wait_for(
-            lambda: self.ensure_alive() or http_status(self.url + "/healthz") == 200, what=self.name
-        )
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its threads so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_wrk(
     url: str,
     seconds: float,
     *,
+    watch: Mapping[str, int] | None = None,
     connections: int = 64,
     headers: Mapping[str, str] | None = None,
     script: Path | None = None,
@@ -199,11 +210,13 @@ def run_wrk(
     if script_args:
         argv += ["--", *script_args]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    watched = {name: cpu_seconds(pid) for name, pid in (watch or {}).items()}
     started = time.monotonic()
     out = subprocess.run(
         pinned(LOAD_CPUS, argv), capture_output=True, text=True, check=True, timeout=seconds + 60
     ).stdout
     elapsed = time.monotonic() - started
+    used = {name: cpu_seconds(pid) - watched[name] for name, pid in (watch or {}).items()}
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -226,6 +239,11 @@ def run_wrk(
         "p50_ms": pct("50"),
         "p99_ms": pct("99"),
         "generator_cpu_percent": 100 * cpu / elapsed,
+        # Where the servers' core went: CPU microseconds per request, per watched process.
+        "cpu_us_per_request": {
+            name: 1e6 * seconds_used / max(1, int(total.group(1)) if total else 1)
+            for name, seconds_used in used.items()
+        },
     }
 
 
@@ -260,6 +278,28 @@ def run_node_load(
     if out.returncode != 0:
         raise RuntimeError(f"signal_load {mode} failed: {out.stderr[-2000:]}")
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def saturation_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """wrk runs of one subject: requests/s (median, min-max), non-2xx, the generator's CPU."""
+    return {
+        "rps": summary([r["rps"] for r in runs]),
+        "non_2xx": sum(r["non_2xx"] for r in runs),
+        "generator_cpu_percent": summary([r["generator_cpu_percent"] for r in runs]),
+        "runs": runs,
+    }
+
+
+def fixed_rate_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fixed-rate runs of one subject: p50/p99 (median, min-max), failures, the generator's CPU."""
+    return {
+        "p50_ms": summary([r["p50_ms"] for r in runs]),
+        "p99_ms": summary([r["p99_ms"] for r in runs]),
+        "non_2xx": sum(r["sent"] - r["ok"] for r in runs),
+        "achieved_rate": summary([r["achieved_rate"] for r in runs]),
+        "generator_cpu_percent": summary([r["generator_cpu_percent"] for r in runs]),
+        "runs": runs,
+    }
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:

@@ -9,11 +9,14 @@ from typing import Any
 
 from bench.harness import (
     BenchGateway,
+    fixed_rate_summary,
+    gateway_pid,
     python_server,
     run_loadgen,
     run_wrk,
+    saturation_summary,
+    server_pid,
     start_redis,
-    summary,
 )
 from bench.modes import Mode, progress
 from tests.helpers import base_env, make_token
@@ -57,6 +60,13 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
             "ice_asyncio": (g + "/bench/stdlib" + ICE_PATH, headers),
             "ice": (g + ICE_PATH, headers),
         }
+        nginx, redis_pid = {"nginx": gateway_pid(gateway)}, {"redis": server_pid(redis)}
+        watch = {
+            "nginx_static": nginx,
+            "bare_aiohttp": {**nginx, "bare": server_pid(bare)},
+            "ice_asyncio": {**nginx, **redis_pid, "ice": server_pid(ice_stdlib)},
+            "ice": {**nginx, **redis_pid, "ice": server_pid(ice)},
+        }
         saturation: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
         fixed: dict[str, list[dict[str, Any]]] = {
             name: [] for name in targets if name != "nginx_static"
@@ -64,7 +74,7 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
         for repeat in range(mode.repeats):
             # Round robin, so a slow spell of the shared machine hits every subject alike.
             for name, (url, hdrs) in targets.items():
-                result = run_wrk(url, mode.saturation_seconds, headers=hdrs)
+                result = run_wrk(url, mode.saturation_seconds, headers=hdrs, watch=watch[name])
                 saturation[name].append(result)
                 progress(
                     f"ice saturation {repeat + 1}/{mode.repeats} {name}: {result['rps']:.0f} req/s"
@@ -81,26 +91,8 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
                 )
         return {
             "response_bytes": len(body),
-            "saturation": {
-                name: {
-                    "rps": summary([r["rps"] for r in runs]),
-                    "non_2xx": sum(r["non_2xx"] for r in runs),
-                    "generator_cpu_percent": summary([r["generator_cpu_percent"] for r in runs]),
-                    "runs": runs,
-                }
-                for name, runs in saturation.items()
-            },
-            "fixed_1000": {
-                name: {
-                    "p50_ms": summary([r["p50_ms"] for r in runs]),
-                    "p99_ms": summary([r["p99_ms"] for r in runs]),
-                    "non_2xx": sum(r["sent"] - r["ok"] for r in runs),
-                    "achieved_rate": summary([r["achieved_rate"] for r in runs]),
-                    "generator_cpu_percent": summary([r["generator_cpu_percent"] for r in runs]),
-                    "runs": runs,
-                }
-                for name, runs in fixed.items()
-            },
+            "saturation": {name: saturation_summary(runs) for name, runs in saturation.items()},
+            "fixed_1000": {name: fixed_rate_summary(runs) for name, runs in fixed.items()},
         }
     finally:
         for process in reversed(started):

@@ -19,10 +19,12 @@ import aiohttp
 from bench.harness import (
     LOAD_CPUS,
     BenchGateway,
+    fixed_rate_summary,
     pinned,
     python_server,
     run_loadgen,
     run_wrk,
+    saturation_summary,
     start_redis,
     summary,
 )
@@ -179,29 +181,8 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
             ]
             progress(f"relay {fsync} pull+ack: {pulled[-1]['per_second']:.0f} msg/s")
             results[fsync] = {
-                "saturation": {
-                    name: {
-                        "rps": summary([r["rps"] for r in runs]),
-                        "non_2xx": sum(r["non_2xx"] for r in runs),
-                        "generator_cpu_percent": summary(
-                            [r["generator_cpu_percent"] for r in runs]
-                        ),
-                        "runs": runs,
-                    }
-                    for name, runs in saturation.items()
-                },
-                "fixed_1000": {
-                    name: {
-                        "p50_ms": summary([r["p50_ms"] for r in runs]),
-                        "p99_ms": summary([r["p99_ms"] for r in runs]),
-                        "non_2xx": sum(r["sent"] - r["ok"] for r in runs),
-                        "generator_cpu_percent": summary(
-                            [r["generator_cpu_percent"] for r in runs]
-                        ),
-                        "runs": runs,
-                    }
-                    for name, runs in fixed.items()
-                },
+                "saturation": {name: saturation_summary(runs) for name, runs in saturation.items()},
+                "fixed_1000": {name: fixed_rate_summary(runs) for name, runs in fixed.items()},
                 "redis_benchmark_xadd": summary(ceiling),
                 "pull_ack": {
                     "per_second": summary([p["per_second"] for p in pulled]),

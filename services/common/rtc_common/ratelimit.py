@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .batching import batcher_for
 from .errors import ApiError, unavailable
-from .metrics import RATE_LIMIT_FALLBACK, RATE_LIMITED
+from .metrics import RATE_LIMIT_DEGRADED, RATE_LIMIT_FALLBACK, RATE_LIMITED
 
 log = logging.getLogger("rtc.ratelimit")
 
@@ -110,23 +111,31 @@ class RateLimiter:
         self._interval = max(1, int(period * _MICRO) // limit)
         self._burst = self._interval * limit
         self._script = redis.register_script(_GCRA_LUA)
+        self._batcher = batcher_for(redis)
         self._fallback = _LocalGcra() if fallback else None
         self._degraded = False
+        # The scope's series exist from the start (a rate() needs a first sample at 0).
+        RATE_LIMITED.labels(scope)
+        if fallback:
+            RATE_LIMIT_FALLBACK.labels(scope)
+            RATE_LIMIT_DEGRADED.labels(scope).set(0)
 
     async def hit(self, key: str) -> RateLimitResult:
         try:
-            raw = await self._script(
-                keys=[f"rl:{self.scope}:{key}"], args=[self._interval, self._burst]
+            raw = await self._batcher.run(
+                self._script, [f"rl:{self.scope}:{key}"], [self._interval, self._burst]
             )
             allowed, remaining, reset_us, retry_us = (int(v) for v in raw)
             if self._degraded:
                 self._degraded = False
+                RATE_LIMIT_DEGRADED.labels(self.scope).set(0)
                 log.warning("rate limiter back on redis", extra={"scope": self.scope})
         except RedisError as exc:
             if self._fallback is None:
                 raise unavailable("rate limiter unavailable") from exc
             if not self._degraded:
                 self._degraded = True
+                RATE_LIMIT_DEGRADED.labels(self.scope).set(1)
                 log.warning(
                     "redis unreachable, rate limiting per process",
                     extra={"scope": self.scope, "error": type(exc).__name__},

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+import uvloop
 from aiohttp import web
 
 from .logs import JsonAccessLogger, setup_logging
@@ -26,7 +28,11 @@ def run_service(
         raise SystemExit(2) from None
     setup_logging(settings.service_name, settings.log_level)
     log = logging.getLogger("rtc.service")
-    log.info("starting", extra={"host": settings.host, "port": settings.port})
+    log.info(
+        "starting",
+        extra={"host": settings.host, "port": settings.port, "eventLoop": settings.event_loop},
+    )
+    loop = uvloop.new_event_loop() if settings.event_loop == "uvloop" else asyncio.new_event_loop()
     web.run_app(
         create_app(settings),
         host=settings.host,
@@ -35,4 +41,5 @@ def run_service(
         access_log=logging.getLogger("rtc.access"),
         print=None,
         shutdown_timeout=5.0,
+        loop=loop,
     )

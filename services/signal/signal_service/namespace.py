@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -18,13 +19,15 @@ import socketio
 from aiohttp import web
 from redis.exceptions import RedisError
 from rtc_common.auth import Authenticator, Identity, conv_id, is_valid_wallet, normalize_wallet
+from rtc_common.context import request_id_var
 from rtc_common.directory import AccessCache
 from rtc_common.errors import ApiError, unauthorized
+from rtc_common.logs import wallet_hash
 from rtc_common.relay_store import RelayStore
 from rtc_common.times import iso_ms
 from socketio.exceptions import ConnectionRefusedError as HandshakeRefused
 
-from .metrics import LEGACY_USED, PRESENCE_CHANGES, SIGNALS, SOCKETS
+from .metrics import EVENT_LATENCY, LEGACY_USED, PRESENCE_CHANGES, SIGNALS, SOCKETS
 from .payloads import (
     CANDIDATE_MAX_BYTES,
     CandidateSignal,
@@ -35,6 +38,7 @@ from .payloads import (
     parse,
 )
 from .presence import LocalSocket, Presence
+from .pubsub import PUBLISH_FAILED
 from .settings import SignalSettings
 
 log = logging.getLogger("signal.namespace")
@@ -152,13 +156,39 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         # at a time, in arrival order, so an offer is never overtaken by its own candidates.
         # The lock is taken before the first await, while tasks still run in creation order.
         async with self._ordering.setdefault(sid, asyncio.Lock()):
+            # One log line per event, like the access log of HTTP requests: an id for every
+            # line the event causes, the outcome, the time taken and the wallet's hash.
+            token = request_id_var.set(uuid.uuid4().hex)
+            started = time.perf_counter()
+            outcome = "unavailable"
             try:
-                return await handler(sid, event, data)
-            except Refusal as refusal:
-                return await self._refuse(sid, event, refusal.code, _signal_id_of(data))
-            except Exception:
-                log.exception("signaling handler failed", extra={"event": event})
-                return await self._refuse(sid, event, "unavailable", _signal_id_of(data))
+                try:
+                    result = await handler(sid, event, data)
+                    outcome = _outcome_of(result)
+                    return result
+                except Refusal as refusal:
+                    outcome = refusal.code
+                    return await self._refuse(sid, event, refusal.code, _signal_id_of(data))
+                except Exception:
+                    log.exception("signaling handler failed", extra={"event": event})
+                    return await self._refuse(sid, event, "unavailable", _signal_id_of(data))
+            finally:
+                elapsed = time.perf_counter() - started
+                EVENT_LATENCY.labels(event).observe(elapsed)
+                state = await self.socket_state(sid)
+                self._log_event(event, outcome, elapsed, state.wallet if state else None)
+                request_id_var.reset(token)
+
+    @staticmethod
+    def _log_event(event: str, outcome: str, elapsed: float, wallet: str | None) -> None:
+        extra: dict[str, Any] = {
+            "event": event,
+            "outcome": outcome,
+            "durationMs": round(elapsed * 1000, 2),
+        }
+        if wallet is not None:
+            extra["walletHash"] = wallet_hash(wallet)
+        log.info("event", extra=extra)
 
     async def _refuse(self, sid: str, event: str, code: str, signal_id: str | None) -> Any:
         SIGNALS.labels(event, code).inc()
@@ -189,10 +219,12 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         return self.authenticator.verifier.verify(cookies[self.settings.jwt_cookie_name], "cookie")
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        started = time.perf_counter()
         try:
             identity = self._authenticate(environ, auth)
         except ApiError as exc:
             SIGNALS.labels("connect", exc.code).inc()
+            self._log_event("connect", exc.code, time.perf_counter() - started, None)
             raise HandshakeRefused(exc.code, {"error": exc.code, "message": exc.message}) from None
         rtc = not (isinstance(auth, dict) and auth.get("rtc") is False)
         state = SocketState(identity.wallet, rtc, TokenBucket(self.settings.signal_rate_per_sec))
@@ -207,6 +239,8 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         except RedisError as exc:
             # The heartbeat re-registers this instance's sockets once Redis answers again.
             log.warning("presence not recorded", extra={"error": type(exc).__name__})
+        SIGNALS.labels("connect", "ok").inc()
+        self._log_event("connect", "ok", time.perf_counter() - started, state.wallet)
         self.server.start_background_task(self._after_connect, sid, state.wallet, first)
 
     async def _after_connect(self, sid: str, wallet: str, first: bool) -> None:
@@ -226,6 +260,7 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if state is None:
             return
         SOCKETS.dec()
+        self._log_event("disconnect", "ok", 0.0, state.wallet)
         try:
             last = await self._deps().presence.unregister(sid, state.wallet)
         except RedisError as exc:
@@ -252,15 +287,17 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         PRESENCE_CHANGES.labels("online" if online else "offline").inc()
         update = {"wallet": wallet, "online": online, "at": iso_ms(time.time())}
         legacy = self.settings.presence_legacy_enabled
-        for contact in contacts:
-            room = f"user:{contact}"
-            await self.emit("presence:update", update, room=room)
+        # One emit per event for all the contacts' rooms: one pub/sub message each, where a
+        # per-contact loop published 500 (x3 with the legacy events) for 500 online contacts.
+        rooms = [f"user:{contact}" for contact in contacts]
+        if rooms:
+            await self.emit("presence:update", update, room=rooms)
             if legacy:
-                await self.emit("presence", {"wallet": wallet, "online": online}, room=room)
+                await self.emit("presence", {"wallet": wallet, "online": online}, room=rooms)
                 await self.emit(
                     "user_connected" if online else "user_disconnected",
                     {"wallet": wallet},
-                    room=room,
+                    room=rooms,
                 )
         if legacy and contacts:
             LEGACY_USED.labels("presence").inc()
@@ -330,26 +367,73 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 raise Refusal("forbidden")
             if not state.rtc or not await deps.access.is_rtc_enabled(state.wallet):
                 raise Refusal("sender_not_rtc_eligible")
-            if not await deps.access.is_rtc_enabled(to) or not await self._reachable(to):
+            if not await deps.access.is_rtc_enabled(to):
                 raise Refusal("target_not_rtc_eligible")
         except ApiError:
             raise Refusal("unavailable") from None
-        if not await self._first_time(state.wallet, signal_id):
+        remote, first = await self._route(state.wallet, to, signal_id)
+        if not first:
             SIGNALS.labels(event, "duplicate").inc()
             return {"ok": True, "signalId": signal_id, "duplicate": True}
-        await self.emit(event, body, room=f"rtc:{to}")
+        token = PUBLISH_FAILED.set(False)
+        try:
+            await self.emit(event, body, room=f"rtc:{to}")
+            failed = PUBLISH_FAILED.get()
+        finally:
+            PUBLISH_FAILED.reset(token)
+        if failed and remote:
+            # Only this instance's sockets got it: not acked, and a retry is forwarded again.
+            await self._forget(state.wallet, signal_id)
+            raise Refusal("unavailable")
         SIGNALS.labels(event, "ok").inc()
         return {"ok": True, "signalId": signal_id}
 
-    async def _reachable(self, wallet: str) -> bool:
-        """Does the wallet have an RTC-capable socket on any instance?"""
+    async def _route(self, sender: str, to: str, signal_id: str) -> tuple[bool, bool]:
+        """(remote, first): does delivery cross instances, and is the sender's signalId new.
+        Refuses when `to` cannot be reached now (see _reachable). One batched round trip in the
+        usual case; the step-by-step path when Redis failed or a listener may be missing."""
+        key = f"signal:dedup:{sender}:{signal_id}"
         try:
-            return await self._deps().presence.has_rtc_socket(wallet)
+            route = await self._deps().presence.route_signal(
+                to, dedup_key=key, dedup_seconds=DEDUP_SECONDS, channel=self.server.manager.channel
+            )
+        except RedisError:
+            route = None
+        if route is None or route.listening < 0:
+            remote = await self._reachable(to)
+            return remote, await self._first_time(sender, signal_id)
+        if not route.reachable:
+            raise Refusal("target_not_rtc_eligible")
+        return route.remote, route.first
+
+    async def _reachable(self, wallet: str) -> bool:
+        """Refuse unless the wallet has an RTC-capable socket that a signal sent now reaches;
+        True when some of them are on other instances (delivered through Redis pub/sub).
+
+        A socket on another instance counts only while that instance's listener is subscribed:
+        right after Redis restarts, a message published before it subscribed again would be
+        acked and lost (pub/sub keeps nothing), so the signal is `unavailable` meanwhile.
+        """
+        manager = self.server.manager
+        try:
+            owners, registered = await self._deps().presence.rtc_owners(wallet)
+            remote = owners - {self.settings.instance_id}
+            if remote and not await manager.listening(remote, registered):
+                raise Refusal("unavailable")
         except RedisError:
             # Redis down: this instance can still vouch for (and deliver to) its own sockets.
-            if any(True for _ in self.server.manager.get_participants("/", f"rtc:{wallet}")):
-                return True
+            if any(True for _ in manager.get_participants("/", f"rtc:{wallet}")):
+                return False
             raise Refusal("unavailable") from None
+        if not owners:
+            raise Refusal("target_not_rtc_eligible")
+        return bool(remote)
+
+    async def _forget(self, sender: str, signal_id: str) -> None:
+        key = f"signal:dedup:{sender}:{signal_id}"
+        self._local_dedup.seen.pop(key, None)
+        with contextlib.suppress(RedisError):
+            await self._deps().redis.delete(key)
 
     async def _first_time(self, sender: str, signal_id: str) -> bool:
         key = f"signal:dedup:{sender}:{signal_id}"
@@ -364,7 +448,10 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise Refusal("legacy_disabled")
         state = await self._sender(sid)
         LEGACY_USED.labels("signal").inc()
-        log.warning("deprecated event used", extra={"event": "signal", "wallet": state.wallet})
+        log.warning(
+            "deprecated event used",
+            extra={"event": "signal", "walletHash": wallet_hash(state.wallet)},
+        )
         if not state.legacy_warned:
             state.legacy_warned = True
             await self.emit("warning", LEGACY_WARNING, to=sid)
@@ -405,6 +492,16 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise Refusal("unavailable") from None
         SIGNALS.labels(event, "ok").inc()
         return {"acked": acked}
+
+
+def _outcome_of(result: Any) -> str:
+    """The outcome word of a handler's answer: ok, duplicate, or the error code."""
+    if isinstance(result, dict):
+        if result.get("ok") is False:
+            return str(result.get("error", "error"))
+        if result.get("duplicate"):
+            return "duplicate"
+    return "ok"
 
 
 def _signal_id_of(data: Any) -> str | None:

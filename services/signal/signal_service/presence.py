@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from rtc_common.batching import batcher_for
 from rtc_common.clients import as_text
 
 PREFIX = "presence:"
@@ -28,6 +29,29 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[4])
 return redis.call('HLEN', KEYS[1])
+"""
+
+# A signal's route in one round trip: {reachable, remote, listening, first}. reachable: the
+# wallet has an RTC-capable socket; remote: one of them is on another instance than ARGV[3];
+# listening: 1 when every registered instance's pub/sub listener is subscribed (or no other
+# instance is involved), -1 when fewer subscribers than instances (the caller asks Redis which
+# ones); first: the sender's signalId was not seen (its dedup key is set only then, and only when
+# the signal can be delivered, so a refused signal may be retried with the same id).
+_ROUTE_SIGNAL = """
+local reachable, remote = 0, 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  if string.sub(v, -2) == '|1' then
+    reachable = 1
+    if string.sub(v, 1, -3) ~= ARGV[3] then remote = 1 end
+  end
+end
+if reachable == 0 then return {0, 0, 0, 0} end
+if remote == 1 then
+  local subscribers = redis.call('PUBSUB', 'NUMSUB', ARGV[1])[2]
+  if subscribers < redis.call('SCARD', KEYS[2]) then return {1, 1, -1, 0} end
+end
+if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[2]) then return {1, remote, 1, 1} end
+return {1, remote, 1, 0}
 """
 
 # Returns -1 when the socket was already gone (reaped), else the wallet's remaining sockets.
@@ -63,6 +87,14 @@ return redis.call('HLEN', KEYS[3])
 """
 
 
+@dataclass(frozen=True)
+class SignalRoute:
+    reachable: bool
+    remote: bool
+    listening: int  # 1 yes, -1 unknown (fewer subscribers than instances), 0 not asked
+    first: bool
+
+
 @dataclass(frozen=True, slots=True)
 class LocalSocket:
     sid: str
@@ -79,6 +111,8 @@ class Presence:
         self._unregister = redis.register_script(_UNREGISTER)
         self._reap = redis.register_script(_REAP)
         self._heartbeat = redis.register_script(_HEARTBEAT)
+        self._route_signal = redis.register_script(_ROUTE_SIGNAL)
+        self._batcher = batcher_for(redis)
         self._sockets_key = f"{PREFIX}inst:{instance_id}:sockets"
         self._alive_key = f"{PREFIX}inst:{instance_id}:alive"
 
@@ -150,9 +184,33 @@ class Presence:
         found = await pipe.execute()
         return [wallet for wallet, exists in zip(wallets, found, strict=True) if exists]
 
+    async def route_signal(
+        self, wallet: str, *, dedup_key: str, dedup_seconds: int, channel: str
+    ) -> SignalRoute:
+        """Where a signal to `wallet` goes, and whether its dedup key was new (see _ROUTE_SIGNAL).
+
+        One script call, batched with the other calls of the same loop turn: the signaling hot
+        path had three round trips here (the benchmarks' profile, docs/benchmarks.md).
+        """
+        reachable, remote, listening, first = await self._batcher.run(
+            self._route_signal,
+            [self._conn_key(wallet), INSTANCES_KEY, dedup_key],
+            [channel, dedup_seconds, self.instance_id],
+        )
+        return SignalRoute(bool(reachable), bool(remote), int(listening), bool(first))
+
     async def has_rtc_socket(self, wallet: str) -> bool:
-        values = await self._redis.hvals(self._conn_key(wallet))
-        return any(as_text(v).endswith("|1") for v in values)
+        owners, _ = await self.rtc_owners(wallet)
+        return bool(owners)
+
+    async def rtc_owners(self, wallet: str) -> tuple[set[str], int]:
+        """The instances holding the wallet's RTC-capable sockets, and how many are registered."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hvals(self._conn_key(wallet))
+        pipe.scard(INSTANCES_KEY)
+        values, registered = await pipe.execute()
+        owners = {text.rsplit("|", 1)[0] for text in map(as_text, values) if text.endswith("|1")}
+        return owners, int(registered)
 
     async def leave(self) -> None:
         """Graceful shutdown: drop the liveness key so the reaper cleans up at once."""
