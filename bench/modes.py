@@ -36,7 +36,7 @@ FULL = Mode(
     fixed_seconds=10,
     connections=20000,
     fanout_contacts=500,
-    pull_messages=20000,
+    pull_messages=10000,
 )
 
 

@@ -103,7 +103,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
                         "Signaling",
                         f"{label} at {rate:,} signals/s p50 / p99",
                         f"{fmt(lat[name]['p50_ms'], 'ms', 2)} / {fmt(lat[name]['p99_ms'], 'ms', 2)}"
-                        f" (lost {lat[name]['lost']})",
+                        f" ({lat[name]['undelivered']} undelivered after 5 s)",
                         rr,
                         goal,
                     )

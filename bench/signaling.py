@@ -82,7 +82,7 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
                     progress(
                         f"signaling {rate}/s {repeat + 1}/{mode.repeats} {name}: p50 "
                         f"{result['p50_ms']:.2f} ms p99 {result['p99_ms']:.2f} ms "
-                        f"lost {result['lost']}"
+                        f"undelivered {result['undelivered']}"
                     )
                 spec = {
                     **urls,
@@ -104,7 +104,7 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
                     name: {
                         "p50_ms": summary([r["p50_ms"] for r in runs]),
                         "p99_ms": summary([r["p99_ms"] for r in runs]),
-                        "lost": sum(r["lost"] for r in runs),
+                        "undelivered": sum(r["undelivered"] for r in runs),
                         "errors": sum(r["errors"] for r in runs),
                         "generator_cpu_percent": summary(
                             [r["generator_cpu_percent"] for r in runs]

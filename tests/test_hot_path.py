@@ -143,3 +143,33 @@ async def test_a_failed_batch_reaches_every_caller(redis_server: RedisServer) ->
         assert all(isinstance(r, RedisError) for r in results)
     finally:
         await client.aclose()
+
+
+def test_fast_info_line_is_the_line_logger_info_writes() -> None:
+    import json as _json
+
+    from rtc_common import logs
+
+    stream = io.StringIO()
+    handler = BufferedLineHandler(stream, interval=60)
+    handler.setFormatter(JsonFormatter("test-service"))
+    root = logging.getLogger()
+    saved, saved_handler = root.handlers[:], logs._ROOT_HANDLER
+    root.handlers[:] = [handler]
+    logs._ROOT_HANDLER = handler
+    logger = logging.getLogger("rtc.fastpath")
+    logger.setLevel(logging.INFO)
+    try:
+        fields = {"event": "rtc:offer", "outcome": "ok", "durationMs": 1.5}
+        logs.info_line(logger, "event", dict(fields), request_id="req-1")
+        logger.info("event", extra={**fields, "request_id": "req-1"})
+        handler.flush()
+    finally:
+        root.handlers[:] = saved
+        logs._ROOT_HANDLER = saved_handler
+        handler.close()
+    fast, standard = (_json.loads(line) for line in stream.getvalue().splitlines())
+    fast.pop("ts")
+    standard.pop("ts")
+    assert fast == standard
+    assert fast["requestId"] == "req-1" and fast["logger"] == "rtc.fastpath"

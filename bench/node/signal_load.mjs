@@ -80,7 +80,7 @@ async function latency() {
   const elapsed = performance.now() - start;
   pair.sa.close(); pair.sb.close();
   return {
-    target_rate: spec.rate, sent: total, received, errors, lost: total - received,
+    target_rate: spec.rate, sent: total, received, errors, undelivered: total - received,
     achieved_rate: (total * 1000) / sentIn, generator_cpu_percent: ((cpu.user + cpu.system) / 1000 / elapsed) * 100,
     ...percentiles(latencies),
   };

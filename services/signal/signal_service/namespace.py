@@ -22,7 +22,7 @@ from rtc_common.auth import Authenticator, Identity, conv_id, is_valid_wallet, n
 from rtc_common.context import request_id_var
 from rtc_common.directory import AccessCache
 from rtc_common.errors import ApiError, unauthorized
-from rtc_common.logs import wallet_hash
+from rtc_common.logs import info_line, wallet_hash
 from rtc_common.relay_store import RelayStore
 from rtc_common.times import iso_ms
 from socketio.exceptions import ConnectionRefusedError as HandshakeRefused
@@ -188,7 +188,7 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         }
         if wallet is not None:
             extra["walletHash"] = wallet_hash(wallet)
-        log.info("event", extra=extra)
+        info_line(log, "event", extra)
 
     async def _refuse(self, sid: str, event: str, code: str, signal_id: str | None) -> Any:
         SIGNALS.labels(event, code).inc()
