@@ -72,7 +72,20 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     parser.add_argument("--label", default="", help="a suffix for the results file")
     parser.add_argument("--write-docs", action="store_true", help="also in quick mode")
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="print the table of a results file (and with "
+        "--write-docs rewrite docs/benchmarks.md from it) without running anything",
+    )
     args = parser.parse_args()
+    if args.render:
+        path = Path(args.render).resolve()
+        rendered = json.loads(path.read_text())
+        print(render_table(rendered))
+        if args.write_docs:
+            write_docs(rendered, path)
+        return
     mode = FULL if args.mode == "full" else QUICK
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(chosen) - set(SCENARIOS)
@@ -108,10 +121,14 @@ def main() -> None:
     print(render_table(results))
     print(f"\nresults: {path.relative_to(REPO_ROOT)} ({results['seconds']} s)")
     if mode is FULL or args.write_docs:
-        docs = REPO_ROOT / "docs" / "benchmarks.md"
-        docs.parent.mkdir(exist_ok=True)
-        docs.write_text(render_markdown(results, path.relative_to(REPO_ROOT)))
-        print(f"docs: {docs.relative_to(REPO_ROOT)}")
+        write_docs(results, path)
+
+
+def write_docs(results: dict[str, Any], json_path: Path) -> None:
+    docs = REPO_ROOT / "docs" / "benchmarks.md"
+    docs.parent.mkdir(exist_ok=True)
+    docs.write_text(render_markdown(results, json_path.relative_to(REPO_ROOT)))
+    print(f"docs: {docs.relative_to(REPO_ROOT)}")
 
 
 if __name__ == "__main__":
