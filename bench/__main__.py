@@ -107,19 +107,26 @@ def main() -> None:
         "scenarios": {},
     }
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="rtc-bench-") as tmp:
-        for name in chosen:
-            progress(f"== {name} ({mode.name})")
-            results["scenarios"][name] = SCENARIOS[name](mode, Path(tmp) / name)
-    results["seconds"] = round(time.monotonic() - started, 1)
     out_dir = REPO_ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     suffix = f"-{args.label}" if args.label else ""
     path = out_dir / f"{stamp}-{mode.name}{suffix}.json"
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    with tempfile.TemporaryDirectory(prefix="rtc-bench-") as tmp:
+        for name in chosen:
+            progress(f"== {name} ({mode.name})")
+            try:
+                results["scenarios"][name] = SCENARIOS[name](mode, Path(tmp) / name)
+            except Exception as exc:
+                # One scenario failing must not cost the others' figures: recorded, reported.
+                progress(f"!! {name} failed: {type(exc).__name__}: {exc}")
+                results.setdefault("failed", {})[name] = f"{type(exc).__name__}: {exc}"[:2000]
+            results["seconds"] = round(time.monotonic() - started, 1)
+            path.write_text(json.dumps(results, indent=1) + "\n")  # after every scenario
     print(render_table(results))
     print(f"\nresults: {path.relative_to(REPO_ROOT)} ({results['seconds']} s)")
+    if results.get("failed"):
+        print(f"failed scenarios: {', '.join(results['failed'])}", file=sys.stderr)
     if mode is FULL or args.write_docs:
         write_docs(results, path)
 

@@ -66,28 +66,43 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
     started: list[Process] = [redis]
     try:
         n = mode.connections
-        servers: dict[str, tuple[Process, str]] = {}
-        signal = python_server("signal_service", workdir / "signal", signal_service_env(redis.url))
-        started.append(signal)
-        servers["signal_service"] = (signal, "rtc")
-        bare = python_server("bench.bare_sio", workdir / "bare", {"REDIS_URL": redis.url})
-        started.append(bare)
-        servers["bare_python_socketio"] = (bare, "bare")
-        node = NodeServer(workdir / "node", redis.url)
-        node.start()
-        started.append(node)
-        servers["node_socketio"] = (node, "bare")
+        env = signal_service_env(redis.url)
+
+        def start(name: str) -> Process:
+            if name == "node_socketio":
+                node = NodeServer(workdir / name, redis.url)
+                node.start()
+                return node
+            if name == "bare_python_socketio":
+                return python_server("bench.bare_sio", workdir / name, {"REDIS_URL": redis.url})
+            return python_server("signal_service", workdir / name, env)
+
         results: dict[str, Any] = {"target": n}
-        for name, (server, protocol) in servers.items():
+        protocols = {
+            "signal_service": "rtc",
+            "bare_python_socketio": "bare",
+            "node_socketio": "bare",
+        }
+        for name, protocol in protocols.items():
+            # One server at a time, stopped before the next: a server still working through
+            # thousands of disconnects would take the next one's CPU.
+            server = start(name)
+            started.append(server)
             progress(f"connections: {n} idle sockets on {name}")
             result = idle_sockets(server, server_pid(server), protocol, n, workdir)
+            server.stop()
             results[name] = result
             progress(
                 f"connections: {name}: {result['connected']} open ({result['failed']} failed) at "
                 f"{result['connect_per_second']:.0f}/s, "
                 f"{result['rss_per_connection_kib']:.1f} KiB each"
             )
-        results["fanout"] = fan_out(mode, redis, signal.url, workdir)
+        signal = start("signal_service")
+        started.append(signal)
+        try:
+            results["fanout"] = fan_out(mode, redis, signal.url, workdir)  # type: ignore[attr-defined]
+        except (subprocess.SubprocessError, OSError, ValueError) as exc:
+            results["fanout"] = {"contacts": mode.fanout_contacts, "error": str(exc)[:500]}
         return results
     finally:
         for process in reversed(started):

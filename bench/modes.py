@@ -31,9 +31,9 @@ QUICK = Mode(
 )
 FULL = Mode(
     "full",
-    repeats=5,
-    saturation_seconds=10,
-    fixed_seconds=10,
+    repeats=3,
+    saturation_seconds=8,
+    fixed_seconds=8,
     connections=20000,
     fanout_contacts=500,
     pull_messages=10000,

@@ -182,11 +182,16 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 ),
             ]
         fan = c["fanout"]
+        fan_value = (
+            "FAILED: " + fan["error"][:100]
+            if "error" in fan
+            else fmt(fan["fanout_ms"], "ms", 1) + ("" if fan["all_notified"] else " (NOT all)")
+        )
         out.append(
             (
                 "Connections",
                 f"signal-service presence fan-out to {fan['contacts']} online contacts",
-                fmt(fan["fanout_ms"], "ms", 1) + ("" if fan["all_notified"] else " (NOT all)"),
+                fan_value,
                 "",
                 "",
             )
@@ -248,8 +253,15 @@ def rows(results: dict[str, Any]) -> list[Row]:
     return out
 
 
+def failed_rows(results: dict[str, Any]) -> list[Row]:
+    return [
+        (name, "FAILED (no figures)", reason.splitlines()[0][:120], "", "")
+        for name, reason in results.get("failed", {}).items()
+    ]
+
+
 def render_table(results: dict[str, Any]) -> str:
-    table = rows(results)
+    table = rows(results) + failed_rows(results)
     widths = [max(len(row[i]) for row in table) for i in range(5)] if table else [0] * 5
     header = ("scenario", "measure", "median [min-max]", "ratio", "goal")
     widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
@@ -261,7 +273,7 @@ def render_table(results: dict[str, Any]) -> str:
 
 def render_markdown(results: dict[str, Any], json_path: Path) -> str:
     m = results["machine"]
-    table = "\n".join(f"| {' | '.join(row)} |" for row in rows(results))
+    table = "\n".join(f"| {' | '.join(row)} |" for row in rows(results) + failed_rows(results))
     return TEMPLATE.format(
         mode=results["mode"],
         started=results["started"],
@@ -306,7 +318,7 @@ in the JSON (`generator_cpu_percent`) to show it was not the bottleneck.
 ```sh
 make bootstrap          # the venv (what `make run` sets up)
 make bench              # quick mode: 3 repeats of short runs, a few minutes, prints the table
-make bench-full         # full mode: 5 repeats of 10 s runs, 20,000 sockets; writes this page
+make bench-full         # full mode: 3 repeats of 8 s runs, 20,000 sockets; writes this page
 .venv/bin/python -m bench --mode quick --only ice,relay   # a subset
 ```
 
