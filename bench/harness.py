@@ -25,11 +25,11 @@ from rtcctl.local import GatewayLimits, StackPorts, render_gateway
 
 from tests.helpers import (
     REPO_ROOT,
+    HttpServer,
     Process,
     RedisServer,
     ServiceProcess,
     free_port,
-    http_status,
     wait_for,
 )
 
@@ -88,22 +88,6 @@ def raise_fd_limit(n: int = 200_000) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, max(hard, target)))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-class HttpServer(Process):
-    """A process listening on `port`, started when its /healthz answers 200."""
-
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        super().start()
-        wait_for(
-            lambda: self.ensure_alive() or http_status(self.url + "/healthz") == 200, what=self.name
-        )
 
 
 class BenchGateway(HttpServer):

@@ -247,7 +247,23 @@ class ServiceProcess(Process):
         )
 
 
-class Gateway(Process):
+class HttpServer(Process):
+    """A process listening on `port`, started when its /healthz answers 200."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+        wait_for(
+            lambda: self.ensure_alive() or http_status(self.url + "/healthz") == 200, what=self.name
+        )
+
+
+class Gateway(HttpServer):
     def __init__(
         self,
         workdir: Path,
@@ -272,16 +288,6 @@ class Gateway(Process):
             workdir / "logs" / "gateway.log",
         )
         self.access_log = workdir / "logs" / "gateway-access.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        super().start()
-        wait_for(
-            lambda: self.ensure_alive() or http_status(self.url + "/healthz") == 200, what=self.name
-        )
 
 
 NODE_DIR = REPO_ROOT / "tests" / "node"

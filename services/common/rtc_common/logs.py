@@ -193,6 +193,8 @@ def info_line(
 
 def setup_logging(service: str, level: str = "INFO") -> None:
     global _ROOT_HANDLER
+    if _ROOT_HANDLER is not None:
+        _ROOT_HANDLER.close()  # writes what it holds and stops its flusher thread
     handler = _ROOT_HANDLER = BufferedLineHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()

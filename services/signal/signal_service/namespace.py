@@ -392,7 +392,7 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         """(remote, first): does delivery cross instances, and is the sender's signalId new.
         Refuses when `to` cannot be reached now (see _reachable). One batched round trip in the
         usual case; the step-by-step path when Redis failed or a listener may be missing."""
-        key = f"signal:dedup:{sender}:{signal_id}"
+        key = _dedup_key(sender, signal_id)
         try:
             route = await self._deps().presence.route_signal(
                 to, dedup_key=key, dedup_seconds=DEDUP_SECONDS, channel=self.server.manager.channel
@@ -430,13 +430,13 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         return bool(remote)
 
     async def _forget(self, sender: str, signal_id: str) -> None:
-        key = f"signal:dedup:{sender}:{signal_id}"
+        key = _dedup_key(sender, signal_id)
         self._local_dedup.seen.pop(key, None)
         with contextlib.suppress(RedisError):
             await self._deps().redis.delete(key)
 
     async def _first_time(self, sender: str, signal_id: str) -> bool:
-        key = f"signal:dedup:{sender}:{signal_id}"
+        key = _dedup_key(sender, signal_id)
         try:
             created = await self._deps().redis.set(key, "1", nx=True, ex=DEDUP_SECONDS)
         except RedisError:
@@ -492,6 +492,11 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise Refusal("unavailable") from None
         SIGNALS.labels(event, "ok").inc()
         return {"acked": acked}
+
+
+def _dedup_key(sender: str, signal_id: str) -> str:
+    """Redis key marking that `sender` sent `signal_id` (forwarded once within DEDUP_SECONDS)."""
+    return f"signal:dedup:{sender}:{signal_id}"
 
 
 def _outcome_of(result: Any) -> str:

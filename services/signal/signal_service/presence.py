@@ -199,10 +199,6 @@ class Presence:
         )
         return SignalRoute(bool(reachable), bool(remote), int(listening), bool(first))
 
-    async def has_rtc_socket(self, wallet: str) -> bool:
-        owners, _ = await self.rtc_owners(wallet)
-        return bool(owners)
-
     async def rtc_owners(self, wallet: str) -> tuple[set[str], int]:
         """The instances holding the wallet's RTC-capable sockets, and how many are registered."""
         pipe = self._redis.pipeline(transaction=False)
