@@ -28,6 +28,8 @@ from typing import Any
 import aiohttp
 import jwt
 import redis
+from aioice import stun
+from aioice.turn import create_turn_endpoint
 from rtc_common.directory import Directory, open_directory
 from rtc_common.settings import CommonSettings, load_settings
 from rtcctl.local import GatewayLimits, StackPorts, render_gateway, turnserver_conf
@@ -53,13 +55,16 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "
 
 
 async def wait_for_async(
-    predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition"
+    predicate: Callable[[], Awaitable[bool]],
+    timeout: float = 15.0,
+    what: str = "condition",
+    interval: float = 0.02,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await predicate():
             return
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(interval)
     raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
@@ -204,6 +209,23 @@ class Coturn(Process):
     @property
     def uris(self) -> str:
         return f"turn:127.0.0.1:{self.port}?transport=udp,turn:127.0.0.1:{self.port}?transport=tcp"
+
+
+async def allocation_error(coturn: Coturn, username: str, password: str) -> int | None:
+    """None when coturn allocates a relay with these credentials (released at once), else the
+    STUN error code it answered."""
+    try:
+        transport, _ = await create_turn_endpoint(
+            asyncio.DatagramProtocol,
+            server_addr=("127.0.0.1", coturn.port),
+            username=username,
+            password=password,
+            transport="udp",
+        )
+    except stun.TransactionFailed as exc:
+        return int(exc.response.attributes["ERROR-CODE"][0])
+    transport.close()
+    return None
 
 
 def base_env(redis_url: str, **overrides: str) -> dict[str, str]:

@@ -7,16 +7,13 @@ use (up to TURN_CRED_TTL). Once that line is removed, the old credentials are re
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aioice import stun
-from aioice.turn import create_turn_endpoint
 from conftest import IceClientFactory
-from helpers import Coturn, make_token, turn_credentials
+from helpers import Coturn, allocation_error, make_token, turn_credentials
 
 OLD = "turn-secret-old-0123456789"
 NEW = "turn-secret-new-9876543210"
@@ -35,22 +32,6 @@ def start(coturns: list[Coturn], workdir: Path, secret: str, previous: str | Non
     coturns.append(server)
     server.start()
     return server
-
-
-async def allocation_error(coturn: Coturn, username: str, password: str) -> int | None:
-    """None when a relay is allocated, else the STUN error code coturn answered."""
-    try:
-        transport, _ = await create_turn_endpoint(
-            asyncio.DatagramProtocol,
-            server_addr=("127.0.0.1", coturn.port),
-            username=username,
-            password=password,
-            transport="udp",
-        )
-    except stun.TransactionFailed as exc:
-        return int(exc.response.attributes["ERROR-CODE"][0])
-    transport.close()
-    return None
 
 
 async def issued_credentials(ice_client: IceClientFactory, coturn: Coturn) -> tuple[str, str]:
