@@ -356,7 +356,7 @@ async def test_ice_refresh_at_70_percent_rebuilds_with_fresh_credentials(
     turn = next(s for s in fresh.ice_servers if s.username)
     assert turn.username is not None and turn.credential is not None
     assert await allocation_error(stack.coturn, turn.username, turn.credential) is None
-    username, password = turn_credentials(TURN_SECRET, a, int(time.time()) - 2)
+    username, password = turn_credentials(TURN_SECRET, a, int(time.time()) - 10)
     assert await allocation_error(stack.coturn, username, password) == 401
 
 
