@@ -23,7 +23,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import jwt
@@ -147,6 +147,35 @@ class Process:
     def ensure_alive(self) -> None:
         if not self.running:
             raise RuntimeError(f"{self.name} exited early:\n{self.log_text()[-3000:]}")
+
+
+P = TypeVar("P", bound=Process)
+
+
+class ProcessGroup:
+    """The processes a fixture or a test starts, stopped in reverse order however it ends.
+
+    `with ProcessGroup() as group: redis = group.start(RedisServer(...))`. A process is recorded
+    before its start() runs, so one that was launched but never became ready is stopped too.
+    """
+
+    def __init__(self) -> None:
+        self.processes: list[Process] = []
+
+    def start(self, process: P) -> P:
+        self.processes.append(process)
+        process.start()
+        return process
+
+    def stop(self) -> None:
+        while self.processes:
+            self.processes.pop().stop()
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 class RedisServer(Process):

@@ -25,6 +25,7 @@ from helpers import (
     TURN_SECRET,
     Coturn,
     Gateway,
+    ProcessGroup,
     RedisServer,
     ServiceProcess,
     access_entries,
@@ -63,22 +64,16 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("client-e2e")
-    started: list[Any] = []
-    try:
-        redis = RedisServer(root / "redis")
-        redis.start()
-        started.append(redis)
+    with ProcessGroup() as group:
+        redis = group.start(RedisServer(root / "redis"))
         redis.client().hset(REDIS_FLAGS_KEY, "rtc.ice", "1")
-        coturn = Coturn(root / "coturn")
-        coturn.start()
-        started.append(coturn)
+        coturn = group.start(Coturn(root / "coturn"))
         ice = ServiceProcess(
             "ice_service",
             root / "ice",
             base_env(redis.url, TURN_URIS=coturn.uris, TURN_CRED_TTL=str(TTL)),
         )
-        ice.start()
-        started.append(ice)
+        group.start(ice)
         signals = []
         for name in ("e2e-signal1", "e2e-signal2"):
             process = ServiceProcess(
@@ -87,24 +82,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 {**signal_env(redis.url), "INSTANCE_ID": name},
                 name=name,
             )
-            process.start()
-            started.append(process)
+            group.start(process)
             signals.append(process)
-        relay = ServiceProcess("relay_service", root / "relay", base_env(redis.url))
-        relay.start()
-        started.append(relay)
+        relay = group.start(ServiceProcess("relay_service", root / "relay", base_env(redis.url)))
         gateway = Gateway(
             root / "gateway",
             ice=[ice.port],
             signal=[p.port for p in signals],
             relay=[relay.port],
         )
-        gateway.start()
-        started.append(gateway)
+        group.start(gateway)
         yield Stack(redis, coturn, ice, signals, relay, gateway, {JWT_SECRET, TURN_SECRET})
-    finally:
-        for component in reversed(started):
-            component.stop()
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ as the operator runs it: `.venv/bin/rtcctl doctor` in a subprocess.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import json
@@ -31,12 +32,13 @@ from helpers import (
     signal_env,
 )
 from rtc_common.directory import REDIS_FLAGS_KEY
-from rtcctl.doctor import skew_verdict
+from rtcctl.doctor import Result, render, resolve_target, skew_verdict
 from rtcctl.local import StackPorts
 from twilio_stub import ACCOUNT_SID, API_KEY, API_SECRET, TwilioStub
 
 RTCCTL = str(Path(sys.executable).parent / "rtcctl")
 WRONG_TURN_SECRET = "not-the-coturn-secret-0123456789"
+PREVIOUS_TURN_SECRET = "retired-turn-secret-9876543210"
 # A base64 HMAC-SHA1 (a TURN credential) or a JWT must never be printed.
 CREDENTIAL_SHAPES = re.compile(r"[A-Za-z0-9+/]{27}=|eyJ[A-Za-z0-9_-]{10,}")
 
@@ -146,7 +148,15 @@ async def doctor_async(*args: str, **overrides: str) -> tuple[int, str]:
 
 def assert_no_secrets(output: str) -> None:
     basic = base64.b64encode(f"{API_KEY}:{API_SECRET}".encode()).decode()
-    for secret in (JWT_SECRET, TURN_SECRET, WRONG_TURN_SECRET, API_SECRET, basic, ACCOUNT_SID):
+    for secret in (
+        JWT_SECRET,
+        TURN_SECRET,
+        WRONG_TURN_SECRET,
+        PREVIOUS_TURN_SECRET,
+        API_SECRET,
+        basic,
+        ACCOUNT_SID,
+    ):
         assert secret not in output
     assert not CREDENTIAL_SHAPES.search(output), output
 
@@ -261,12 +271,13 @@ def test_coturn_stopped(stack: Stack) -> None:
 
 @pytest.fixture
 def odd_coturn(tmp_path: Path) -> Iterator[Any]:
-    """Start a second coturn whose turnserver.conf has extra lines: `odd_coturn("line", ...)`."""
+    """Start a second coturn whose turnserver.conf has extra lines: `odd_coturn("line", ...)`
+    (`previous=`: a second static-auth-secret, as during a rotation)."""
     started: list[Coturn] = []
 
-    def start(*lines: str) -> Coturn:
+    def start(*lines: str, previous: str | None = None) -> Coturn:
         workdir = tmp_path / f"coturn{len(started)}"
-        server = Coturn(workdir)
+        server = Coturn(workdir, previous=previous)
         conf = workdir / "turnserver.conf"
         conf.write_text(conf.read_text() + "".join(f"{line}\n" for line in lines))
         started.append(server)
@@ -301,6 +312,49 @@ def test_relayed_address_unreachable(stack: Stack, odd_coturn: Any) -> None:
     assert "relayed address 192.0.2.1:" in line and "never came back" in line
     assert "relay port range" in fix and "external-ip" in fix
     assert len(re.findall(r"^FAIL ", out, re.M)) == 1, out
+
+
+def test_turn_rotation_in_progress(stack: Stack, odd_coturn: Any) -> None:
+    """coturn has the new secret and the previous one: the doctor says the rotation is not over."""
+    server = odd_coturn(previous=PREVIOUS_TURN_SECRET)
+    code, out = doctor(stack, TURN_URIS=server.uris, TURN_SECRET_PREVIOUS=PREVIOUS_TURN_SECRET)
+    assert code == 0, out  # a warning, not a failure
+    hostport = f"127.0.0.1:{server.port}"
+    check(out, "PASS", f"coturn {hostport}/udp")
+    line, fix = check(out, "WARN", f"coturn {hostport} previous secret")
+    assert "rotation in progress" in line and "TURN_SECRET_PREVIOUS" in line
+    assert "TURN_CRED_TTL" in fix and "static-auth-secret" in fix
+    assert "unset TURN_SECRET_PREVIOUS" in fix
+    assert len(re.findall(r"^WARN ", out, re.M)) == 1, out
+    assert PREVIOUS_TURN_SECRET not in out
+
+
+def test_turn_previous_secret_retired(stack: Stack) -> None:
+    """TURN_SECRET_PREVIOUS left set after coturn dropped it: named, with the fix."""
+    code, out = doctor(stack, TURN_SECRET_PREVIOUS=PREVIOUS_TURN_SECRET)
+    assert code == 0, out
+    hostport = f"127.0.0.1:{stack.coturn.port}"
+    check(out, "PASS", f"coturn {hostport}/udp")
+    line, fix = check(out, "WARN", f"coturn {hostport} previous secret")
+    assert "coturn refuses it (already retired)" in line
+    assert fix == "unset TURN_SECRET_PREVIOUS"
+    assert PREVIOUS_TURN_SECRET not in out
+
+
+def test_previous_secrets_scrubbed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rotation variables are remembered as secrets, from the env file or the environment."""
+    jwt_previous = "retired-jwt-secret-0123456789abcdef"
+    env_file = tmp_path / "deploy.env"
+    env_file.write_text(f"JWT_SECRET_PREVIOUS={jwt_previous}\n")
+    monkeypatch.setenv("TURN_SECRET_PREVIOUS", PREVIOUS_TURN_SECRET)
+    args = argparse.Namespace(
+        run_dir=tmp_path, env_file=env_file, gateway=None, signal=None, timeout=1.0
+    )
+    target = resolve_target(args)
+    leak = Result("FAIL", "leak", f"{jwt_previous} {PREVIOUS_TURN_SECRET}", PREVIOUS_TURN_SECRET)
+    text = render([leak], target)
+    assert jwt_previous not in text and PREVIOUS_TURN_SECRET not in text
+    assert "*** ***" in text
 
 
 @pytest.mark.parametrize(

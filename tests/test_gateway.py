@@ -21,6 +21,7 @@ from helpers import (
     TURN_SECRET,
     Coturn,
     Gateway,
+    ProcessGroup,
     RedisServer,
     ServiceProcess,
     base_env,
@@ -48,31 +49,19 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
-    started: list[Any] = []
-    try:
-        redis = RedisServer(root / "redis")
-        redis.start()
-        started.append(redis)
+    with ProcessGroup() as group:
+        redis = group.start(RedisServer(root / "redis"))
         redis.client().hset(REDIS_FLAGS_KEY, "rtc.ice", "1")
-        coturn = Coturn(root / "coturn")
-        coturn.start()
-        started.append(coturn)
+        coturn = group.start(Coturn(root / "coturn"))
         env = base_env(
             redis.url,
             TURN_URIS=coturn.uris,
             ICE_ALLOW_ANONYMOUS="true",
             ALLOWED_ORIGINS="http://app.example",
         )
-        ice = ServiceProcess("ice_service", root / "ice", env)
-        ice.start()
-        started.append(ice)
-        gateway = Gateway(root / "gateway", ice=[ice.port])
-        gateway.start()
-        started.append(gateway)
+        ice = group.start(ServiceProcess("ice_service", root / "ice", env))
+        gateway = group.start(Gateway(root / "gateway", ice=[ice.port]))
         yield Stack(redis, coturn, ice, gateway, {JWT_SECRET, TURN_SECRET})
-    finally:
-        for component in reversed(started):
-            component.stop()
 
 
 async def get(stack: Stack, path: str, **kwargs: Any) -> tuple[int, Any, Any]:

@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 from helpers import (
     Gateway,
+    ProcessGroup,
     RedisServer,
     ServiceProcess,
     base_env,
@@ -38,22 +39,12 @@ OPENAPI = "/api/v1/rtc/openapi.json"  # public, proxied to ice-service, no Redis
 @pytest.fixture(scope="module")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("limits")
-    started: list[Any] = []
-    try:
-        redis = RedisServer(root / "redis")
-        redis.start()
-        started.append(redis)
+    with ProcessGroup() as group:
+        redis = group.start(RedisServer(root / "redis"))
         redis.client().hset(REDIS_FLAGS_KEY, "rtc.ice", "1")
-        ice = ServiceProcess("ice_service", root / "ice", base_env(redis.url))
-        ice.start()
-        started.append(ice)
-        relay = ServiceProcess("relay_service", root / "relay", base_env(redis.url))
-        relay.start()
-        started.append(relay)
+        ice = group.start(ServiceProcess("ice_service", root / "ice", base_env(redis.url)))
+        relay = group.start(ServiceProcess("relay_service", root / "relay", base_env(redis.url)))
         yield {"ice": ice, "relay": relay, "redis": redis}
-    finally:
-        for component in reversed(started):
-            component.stop()
 
 
 GatewayFactory = Callable[..., Gateway]
@@ -61,22 +52,19 @@ GatewayFactory = Callable[..., Gateway]
 
 @pytest.fixture
 def gateway(tmp_path: Path, services: dict[str, ServiceProcess]) -> Iterator[GatewayFactory]:
-    started: list[Gateway] = []
+    with ProcessGroup() as group:
 
-    def start(limits: GatewayLimits | None = None) -> Gateway:
-        gw = Gateway(
-            tmp_path / f"gateway{len(started)}",
-            ice=[services["ice"].port],
-            relay=[services["relay"].port],
-            limits=limits,
-        )
-        started.append(gw)
-        gw.start()
-        return gw
+        def start(limits: GatewayLimits | None = None) -> Gateway:
+            return group.start(
+                Gateway(
+                    tmp_path / f"gateway{len(group.processes)}",
+                    ice=[services["ice"].port],
+                    relay=[services["relay"].port],
+                    limits=limits,
+                )
+            )
 
-    yield start
-    for gw in started:
-        gw.stop()
+        yield start
 
 
 async def get(

@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 import schemathesis
-from helpers import Gateway, RedisServer, ServiceProcess, add_contacts, base_env, make_token
+from helpers import (
+    Gateway,
+    ProcessGroup,
+    RedisServer,
+    ServiceProcess,
+    add_contacts,
+    base_env,
+    make_token,
+)
 from hypothesis import HealthCheck, given, settings
 from rtc_common.directory import REDIS_FLAGS_KEY
 from rtcctl.local import GatewayLimits
@@ -28,29 +36,21 @@ A, B = "0xa11ce5c4e3a", "0xb0b5c4e3a"
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     root: Path = tmp_path_factory.mktemp("schemathesis")
-    started: list[Any] = []
-    try:
-        redis = RedisServer(root / "redis")
-        redis.start()
-        started.append(redis)
+    with ProcessGroup() as group:
+        redis = group.start(RedisServer(root / "redis"))
         redis.client().hset(REDIS_FLAGS_KEY, "rtc.ice", "1")
         add_contacts(redis, A, B)
         env = base_env(redis.url, ALLOWED_ORIGINS="http://app.example")
         ice = ServiceProcess("ice_service", root / "ice", env)
         relay = ServiceProcess("relay_service", root / "relay", env)
         for process in (ice, relay):
-            process.start()
-            started.append(process)
+            group.start(process)
         # The services are under test here, not the gateway's per-address limits.
         gw = Gateway(
             root / "gateway", ice=[ice.port], relay=[relay.port], limits=GatewayLimits.off()
         )
-        gw.start()
-        started.append(gw)
+        group.start(gw)
         yield gw
-    finally:
-        for component in reversed(started):
-            component.stop()
 
 
 def operations(gateway: Gateway, document: str) -> list[Any]:

@@ -25,6 +25,7 @@ import socketio
 from helpers import (
     JWT_SECRET,
     Gateway,
+    ProcessGroup,
     RedisServer,
     ServiceProcess,
     add_contacts,
@@ -34,6 +35,7 @@ from helpers import (
 )
 from jwt.warnings import InsecureKeyLengthWarning
 from rtc_common.directory import REDIS_FLAGS_KEY
+from rtcctl.local import GatewayLimits
 
 OLD_SECRET = "jwt-secret-being-retired-0123456789abcdef"
 ORIGIN = "http://app.example"
@@ -56,11 +58,8 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("security")
-    started: list[Any] = []
-    try:
-        redis = RedisServer(root / "redis")
-        redis.start()
-        started.append(redis)
+    with ProcessGroup() as group:
+        redis = group.start(RedisServer(root / "redis"))
         redis.client().hset(REDIS_FLAGS_KEY, "rtc.ice", "1")
         common = {
             "JWT_SECRET_PREVIOUS": OLD_SECRET,
@@ -75,17 +74,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "signal_service", root / "signal", signal_env(redis.url, INSTANCE_ID="sec1", **common)
         )
         for process in (ice, relay, signal):
-            process.start()
-            started.append(process)
+            group.start(process)
+        # The per-address rate and connection limits have their own tests (test_gateway_limits);
+        # here a fast run sends more than their burst from one address.
         gateway = Gateway(
-            root / "gateway", ice=[ice.port], signal=[signal.port], relay=[relay.port]
+            root / "gateway",
+            ice=[ice.port],
+            signal=[signal.port],
+            relay=[relay.port],
+            limits=GatewayLimits.off(),
         )
-        gateway.start()
-        started.append(gateway)
+        group.start(gateway)
         yield Stack(redis, ice, relay, signal, gateway)
-    finally:
-        for component in reversed(started):
-            component.stop()
 
 
 def new_wallet() -> str:

@@ -23,6 +23,7 @@ import socketio
 from helpers import (
     NODE_DIR,
     Gateway,
+    ProcessGroup,
     RedisServer,
     ServiceProcess,
     access_entries,
@@ -262,11 +263,8 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("signal-stack")
-    started: list[Any] = []
-    try:
-        redis = RedisServer(root / "redis")
-        redis.start()
-        started.append(redis)
+    with ProcessGroup() as group:
+        redis = group.start(RedisServer(root / "redis"))
         # A high rate so that only the rate-limit test (its own cluster) is ever limited.
         env = signal_env(redis.url, SIGNAL_RATE_PER_SEC="100000", ALLOWED_ORIGINS=ORIGIN)
         signals = []
@@ -274,17 +272,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             process = ServiceProcess(
                 "signal_service", root / name, {**env, "INSTANCE_ID": name}, name=name
             )
-            process.start()
-            started.append(process)
+            group.start(process)
             signals.append(process)
         # Nothing listens on the ice upstream: only /socket.io/ is used here.
-        gateway = Gateway(root / "gateway", ice=[free_port()], signal=[p.port for p in signals])
-        gateway.start()
-        started.append(gateway)
+        gateway = group.start(
+            Gateway(root / "gateway", ice=[free_port()], signal=[p.port for p in signals])
+        )
         yield Stack(redis, signals, gateway)
-    finally:
-        for component in reversed(started):
-            component.stop()
 
 
 # -- 1. two users on different instances ------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Every check is real: the provider configuration as ice-service would load it, a Twilio Tokens
 call, TURN allocations on coturn with credentials minted from TURN_SECRET (a datagram relayed out
-and back, clock skew estimated from credentials that expire around now), the gateway's routes,
+and back, clock skew estimated from credentials that expire around now; during a rotation, whether
+coturn still accepts TURN_SECRET_PREVIOUS), the gateway's routes,
 Redis, the directory and its `rtc.ice` flag, and each signal instance's pub/sub listener.
 
 The target is the local stack by default (the run folder's `env` and `stack.json`); `--env-file`,
@@ -125,7 +126,15 @@ def resolve_target(args: argparse.Namespace) -> Target:
         timeout=args.timeout,
         token=env.get(TOKEN_ENV) or None,
     )
-    for name in ("JWT_SECRET", "JWT_PUBLIC_KEY", "TURN_SECRET", "TWILIO_API_SECRET", TOKEN_ENV):
+    for name in (
+        "JWT_SECRET",
+        "JWT_SECRET_PREVIOUS",
+        "JWT_PUBLIC_KEY",
+        "TURN_SECRET",
+        "TURN_SECRET_PREVIOUS",
+        "TWILIO_API_SECRET",
+        TOKEN_ENV,
+    ):
         target.remember(env.get(name))
     for name in ("REDIS_URL", "RELAY_REDIS_URL", "DIRECTORY_URL"):
         target.remember(_userinfo_password(env.get(name)))
@@ -578,7 +587,7 @@ def skew_verdict(accepted: dict[int, bool]) -> tuple[Status, str, str | None]:
 
 
 async def check_coturn_server(
-    uris: list[TurnUri], secret: str, ttl: int, target: Target
+    uris: list[TurnUri], secret: str, ttl: int, target: Target, previous: str | None = None
 ) -> list[Result]:
     first = uris[0]
     label = f"coturn {first.hostport}"
@@ -606,6 +615,7 @@ async def check_coturn_server(
     if "udp" not in transports:
         results.append(Result("SKIP", f"{label}/udp", "no UDP URI for this server in TURN_URIS"))
     udp_alloc: Allocation | None = None
+    allocated: list[str] = []  # transports that allocated with TURN_SECRET
     for transport in transports:
         name = f"{label}/{transport}"
         try:
@@ -638,6 +648,7 @@ async def check_coturn_server(
                 f"allocated relay {_fmt(alloc.relayed)} with credentials minted from TURN_SECRET",
             )
         )
+        allocated.append(transport)
         if transport == "udp":
             udp_alloc = alloc
         else:
@@ -646,14 +657,68 @@ async def check_coturn_server(
     if udp_alloc is None:
         results.append(Result("SKIP", f"{label} relay", "needs a UDP allocation"))
         results.append(Result("SKIP", f"{label} clock", "needs a UDP allocation"))
-        return results
-    try:
-        results.append(await _relay_result(label, udp_alloc, family, timeout))
-        results.append(_relay_address_result(label, udp_alloc, server_ip, first.host))
-        results.append(await _skew_result(label, server, mint, timeout))
-    finally:
-        await udp_alloc.close()
+    else:
+        try:
+            results.append(await _relay_result(label, udp_alloc, family, timeout))
+            results.append(_relay_address_result(label, udp_alloc, server_ip, first.host))
+            results.append(await _skew_result(label, server, mint, timeout))
+        finally:
+            await udp_alloc.close()
+    if previous is not None:
+        results.append(
+            await _previous_secret_result(label, server, previous, ttl, allocated, target)
+        )
     return results
+
+
+async def _previous_secret_result(
+    label: str,
+    server: tuple[str, int],
+    previous: str,
+    ttl: int,
+    allocated: list[str],
+    target: Target,
+) -> Result:
+    """During a TURN secret rotation: does coturn still accept TURN_SECRET_PREVIOUS?"""
+    name = f"{label} previous secret"
+    if not allocated:
+        return Result("SKIP", name, "needs an allocation with TURN_SECRET")
+    # The transport TURN_SECRET allocated on, with its expiry: only the secret differs.
+    transport = allocated[0]
+    username, password = coturn_credentials(previous, TURN_WALLET, int(time.time()) + ttl)
+    target.remember(password)
+    try:
+        alloc = await allocate(server, username, password, transport, target.timeout)
+    except Refused as refused:
+        if refused.code == 401:
+            return Result(
+                "WARN",
+                name,
+                "TURN_SECRET_PREVIOUS is set but coturn refuses it (already retired)",
+                "unset TURN_SECRET_PREVIOUS",
+            )
+        return Result(
+            "FAIL",
+            name,
+            f"allocation refused: {refused.code} {refused.reason}",
+            "see coturn's log for the reason (quotas: user-quota/total-quota; 437/508 mean"
+            " allocation limits)",
+        )
+    except (TimeoutError, OSError):
+        return Result(
+            "SKIP",
+            name,
+            f"no answer from coturn ({transport.upper()}, {target.timeout:g} s): not probed",
+        )
+    await alloc.close()
+    return Result(
+        "WARN",
+        name,
+        "rotation in progress: coturn still accepts credentials minted from TURN_SECRET_PREVIOUS",
+        "once every credential minted with it has expired (TURN_CRED_TTL s after ice-service"
+        " switched), remove its static-auth-secret line from turnserver.conf and unset"
+        " TURN_SECRET_PREVIOUS",
+    )
 
 
 async def _explain_refusal(
@@ -804,6 +869,8 @@ async def check_coturn(target: Target, settings: IceSettings | None) -> list[Res
     if settings.missing_for("coturn") or settings.turn_secret is None:
         return [Result("SKIP", "coturn", "configuration incomplete (see config coturn)")]
     secret = settings.turn_secret.get_secret_value()
+    # Not an ice-service setting (it signs only with TURN_SECRET): coturn's second secret.
+    previous = target.env.get("TURN_SECRET_PREVIOUS") or None
     servers: dict[tuple[str, int], list[TurnUri]] = {}
     results: list[Result] = []
     for raw in settings.turn_uris:
@@ -816,7 +883,7 @@ async def check_coturn(target: Target, settings: IceSettings | None) -> list[Res
         servers.setdefault((uri.host, uri.port), []).append(uri)
     groups = await asyncio.gather(
         *(
-            check_coturn_server(uris, secret, settings.turn_cred_ttl, target)
+            check_coturn_server(uris, secret, settings.turn_cred_ttl, target, previous)
             for uris in servers.values()
         )
     )
