@@ -240,20 +240,29 @@ class Coturn(Process):
         return f"turn:127.0.0.1:{self.port}?transport=udp,turn:127.0.0.1:{self.port}?transport=tcp"
 
 
-async def allocation_error(coturn: Coturn, username: str, password: str) -> int | None:
-    """None when coturn allocates a relay with these credentials (released at once), else the
-    STUN error code it answered."""
+async def allocate_relay(coturn: Coturn, username: str, password: str) -> tuple[str, int]:
+    """Allocate a relay on the real coturn, released at once; returns the relayed address.
+    A refusal raises aioice's `stun.TransactionFailed`."""
+    transport, _ = await create_turn_endpoint(
+        asyncio.DatagramProtocol,
+        server_addr=("127.0.0.1", coturn.port),
+        username=username,
+        password=password,
+        transport="udp",
+    )
     try:
-        transport, _ = await create_turn_endpoint(
-            asyncio.DatagramProtocol,
-            server_addr=("127.0.0.1", coturn.port),
-            username=username,
-            password=password,
-            transport="udp",
-        )
+        relayed: tuple[str, int] = transport.get_extra_info("sockname")
+        return relayed
+    finally:
+        transport.close()
+
+
+async def allocation_error(coturn: Coturn, username: str, password: str) -> int | None:
+    """None when coturn allocates a relay with these credentials, else its STUN error code."""
+    try:
+        await allocate_relay(coturn, username, password)
     except stun.TransactionFailed as exc:
         return int(exc.response.attributes["ERROR-CODE"][0])
-    transport.close()
     return None
 
 

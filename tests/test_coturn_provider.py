@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 import pytest
 from aioice import stun
-from aioice.turn import create_turn_endpoint
 from conftest import IceClientFactory
-from helpers import Coturn, make_token, turn_credentials
-
-
-async def allocate(coturn: Coturn, username: str, password: str) -> tuple[str, int]:
-    """Allocate a relay on the real coturn; returns the relayed address."""
-    transport, _protocol = await create_turn_endpoint(
-        asyncio.DatagramProtocol,
-        server_addr=("127.0.0.1", coturn.port),
-        username=username,
-        password=password,
-        transport="udp",
-    )
-    try:
-        relayed: tuple[str, int] = transport.get_extra_info("sockname")
-        return relayed
-    finally:
-        transport.close()
+from helpers import Coturn, allocate_relay, make_token, turn_credentials
 
 
 async def fetch_ice(ice_client: IceClientFactory, coturn: Coturn, wallet: str = "0xAbC") -> Any:
@@ -49,7 +31,7 @@ async def test_issued_credentials_allocate_a_relay(
     assert body["ttl"] == 600
     assert body["expiresAt"] == time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(int(expiry)))
     assert turn["urls"] == coturn.uris.split(",")
-    host, port = await allocate(coturn, turn["username"], turn["credential"])
+    host, port = await allocate_relay(coturn, turn["username"], turn["credential"])
     assert host == "127.0.0.1" and 49160 <= port <= 49200
 
 
@@ -57,21 +39,21 @@ async def test_tampered_credential_is_refused(ice_client: IceClientFactory, cotu
     turn = (await fetch_ice(ice_client, coturn))["iceServers"][-1]
     expiry, wallet = turn["username"].split(":", 1)
     with pytest.raises(stun.TransactionFailed) as refused:
-        await allocate(coturn, f"{expiry}:0xother", turn["credential"])
+        await allocate_relay(coturn, f"{expiry}:0xother", turn["credential"])
     assert refused.value.response.attributes["ERROR-CODE"][0] == 401
     forged = turn_credentials("not-the-secret", wallet, int(expiry))
     with pytest.raises(stun.TransactionFailed) as refused:
-        await allocate(coturn, *forged)
+        await allocate_relay(coturn, *forged)
     assert refused.value.response.attributes["ERROR-CODE"][0] == 401
 
 
 async def test_expired_credential_is_refused(coturn: Coturn) -> None:
     username, password = turn_credentials(coturn.secret, "0xabc", int(time.time()) - 5)
     with pytest.raises(stun.TransactionFailed) as refused:
-        await allocate(coturn, username, password)
+        await allocate_relay(coturn, username, password)
     assert refused.value.response.attributes["ERROR-CODE"][0] == 401
     # The same scheme with a future expiry is accepted: the refusal above is the expiry's doing.
-    await allocate(coturn, *turn_credentials(coturn.secret, "0xabc", int(time.time()) + 60))
+    await allocate_relay(coturn, *turn_credentials(coturn.secret, "0xabc", int(time.time()) + 60))
 
 
 async def test_stun_fallback_listed_first(ice_client: IceClientFactory, coturn: Coturn) -> None:

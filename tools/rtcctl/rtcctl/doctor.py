@@ -697,13 +697,7 @@ async def _previous_secret_result(
                 "TURN_SECRET_PREVIOUS is set but coturn refuses it (already retired)",
                 "unset TURN_SECRET_PREVIOUS",
             )
-        return Result(
-            "FAIL",
-            name,
-            f"allocation refused: {refused.code} {refused.reason}",
-            "see coturn's log for the reason (quotas: user-quota/total-quota; 437/508 mean"
-            " allocation limits)",
-        )
+        return _refused_result(name, refused)
     except (TimeoutError, OSError):
         return Result(
             "SKIP",
@@ -721,6 +715,17 @@ async def _previous_secret_result(
     )
 
 
+def _refused_result(name: str, refused: Refused) -> Result:
+    """A refusal other than 401: coturn's own limits, named in its log."""
+    return Result(
+        "FAIL",
+        name,
+        f"allocation refused: {refused.code} {refused.reason}",
+        "see coturn's log for the reason (quotas: user-quota/total-quota; 437/508 mean"
+        " allocation limits)",
+    )
+
+
 async def _explain_refusal(
     name: str,
     refused: Refused,
@@ -730,13 +735,7 @@ async def _explain_refusal(
     target: Target,
 ) -> Result:
     if refused.code != 401:
-        return Result(
-            "FAIL",
-            name,
-            f"allocation refused: {refused.code} {refused.reason}",
-            "see coturn's log for the reason (quotas: user-quota/total-quota; 437/508 mean"
-            " allocation limits)",
-        )
+        return _refused_result(name, refused)
     # 401 with a fresh credential: the secret, or a TURN clock far ahead. A far-future expiry
     # tells them apart.
     username, password = coturn_credentials(secret, TURN_WALLET, int(time.time()) + FAR_FUTURE)
