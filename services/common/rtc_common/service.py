@@ -18,8 +18,11 @@ SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 
 
 def run_service(
-    settings_cls: type[SettingsT], create_app: Callable[[SettingsT], web.Application]
+    settings_cls: type[SettingsT],
+    create_app: Callable[[SettingsT], web.Application],
+    shutdown_timeout: float = 5.0,
 ) -> None:
+    """`shutdown_timeout`: how long SIGTERM waits for in-flight requests before cancelling them."""
     try:
         settings = load_settings(settings_cls)
     except SettingsError as exc:
@@ -40,6 +43,6 @@ def run_service(
         access_log_class=JsonAccessLogger,
         access_log=logging.getLogger("rtc.access"),
         print=None,
-        shutdown_timeout=5.0,
+        shutdown_timeout=shutdown_timeout,
         loop=loop,
     )
