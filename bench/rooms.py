@@ -17,7 +17,9 @@ import socketio
 from signal_service.pubsub import IndexedRooms
 
 
-class _Ids:
+class SequentialIds:
+    """What the manager asks of its server here: socket ids, the same sequence every time."""
+
     def __init__(self) -> None:
         self.eio = self
         self.count = 0
@@ -35,10 +37,15 @@ class Indexed(IndexedRooms, socketio.Manager):  # type: ignore[misc]
     pass
 
 
+def new_manager(cls: type[Any]) -> Any:
+    manager = cls()
+    manager.server = SequentialIds()
+    return manager
+
+
 def mass_disconnect(cls: type[Any], sockets: int) -> float:
     """Seconds for `sockets` sockets (three rooms each) to disconnect, one after the other."""
-    manager = cls()
-    manager.server = _Ids()
+    manager = new_manager(cls)
     sids = []
     for n in range(sockets):
         sid = manager.connect(f"eio{n}", "/")

@@ -6,39 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import socketio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from signal_service.pubsub import IndexedRooms
+
+from bench.rooms import Indexed, Stock, new_manager
 
 NAMESPACES = ["/", "/other"]
 ROOMS = ["user:a", "user:b", "rtc:a", "lobby"]
-
-
-class FakeServer:
-    """What the manager asks of its server here: socket ids (deterministic, so both agree)."""
-
-    def __init__(self) -> None:
-        self.eio = self
-        self.count = 0
-
-    def generate_id(self) -> str:
-        self.count += 1
-        return f"sid{self.count}"
-
-
-class Stock(socketio.Manager):  # type: ignore[misc]
-    pass
-
-
-class Indexed(IndexedRooms, socketio.Manager):  # type: ignore[misc]
-    pass
-
-
-def new(cls: type[Any]) -> Any:
-    manager = cls()
-    manager.server = FakeServer()
-    return manager
 
 
 def state(manager: Any, sids: list[str]) -> dict[str, Any]:
@@ -99,7 +73,7 @@ operations = st.lists(
 @settings(max_examples=300, deadline=None, database=None)
 @given(ops=operations)
 def test_index_matches_python_socketio(ops: list[tuple[Any, ...]]) -> None:
-    stock, indexed = new(Stock), new(Indexed)
+    stock, indexed = new_manager(Stock), new_manager(Indexed)
     sids: list[str] = []
     for op in ops:
         answers = apply(stock, op, sids), apply(indexed, op, sids)
@@ -120,7 +94,7 @@ def test_disconnect_does_not_scan_other_rooms() -> None:
         def copy(self) -> Any:
             raise AssertionError("copied every room")
 
-    manager = new(Indexed)
+    manager = new_manager(Indexed)
     sids = [manager.connect(f"eio{n}", "/") for n in range(50)]
     for n, sid in enumerate(sids):
         manager.basic_enter_room(sid, "/", f"user:{n}")
