@@ -31,6 +31,7 @@ from tests.helpers import (
     ServiceProcess,
     free_port,
     wait_for,
+    write_nginx_conf,
 )
 
 SERVER_CPUS = os.environ.get("BENCH_SERVER_CPUS", "0")
@@ -108,9 +109,6 @@ class BenchGateway(HttpServer):
         extra_routes: Mapping[str, int] | None = None,
         static_body: str = "{}",
     ):
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "logs").mkdir(exist_ok=True)
-        (workdir / "nginx-tmp").mkdir(exist_ok=True)
         self.port = free_port()
         upstreams, locations = (
             [],
@@ -138,10 +136,10 @@ class BenchGateway(HttpServer):
             extra_locations="\n".join(locations),
             limits=GATEWAY_LIMITS_OFF,
         )
-        (workdir / "nginx.conf").write_text(text)
+        conf = write_nginx_conf(workdir, text)
         super().__init__(
             f"gateway:{self.port}",
-            pinned(SERVER_CPUS, ["nginx", "-c", str(workdir / "nginx.conf"), "-p", f"{workdir}/"]),
+            pinned(SERVER_CPUS, ["nginx", "-c", str(conf), "-p", f"{workdir}/"]),
             workdir / "logs" / "gateway.log",
         )
 
@@ -150,8 +148,9 @@ def python_server(
     module: str, workdir: Path, env: Mapping[str, str], ready: str = "/readyz"
 ) -> ServiceProcess:
     process = ServiceProcess(module, workdir, env)
+    process.ready_path = ready
     pin_process(process)
-    process.start(ready)
+    process.start()
     return process
 
 

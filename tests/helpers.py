@@ -280,8 +280,30 @@ def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
     return env
 
 
-class ServiceProcess(Process):
-    """`python -m <module>` with exactly the given environment (plus PATH)."""
+class HttpServer(Process):
+    """A process listening on `port`, started when `ready_path` answers 200."""
+
+    port: int
+    ready_path = "/healthz"
+    ready_timeout = 15.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+        wait_for(
+            lambda: self.ensure_alive() or http_status(self.url + self.ready_path) == 200,
+            self.ready_timeout,
+            what=f"{self.name}{self.ready_path}",
+        )
+
+
+class ServiceProcess(HttpServer):
+    """`python -m <module>` with exactly the given environment (plus PATH), started when ready."""
+
+    ready_path = "/readyz"
 
     def __init__(self, module: str, workdir: Path, env: Mapping[str, str], name: str | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
@@ -295,32 +317,26 @@ class ServiceProcess(Process):
             full_env,
         )
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
-    def start(self, ready_path: str = "/readyz") -> None:
-        super().start()
-        wait_for(
-            lambda: self.ensure_alive() or http_status(self.url + ready_path) == 200,
-            what=f"{self.name}{ready_path}",
-        )
+def write_nginx_conf(workdir: Path, conf: str) -> Path:
+    """`conf` as workdir/nginx.conf, with the logs/ and nginx-tmp/ folders it writes into."""
+    for sub in ("logs", "nginx-tmp"):
+        (workdir / sub).mkdir(parents=True, exist_ok=True)
+    path = workdir / "nginx.conf"
+    path.write_text(conf)
+    return path
 
 
-class HttpServer(Process):
-    """A process listening on `port`, started when its /healthz answers 200."""
-
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        super().start()
-        wait_for(
-            lambda: self.ensure_alive() or http_status(self.url + "/healthz") == 200, what=self.name
-        )
+def nginx_test(workdir: Path, conf: str) -> subprocess.CompletedProcess[str]:
+    """nginx's own verdict on a config (`nginx -t`), written as workdir/nginx.conf."""
+    path = write_nginx_conf(workdir, conf)
+    return subprocess.run(
+        ["nginx", "-t", "-q", "-e", "stderr", "-c", str(path), "-p", f"{workdir}/"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 class Gateway(HttpServer):
@@ -333,15 +349,11 @@ class Gateway(HttpServer):
         relay: list[int] | None = None,
         limits: GatewayLimits | None = None,
     ):
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "logs").mkdir(exist_ok=True)
-        (workdir / "nginx-tmp").mkdir(exist_ok=True)
         self.port = free_port()
         ports = StackPorts(
             gateway=self.port, ice=ice, signal=signal or [free_port()], relay=relay or [free_port()]
         )
-        conf = workdir / "nginx.conf"
-        conf.write_text(render_gateway(workdir, ports, limits=limits))
+        conf = write_nginx_conf(workdir, render_gateway(workdir, ports, limits=limits))
         super().__init__(
             f"gateway:{self.port}",
             ["nginx", "-c", str(conf), "-p", f"{workdir}/"],

@@ -360,7 +360,8 @@ async def test_mongo_unreachable_is_unavailable_never_an_allow(
 
     env = signal_env(redis_server.url, DIRECTORY_URL=closed, INSTANCE_ID="mongo-down")
     signal = ServiceProcess("signal_service", tmp_path / "signal", env, name="mongo-down")
-    signal.start(ready_path="/healthz")
+    signal.ready_path = "/healthz"  # it is alive, not ready: the directory is unreachable
+    signal.start()
     try:
         assert http_status(signal.url + "/readyz") == 503
         peers = []

@@ -26,6 +26,7 @@ from helpers import (
     ServiceProcess,
     base_env,
     make_token,
+    nginx_test,
 )
 from rtc_common.directory import REDIS_FLAGS_KEY
 from rtcctl.local import GATEWAY_TEMPLATE, StackPorts, render_gateway
@@ -176,26 +177,7 @@ def test_affinity_key_is_rendered(tmp_path: Path) -> None:
     assert "hash $remote_addr consistent;" in render_gateway(tmp_path, ports)
     conf = render_gateway(tmp_path, ports, affinity_key="$http_x_rtc_test_client")
     assert "hash $http_x_rtc_test_client consistent;" in conf
-    (tmp_path / "logs").mkdir()
-    (tmp_path / "nginx-tmp").mkdir()
-    (tmp_path / "nginx.conf").write_text(conf)
-    done = subprocess.run(
-        [
-            "nginx",
-            "-t",
-            "-q",
-            "-e",
-            "stderr",
-            "-c",
-            str(tmp_path / "nginx.conf"),
-            "-p",
-            f"{tmp_path}/",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = nginx_test(tmp_path, conf)
     assert done.returncode == 0, done.stderr
     for bad in ("remote_addr", "$remote_addr; server evil:1", "$Remote", "$", "$a b"):
         with pytest.raises(ValueError):

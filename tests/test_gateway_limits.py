@@ -28,6 +28,7 @@ from helpers import (
     base_env,
     free_port,
     make_token,
+    nginx_test,
 )
 from rtc_common.directory import REDIS_FLAGS_KEY
 from rtcctl.local import GATEWAY_TEMPLATE, GatewayLimits, StackPorts, render_gateway
@@ -370,26 +371,7 @@ def test_local_and_image_render_the_same_limits(tmp_path: Path, env: dict[str, s
     off = env.get("GATEWAY_RATE_LIMIT", "").lower() in ("off", "0")
     assert ('default "";' in local) == off
     # nginx itself accepts the rendered config.
-    for sub in ("logs", "nginx-tmp"):
-        (tmp_path / sub).mkdir(exist_ok=True)
-    (tmp_path / "nginx.conf").write_text(local)
-    check = subprocess.run(
-        [
-            "nginx",
-            "-t",
-            "-q",
-            "-e",
-            "stderr",
-            "-c",
-            str(tmp_path / "nginx.conf"),
-            "-p",
-            f"{tmp_path}/",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    check = nginx_test(tmp_path, local)
     assert check.returncode == 0, check.stderr
 
 

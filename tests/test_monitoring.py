@@ -29,13 +29,13 @@ import yaml
 from conftest import enable_flag
 from helpers import (
     Gateway,
+    HttpServer,
     Process,
     RedisServer,
     ServiceProcess,
     add_contacts,
     base_env,
     free_port,
-    http_status,
     make_token,
     signal_env,
     wait_for,
@@ -188,7 +188,10 @@ def short_rules(path: Path) -> Path:
     return path
 
 
-class Prometheus(Process):
+class Prometheus(HttpServer):
+    ready_path = "/-/ready"
+    ready_timeout = 30.0
+
     def __init__(self, workdir: Path, ports: StackPorts, rules: Path):
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -203,18 +206,6 @@ class Prometheus(Process):
             f"--web.listen-address=127.0.0.1:{self.port}",
         ]
         super().__init__(f"prometheus:{self.port}", argv, workdir / "prometheus.log")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        super().start()
-        wait_for(
-            lambda: self.ensure_alive() or http_status(self.url + "/-/ready") == 200,
-            30,
-            what=self.name,
-        )
 
 
 class Driver:
