@@ -60,7 +60,7 @@ from helpers import (
     http_status,
     make_token,
     metric_value,
-    upstream_of,
+    spread_addresses,
 )
 from rtc_common.directory import REDIS_FLAGS_KEY
 from rtcctl.local import GatewayLimits
@@ -610,19 +610,6 @@ async def settle_presence(stack: Stack, load: Load, faults: FaultLog, killed: fl
 # -- the run ---------------------------------------------------------------------------------
 
 
-async def pick_addresses(gateway: Gateway) -> tuple[str, str]:
-    """Two loopback source addresses the gateway hashes to different signal instances."""
-    seen: dict[str, str] = {}
-    for last in range(2, 60):
-        addr = f"127.0.0.{last}"
-        upstream = await upstream_of(gateway, addr)
-        for other_addr, other in seen.items():
-            if other != upstream:
-                return other_addr, addr
-        seen[addr] = upstream
-    raise RuntimeError("every address hashed to one signal instance")
-
-
 def progress(load: Load, faults: FaultLog) -> str:
     elapsed = now() - load.started
     ice, sig, relay = load.ice, load.signal, load.relay
@@ -645,7 +632,7 @@ async def run(seconds: float, json_path: Path, keep: bool) -> int:
     try:
         await stack.start()
         assert stack.gateway is not None
-        addr1, addr2 = await pick_addresses(stack.gateway)
+        addr1, _, addr2, _ = await spread_addresses(stack.gateway)
         load = Load(stack, seconds)
 
         pairs = int(os.environ.get("CHAOS_SIGNAL_PAIRS", "4"))

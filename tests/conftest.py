@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from ice_service.app import create_app
 from ice_service.settings import IceSettings
 from rtc_common.directory import REDIS_FLAGS_KEY
 from rtc_common.settings import load_settings
+from twilio_stub import TwilioStub
 
 IceClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -29,6 +30,17 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def twilio(aiohttp_server: Any) -> AsyncIterator[TwilioStub]:
+    """The local Twilio Tokens API stand-in, on this test's loop; `stub.base_url` is set."""
+    stub = TwilioStub()
+    server = await aiohttp_server(stub.app())
+    stub.base_url = str(server.make_url("/")).rstrip("/")
+    yield stub
+    # Handlers held on `release` (hang/hold) return now, before the server is closed.
+    stub.release.set()
 
 
 def enable_flag(server: RedisServer, key: str = "rtc.ice", enabled: bool = True) -> None:

@@ -15,7 +15,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -387,15 +387,6 @@ def test_skew_bracket(accepted: dict[int, bool], status: str, words: str) -> Non
     """coturn accepts an expiry not in its past: the refused/accepted boundary brackets the skew."""
     got, detail, _ = skew_verdict(accepted)
     assert got == status and words in detail, detail
-
-
-@pytest.fixture
-async def twilio(aiohttp_server: Any) -> AsyncIterator[TwilioStub]:
-    stub = TwilioStub()
-    server = await aiohttp_server(stub.app())
-    stub.base_url = str(server.make_url("/")).rstrip("/")
-    yield stub
-    stub.release.set()
 
 
 async def test_twilio_tokens_call(stack: Stack, twilio: TwilioStub, tmp_path: Path) -> None:

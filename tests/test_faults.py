@@ -387,15 +387,6 @@ async def test_mongo_unreachable_is_unavailable_never_an_allow(
 # --- 4. Twilio: the circuit opens, the fallback answers, Twilio comes back ------------------
 
 
-@pytest.fixture
-async def twilio(aiohttp_server: Any) -> AsyncIterator[TwilioStub]:
-    stub = TwilioStub()
-    server = await aiohttp_server(stub.app())
-    stub.base_url = str(server.make_url("/")).rstrip("/")
-    yield stub
-    stub.release.set()
-
-
 class FakeClock:
     def __init__(self) -> None:
         self.now = 1000.0

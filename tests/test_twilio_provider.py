@@ -11,7 +11,6 @@ import base64
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -30,16 +29,6 @@ from twilio_stub import ACCOUNT_SID, API_KEY, API_SECRET, TwilioStub
 ICE = "/api/v1/rtc/ice"
 TOKENS_PATH = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Tokens.json"
 RESPONSE_KEYS = {"iceServers", "ttl", "provider", "serverTime", "expiresAt"}
-
-
-@pytest.fixture
-async def twilio(aiohttp_server: Any) -> AsyncIterator[TwilioStub]:
-    stub = TwilioStub()
-    server = await aiohttp_server(stub.app())
-    stub.base_url = str(server.make_url("/")).rstrip("/")
-    yield stub
-    # Handlers held on `release` (hang/hold) return now, before the server is closed.
-    stub.release.set()
 
 
 async def twilio_client(
