@@ -22,8 +22,10 @@ from bench.harness import (
     pinned,
     python_server,
     rss_bytes,
+    run_node_load,
     server_pid,
     start_redis,
+    summary,
 )
 from bench.modes import Mode, progress
 from bench.signaling import signal_service_env
@@ -101,7 +103,7 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
         started.append(signal)
         try:
             results["fanout"] = fan_out(mode, redis, signal.url, workdir)  # type: ignore[attr-defined]
-        except (subprocess.SubprocessError, OSError, ValueError) as exc:
+        except (subprocess.SubprocessError, RuntimeError, OSError, ValueError) as exc:
             results["fanout"] = {"contacts": mode.fanout_contacts, "error": str(exc)[:500]}
         return results
     finally:
@@ -126,25 +128,12 @@ def fan_out(mode: Mode, redis: Any, url: str, workdir: Path) -> dict[str, Any]:
             "users": [{"wallet": c, "token": make_token(c)} for c in contacts],
             "subject": {"wallet": subject, "token": make_token(subject)},
         }
-        spec_path = workdir / "fanout.json"
-        spec_path.write_text(json.dumps(spec))
-        env = {**os.environ, "MODE": "fanout", "PROTOCOL": "rtc", "SPEC": str(spec_path)}
-        out = subprocess.run(
-            pinned(LOAD_CPUS, ["node", str(NODE_DIR / "signal_load.mjs")]),
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-            check=True,
-        ).stdout
-        result = json.loads(out.strip().splitlines()[-1])
+        result = run_node_load("fanout", "rtc", spec, workdir, timeout=120)
         runs.append(result)
         progress(
             f"presence fan-out {repeat + 1}/{mode.repeats}: {result['notified']}/"
             f"{result['contacts']} notified in {result['fanout_ms']:.1f} ms"
         )
-    from bench.harness import summary
-
     return {
         "contacts": mode.fanout_contacts,
         "fanout_ms": summary([r["fanout_ms"] for r in runs]),

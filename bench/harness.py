@@ -245,8 +245,9 @@ def run_loadgen(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_node_load(
-    mode: str, protocol: str, spec: Mapping[str, Any], workdir: Path
+    mode: str, protocol: str, spec: Mapping[str, Any], workdir: Path, timeout: float = 600
 ) -> dict[str, Any]:
+    """bench/node/signal_load.mjs in `mode` against `spec`, on the load CPUs: its JSON result."""
     spec_path = workdir / f"node-spec-{mode}.json"
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "MODE": mode, "PROTOCOL": protocol, "SPEC": str(spec_path)}
@@ -255,7 +256,7 @@ def run_node_load(
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
+        timeout=timeout,
         check=False,
     )
     if out.returncode != 0:
