@@ -171,10 +171,7 @@ class Stack:
             **common,
             RTC_PROVIDER="twilio",
             RTC_PROVIDER_FALLBACK="coturn",
-            TWILIO_ACCOUNT_SID=self.twilio.account_sid,
-            TWILIO_API_KEY=self.twilio.api_key,
-            TWILIO_API_SECRET=self.twilio.api_secret,
-            TWILIO_API_BASE_URL=self.twilio.base_url,
+            **self.twilio.env(),
             TWILIO_TIMEOUT_SECONDS="1",
             TURN_CRED_TTL="10",  # the Twilio token is fetched again every ~5 s
             ICE_RATE_LIMIT_PER_MIN="1000000",

@@ -394,9 +394,8 @@ async def test_twilio_tokens_call(stack: Stack, twilio: TwilioStub, tmp_path: Pa
     env_file = tmp_path / "deploy.env"
     env_file.write_text(
         "".join(f"{k}={v}\n" for k, v in stack.env.items())
-        + f"RTC_PROVIDER=twilio\nRTC_PROVIDER_FALLBACK=coturn\nTWILIO_ACCOUNT_SID={ACCOUNT_SID}\n"
-        + f"TWILIO_API_KEY={API_KEY}\nTWILIO_API_SECRET={API_SECRET}\n"
-        + f"TWILIO_API_BASE_URL={twilio.base_url}\n"
+        + "RTC_PROVIDER=twilio\nRTC_PROVIDER_FALLBACK=coturn\n"
+        + "".join(f"{k}={v}\n" for k, v in twilio.env().items())
     )
     flags = ["--env-file", str(env_file), "--gateway", stack.gateway.url]
     flags += [arg for s in stack.signals for arg in ("--signal", s.url)]

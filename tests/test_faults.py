@@ -401,10 +401,7 @@ async def test_twilio_breaker_falls_back_then_recovers(
     client = await ice_client(
         RTC_PROVIDER="twilio",
         RTC_PROVIDER_FALLBACK="coturn",
-        TWILIO_ACCOUNT_SID=twilio.account_sid,
-        TWILIO_API_KEY=twilio.api_key,
-        TWILIO_API_SECRET=twilio.api_secret,
-        TWILIO_API_BASE_URL=twilio.base_url,
+        **twilio.env(),
         TWILIO_TIMEOUT_SECONDS="0.5",
         ICE_RATE_LIMIT_PER_MIN="1000",
     )

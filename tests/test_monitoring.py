@@ -447,10 +447,7 @@ async def test_alerts_fire_and_clear_on_scraped_data(tmp_path: Path, aiohttp_ser
                 redis.url,
                 **common,
                 RTC_PROVIDER="twilio",
-                TWILIO_ACCOUNT_SID=stub.account_sid,
-                TWILIO_API_KEY=stub.api_key,
-                TWILIO_API_SECRET=stub.api_secret,
-                TWILIO_API_BASE_URL=stub.base_url,
+                **stub.env(),
                 TWILIO_TIMEOUT_SECONDS="2",
                 TURN_CRED_TTL="10",  # a token is reused for 5 s, then fetched again
             ),

@@ -36,10 +36,7 @@ async def twilio_client(
 ) -> TestClient[Any, Any]:
     env = {
         "RTC_PROVIDER": "twilio",
-        "TWILIO_ACCOUNT_SID": stub.account_sid,
-        "TWILIO_API_KEY": stub.api_key,
-        "TWILIO_API_SECRET": stub.api_secret,
-        "TWILIO_API_BASE_URL": stub.base_url,
+        **stub.env(),
         "TWILIO_TIMEOUT_SECONDS": "5",
     }
     env.update(overrides)

@@ -114,6 +114,15 @@ class TwilioStub:
     def token_calls(self) -> int:
         return sum(1 for r in self.requests if r.path == self.tokens_path)
 
+    def env(self) -> dict[str, str]:
+        """The ice-service variables that point its Twilio provider at this stub."""
+        return {
+            "TWILIO_ACCOUNT_SID": self.account_sid,
+            "TWILIO_API_KEY": self.api_key,
+            "TWILIO_API_SECRET": self.api_secret,
+            "TWILIO_API_BASE_URL": self.base_url,
+        }
+
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
