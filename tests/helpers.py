@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,7 +33,13 @@ from aioice import stun
 from aioice.turn import create_turn_endpoint
 from rtc_common.directory import Directory, open_directory
 from rtc_common.settings import CommonSettings, load_settings
-from rtcctl.local import GatewayLimits, StackPorts, render_gateway, turnserver_conf
+from rtcctl.local import (
+    GATEWAY_TEMPLATE,
+    GatewayLimits,
+    StackPorts,
+    render_gateway,
+    turnserver_conf,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 JWT_SECRET = "test-jwt-secret-0123456789abcdef0123456789"
@@ -332,6 +339,30 @@ def nginx_test(workdir: Path, conf: str) -> subprocess.CompletedProcess[str]:
     path = write_nginx_conf(workdir, conf)
     return subprocess.run(
         ["nginx", "-t", "-q", "-e", "stderr", "-c", str(path), "-p", f"{workdir}/"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def entrypoint_render(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """gateway/docker-entrypoint.sh (the image's) rendering into `tmp_path` with `env` and only
+    PATH besides; nginx itself replaced by `true`, upstream names that never resolve."""
+    full = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "GATEWAY_TEMPLATE": str(GATEWAY_TEMPLATE),
+        "GATEWAY_RUN_DIR": str(tmp_path),
+        "GATEWAY_RESOLVE_SECONDS": "0",
+        "NGINX": shutil.which("true") or "/bin/true",
+        "ICE_UPSTREAM": "ice.invalid:1",
+        "SIGNAL_UPSTREAM": "signal.invalid:2",
+        "RELAY_UPSTREAM": "relay.invalid:3",
+        **env,
+    }
+    return subprocess.run(
+        ["sh", str(REPO_ROOT / "gateway" / "docker-entrypoint.sh")],
+        env=full,
         capture_output=True,
         text=True,
         timeout=30,

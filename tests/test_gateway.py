@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +22,13 @@ from helpers import (
     RedisServer,
     ServiceProcess,
     base_env,
+    entrypoint_render,
     make_token,
     nginx_test,
 )
 from rtc_common.directory import REDIS_FLAGS_KEY
-from rtcctl.local import GATEWAY_TEMPLATE, StackPorts, render_gateway
+from rtcctl.local import StackPorts, render_gateway
 
-ROOT = Path(__file__).resolve().parents[1]
 PATHS = ["/api/v1/rtc/ice", "/api/rtc/ice", "/api/rtc/v1/ice"]
 
 
@@ -202,28 +199,7 @@ def test_image_entrypoint_affinity_key(
     tmp_path: Path, value: str | None, rendered: str | None
 ) -> None:
     """gateway/docker-entrypoint.sh renders GATEWAY_AFFINITY_KEY, or refuses it before nginx."""
-    env = {
-        **os.environ,
-        "GATEWAY_TEMPLATE": str(GATEWAY_TEMPLATE),
-        "GATEWAY_RUN_DIR": str(tmp_path),
-        "GATEWAY_RESOLVE_SECONDS": "0",
-        "NGINX": shutil.which("true") or "/bin/true",
-        # Names that never resolve: placeholder servers, no DNS wait.
-        "ICE_UPSTREAM": "ice.invalid:1",
-        "SIGNAL_UPSTREAM": "signal.invalid:2",
-        "RELAY_UPSTREAM": "relay.invalid:3",
-    }
-    env.pop("GATEWAY_AFFINITY_KEY", None)
-    if value is not None:
-        env["GATEWAY_AFFINITY_KEY"] = value
-    done = subprocess.run(
-        ["sh", str(ROOT / "gateway" / "docker-entrypoint.sh")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = entrypoint_render(tmp_path, {} if value is None else {"GATEWAY_AFFINITY_KEY": value})
     if rendered is None:
         assert done.returncode == 64, done.stderr
         assert "GATEWAY_AFFINITY_KEY must be one nginx variable" in done.stderr

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,14 +23,14 @@ from helpers import (
     RedisServer,
     ServiceProcess,
     base_env,
+    entrypoint_render,
     free_port,
     make_token,
     nginx_test,
 )
 from rtc_common.directory import REDIS_FLAGS_KEY
-from rtcctl.local import GATEWAY_TEMPLATE, GatewayLimits, StackPorts, render_gateway
+from rtcctl.local import GatewayLimits, StackPorts, render_gateway
 
-ROOT = Path(__file__).resolve().parents[1]
 OPENAPI = "/api/v1/rtc/openapi.json"  # public, proxied to ice-service, no Redis budget
 
 
@@ -315,28 +312,6 @@ LIMIT_LINES = (
 
 def limit_lines(conf: str) -> list[str]:
     return [line.strip() for line in conf.splitlines() if line.strip().startswith(LIMIT_LINES)]
-
-
-def entrypoint_render(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "GATEWAY_TEMPLATE": str(GATEWAY_TEMPLATE),
-        "GATEWAY_RUN_DIR": str(tmp_path),
-        "GATEWAY_RESOLVE_SECONDS": "0",
-        "NGINX": shutil.which("true") or "/bin/true",
-        "ICE_UPSTREAM": "ice.invalid:1",
-        "SIGNAL_UPSTREAM": "signal.invalid:2",
-        "RELAY_UPSTREAM": "relay.invalid:3",
-        **env,
-    }
-    return subprocess.run(
-        ["sh", str(ROOT / "gateway" / "docker-entrypoint.sh")],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize(
