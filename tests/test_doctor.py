@@ -341,6 +341,17 @@ def test_turn_previous_secret_retired(stack: Stack) -> None:
     assert PREVIOUS_TURN_SECRET not in out
 
 
+def test_turn_previous_secret_equal_to_current(stack: Stack) -> None:
+    """TURN_SECRET_PREVIOUS copied from TURN_SECRET: said as such, not reported as a rotation."""
+    code, out = doctor(stack, TURN_SECRET_PREVIOUS=TURN_SECRET)
+    assert code == 0, out
+    hostport = f"127.0.0.1:{stack.coturn.port}"
+    line, fix = check(out, "WARN", f"coturn {hostport} previous secret")
+    assert "equals TURN_SECRET" in line and "rotation in progress" not in out
+    assert "unset it otherwise" in fix
+    assert TURN_SECRET not in out
+
+
 def test_previous_secrets_scrubbed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The rotation variables are remembered as secrets, from the env file or the environment."""
     jwt_previous = "retired-jwt-secret-0123456789abcdef"

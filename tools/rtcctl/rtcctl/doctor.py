@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import ipaddress
 import json
 import os
@@ -666,7 +667,7 @@ async def check_coturn_server(
             await udp_alloc.close()
     if previous is not None:
         results.append(
-            await _previous_secret_result(label, server, previous, ttl, allocated, target)
+            await _previous_secret_result(label, server, previous, secret, ttl, allocated, target)
         )
     return results
 
@@ -675,12 +676,21 @@ async def _previous_secret_result(
     label: str,
     server: tuple[str, int],
     previous: str,
+    current: str,
     ttl: int,
     allocated: list[str],
     target: Target,
 ) -> Result:
     """During a TURN secret rotation: does coturn still accept TURN_SECRET_PREVIOUS?"""
     name = f"{label} previous secret"
+    if hmac.compare_digest(previous.encode(), current.encode()):
+        # Probing it would only repeat the TURN_SECRET allocation and report a rotation.
+        return Result(
+            "WARN",
+            name,
+            "TURN_SECRET_PREVIOUS equals TURN_SECRET (no rotation to check)",
+            "set TURN_SECRET_PREVIOUS to the retired secret during a rotation, unset it otherwise",
+        )
     if not allocated:
         return Result("SKIP", name, "needs an allocation with TURN_SECRET")
     # The transport TURN_SECRET allocated on, with its expiry: only the secret differs.
