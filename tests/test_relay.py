@@ -413,6 +413,44 @@ async def test_online_push_across_instances(
     }
 
 
+def pushed_metric() -> float:
+    return REGISTRY.get_sample_value("rtc_relay_pushed_total") or 0.0
+
+
+async def test_pushes_leave_in_stored_order_and_are_counted(
+    signal_cluster: Callable[..., list[ServiceProcess]],
+    relay_client: RelayFactory,
+    redis_server: RedisServer,
+    relay_redis: RedisServer,
+    sockets: Callable[[str, str], Awaitable[Socket]],
+) -> None:
+    """Pushes leave after the answer, batched: one per stored message, in the order of the 202s."""
+    add_contacts(redis_server, A, B)
+    (instance,) = signal_cluster(1, RELAY_REDIS_URL=relay_redis.url)
+    client = await relay_client()
+    phone = await sockets(instance.url, B)
+    pushed_before = pushed_metric()
+
+    # Concurrent enqueues share batches (limiter, store, publish); then one at a time.
+    burst = await asyncio.gather(
+        *(enqueue(client, A, message(A, B, f"burst-{i}")) for i in range(40))
+    )
+    assert all(reply.status == 202 for reply in burst), [r.body for r in burst]
+    for i in range(5):
+        assert (await enqueue(client, A, message(A, B, f"single-{i}"))).status == 202
+    duplicate = await enqueue(client, A, message(A, B, "single-0"))
+    assert duplicate.status == 200  # a duplicate is not pushed again
+
+    received = [await asyncio.wait_for(phone.pushed.get(), timeout=10) for _ in range(45)]
+    # Concurrent requests have no order between them; each stored message is pushed once.
+    assert sorted(m["id"] for m in received[:40]) == sorted(reply.body["id"] for reply in burst)
+    # A message stored after another's 202 is pushed after it.
+    assert [m["messageId"] for m in received[40:]] == [f"single-{i}" for i in range(5)]
+    assert pushed_metric() - pushed_before == 45
+    assert sorted(m["id"] for m in await pulled(client, B)) == sorted(m["id"] for m in received)
+    assert phone.pushed.empty()
+
+
 # -- 3. offline recipient --------------------------------------------------------------------
 
 

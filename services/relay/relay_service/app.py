@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypeVar
 
-import socketio
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from redis.asyncio import Redis
@@ -28,13 +28,12 @@ from .metrics import (
     EXPIRED,
     OLDEST_AGE,
     PULLED,
-    PUSH_FAILURES,
-    PUSHED,
     QUEUE_DEPTH,
     QUEUES,
     SAMPLE_TRUNCATED,
     TTL,
 )
+from .pusher import RelayPusher
 from .settings import RelaySettings
 
 log = logging.getLogger("relay.app")
@@ -44,13 +43,15 @@ PULL_MAX = 100
 PULL_DEFAULT = 50
 # The queue gauges look at no more than this many queue keys per sample.
 STATS_MAX_QUEUES = 10_000
+# How long a graceful stop waits for queued online pushes.
+DRAIN_SECONDS = 1.0
 
 RELAY_SETTINGS_KEY = web.AppKey("relay_settings", RelaySettings)
 RELAY_REDIS_KEY = web.AppKey("relay_redis", Redis)
 STORE_KEY = web.AppKey("relay_store", RelayStore)
 ACCESS_KEY = web.AppKey("relay_access", AccessCache)
 LIMITER_KEY = web.AppKey("relay_limiter", RateLimiter)
-PUSHER_KEY = web.AppKey("relay_pusher", socketio.AsyncRedisManager)
+PUSHER_KEY = web.AppKey("relay_pusher", RelayPusher)
 
 
 class EnqueueRequest(BaseModel):
@@ -156,18 +157,9 @@ async def enqueue(request: web.Request) -> web.Response:
     message = RelayMessage(
         result.id, sender, body.convId, body.messageId, body.payload, result.forced
     )
-    await _push(app, to, message)
+    # Published in the background: the answer does not wait for the push (best effort).
+    await app[PUSHER_KEY].emit("relay:message", message_body(message), room=f"user:{to}")
     return web.json_response(answer, status=202)
-
-
-async def _push(app: web.Application, to: str, message: RelayMessage) -> None:
-    """Best effort: the message is stored, so a failed push only delays it until the next pull."""
-    try:
-        await app[PUSHER_KEY].emit("relay:message", message_body(message), room=f"user:{to}")
-        PUSHED.inc()
-    except Exception as exc:
-        PUSH_FAILURES.inc()
-        log.warning("relay push failed", extra={"error": type(exc).__name__})
 
 
 async def pull(request: web.Request) -> web.Response:
@@ -211,10 +203,7 @@ async def _relay_dependencies(app: web.Application) -> AsyncIterator[None]:
     app[LIMITER_KEY] = RateLimiter(
         app[REDIS_KEY], scope="relay", limit=settings.relay_rate_limit_per_min, fallback=False
     )
-    # python-socketio's documented way to emit from outside a Socket.IO server.
-    pusher = socketio.AsyncRedisManager(
-        settings.redis_url, channel=settings.socketio_channel, write_only=True
-    )
+    pusher = RelayPusher(app[REDIS_KEY], channel=settings.socketio_channel)
     app[PUSHER_KEY] = pusher
     TTL.set(settings.relay_ttl_seconds)
     for reason in ("queue_full", "unavailable"):
@@ -229,6 +218,12 @@ async def _relay_dependencies(app: web.Application) -> AsyncIterator[None]:
 
     app[SAMPLING_KEY].samplers.append(sample_queues)
     yield
+    # Before the Redis client closes (cleanup runs in reverse order).
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            await pusher.drain()
+    except TimeoutError:
+        log.warning("relay pushes still pending at stop")
 
 
 async def _check_durability(app: web.Application) -> AsyncIterator[None]:
