@@ -1130,6 +1130,33 @@ async def test_hostile_payloads_never_break_the_handler(
             assert set(ack) == {"ok", "error", "signalId"}, ack
 
 
+async def websocket_compression(url: str) -> tuple[int, str]:
+    """Open an engine.io websocket offering permessage-deflate: the window bits the server agreed
+    to (0: declined), and the first frame (engine.io's open packet: the socket works)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            f"{url}/socket.io/?EIO=4&transport=websocket", compress=15, timeout=10
+        ) as ws,
+    ):
+        return ws.compress, await ws.receive_str(timeout=10)
+
+
+async def test_websocket_compression_refused_unless_enabled(
+    stack: Stack, signal_cluster: Cluster
+) -> None:
+    """socket.io-client offers permessage-deflate; signal-service declines it by default (a
+    deflate context per socket costs about 90 KiB), directly and through the gateway."""
+    for url in (stack.signals[0].url, stack.gateway.url):
+        compress, first = await websocket_compression(url)
+        assert compress == 0, url
+        assert first.startswith('0{"sid":'), first
+    (compressing,) = signal_cluster(1, SIGNAL_WS_COMPRESSION="true")
+    compress, first = await websocket_compression(compressing.url)
+    assert compress == 15
+    assert first.startswith('0{"sid":'), first
+
+
 async def test_undecodable_packet_leaves_the_socket_working(
     stack: Stack, hostile_pair: tuple[Peer, Peer]
 ) -> None:
