@@ -3,6 +3,8 @@
 `python -m bench.bare_sio` on PORT with REDIS_URL. A client connects with auth {wallet} and joins
 room user:<wallet>; event `signal` {to, ...} is emitted as `signal` to room user:<to> through the
 Redis manager (so it crosses instances), with no auth, validation, dedup or rate limit.
+Websockets without permessage-deflate, as signal-service and Node's socket.io (python-socketio's
+own default accepts it: BARE_WS_COMPRESSION=1 measures that).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import socketio
 from aiohttp import web
+from rtc_common.web import refuse_websocket_compression
 
 from bench.baselines import serve
 
@@ -31,6 +34,8 @@ def create_app() -> web.Application:
         await sio.emit("signal", data, room=f"user:{data['to']}")
 
     app = web.Application()
+    if os.environ.get("BARE_WS_COMPRESSION") != "1":
+        app.middlewares.append(refuse_websocket_compression)
     sio.attach(app)
 
     async def healthz(_: web.Request) -> web.Response:

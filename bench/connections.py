@@ -77,12 +77,16 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
                 return node
             if name == "bare_python_socketio":
                 return python_server("bench.bare_sio", workdir / name, {"REDIS_URL": redis.url})
+            if name == "bare_python_socketio_deflate":
+                bare_env = {"REDIS_URL": redis.url, "BARE_WS_COMPRESSION": "1"}
+                return python_server("bench.bare_sio", workdir / name, bare_env)
             return python_server("signal_service", workdir / name, env)
 
         results: dict[str, Any] = {"target": n}
         protocols = {
             "signal_service": "rtc",
             "bare_python_socketio": "bare",
+            "bare_python_socketio_deflate": "bare",
             "node_socketio": "bare",
         }
         for name, protocol in protocols.items():

@@ -154,6 +154,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
         for name, label in (
             ("node_socketio", "Node socket.io"),
             ("bare_python_socketio", "bare python-socketio"),
+            ("bare_python_socketio_deflate", "bare python-socketio, deflate on (its default)"),
             ("signal_service", "signal-service"),
         ):
             r = c.get(name)
@@ -342,9 +343,12 @@ make bench-full         # full mode: 3 repeats of 8 s runs, 20,000 sockets; writ
   after the last send, i.e. still queued); sustained rate with 4 sender/receiver pairs keeping
   16 signals in flight each. Baselines: bare python-socketio + AsyncRedisManager room emit
   (`bench/bare_sio.py`) and Node socket.io + @socket.io/redis-adapter (`bench/node/server.mjs`),
-  same protocol and payload.
+  same protocol and payload. Every server declines websocket compression (permessage-deflate),
+  Node's default and signal-service's (`SIGNAL_WS_COMPRESSION`); python-socketio accepts it by
+  default, so the bare baseline declines it as signal-service does.
 - **Connections**: N idle websocket clients on one instance of each server (signal-service
-  with real JWT handshakes and presence, bare python-socketio, Node socket.io): RSS growth per
+  with real JWT handshakes and presence, bare python-socketio without and with deflate, Node
+  socket.io): RSS growth per
   connection, connect rate with 64 handshakes in flight; then, on signal-service, a wallet with
   500 online mutual contacts comes online: time until every contact got `presence:update`.
 - **Relay**: `POST /api/v1/relay/enqueue` (unique messageIds, 2,000 recipients) through the

@@ -109,6 +109,24 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
         request_id_var.reset(token)
 
 
+@web.middleware
+async def refuse_websocket_compression(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """Handshakes without permessage-deflate, whatever the client offers.
+
+    aiohttp accepts the extension when offered (socket.io-client offers it) and engine.io gives no
+    way to refuse it; a deflate context per socket took about 90 KiB of the 123 KiB an idle
+    python-socketio websocket costs (docs/benchmarks.md), and it costs CPU on every message.
+    Node's socket.io has it off by default too. Without the offer, aiohttp answers uncompressed.
+    """
+    if "Sec-WebSocket-Extensions" in request.headers:
+        headers = request.headers.copy()
+        del headers["Sec-WebSocket-Extensions"]
+        request = request.clone(headers=headers)
+    return await handler(request)
+
+
 def cors_middleware(allowed_origins: Iterable[str], csrf_header: str) -> Any:
     origins = frozenset(allowed_origins)
     allow_headers = f"Authorization, Content-Type, X-Request-ID, {csrf_header}"

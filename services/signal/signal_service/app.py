@@ -8,14 +8,13 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rtc_common.auth import Authenticator
 from rtc_common.clients import REDIS_KEY, redis_context
 from rtc_common.directory import DIRECTORY_KEY, AccessCache, directory_context
 from rtc_common.relay_store import RelayStore
-from rtc_common.web import READINESS_KEY, create_base_app
+from rtc_common.web import READINESS_KEY, create_base_app, refuse_websocket_compression
 
 from .metrics import PUBSUB_LISTENER_UP, PUBSUB_PROBE_FAILURES, REAPED
 from .namespace import DEPS_KEY, NAMESPACE_KEY, SIO_KEY, SignalDeps, SignalNamespace, SignalServer
@@ -29,7 +28,6 @@ MANAGER_KEY = web.AppKey("signal_manager", ObservedRedisManager)
 # A full presence reconciliation at least every this many heartbeats (5 s each: once a minute).
 RECONCILE_EVERY = 12
 RELAY_REDIS_KEY = web.AppKey("signal_relay_redis", Redis)
-WS_EXTENSIONS = "Sec-WebSocket-Extensions"
 SIGNAL_SETTINGS_KEY = web.AppKey("signal_settings", SignalSettings)
 
 
@@ -149,24 +147,6 @@ def _library_loggers_to_root() -> None:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.ERROR)
-
-
-@web.middleware
-async def refuse_websocket_compression(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
-    """Handshakes without permessage-deflate, whatever the client offers.
-
-    aiohttp accepts the extension when offered (socket.io-client offers it) and engine.io gives no
-    way to refuse it; a deflate context per socket took about 90 KiB of the 123 KiB an idle
-    python-socketio websocket costs (docs/benchmarks.md). Node's socket.io has it off by default
-    too. Without the offer in the request, aiohttp answers an uncompressed websocket.
-    """
-    if WS_EXTENSIONS in request.headers:
-        headers = request.headers.copy()
-        del headers[WS_EXTENSIONS]
-        request = request.clone(headers=headers)
-    return await handler(request)
 
 
 def create_app(settings: SignalSettings) -> web.Application:
