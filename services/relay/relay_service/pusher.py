@@ -4,7 +4,8 @@ A push is best effort: the message is in the store before the 202, and a recipie
 the push gets it from its next pull. So the answer does not wait for the publish, and the
 publishes queued during one event-loop turn go to Redis as one pipeline (one redis-py call costs
 far more client CPU than a command in a pipeline; docs/benchmarks.md). One flush runs at a time,
-so pushes leave in the order their messages were stored.
+so pushes leave in the order they were queued: a sender's next message, sent after this one's
+202, is pushed after it (concurrent requests have no order between them).
 
 python-socketio's write-only `AsyncRedisManager` builds the message signal-service's manager
 listens for; only its `_publish()` is replaced (it would make one call per message on a client of

@@ -22,7 +22,8 @@ class SignalSettings(RelayStoreSettings):
     presence_legacy_enabled: bool = True
     signal_rate_per_sec: int = Field(default=50, ge=1)
     signal_max_sdp_bytes: int = Field(default=65536, ge=256, le=1_048_576)
-    # permessage-deflate on the websockets: off, as in Node's socket.io (see app.py).
+    # permessage-deflate on the websockets: off, as in Node's socket.io
+    # (rtc_common.web.refuse_websocket_compression says why).
     signal_ws_compression: bool = False
 
     # Presence liveness: each instance refreshes a heartbeat every PRESENCE_HEARTBEAT_SECONDS; an
