@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import uvloop
 from aiohttp import web
@@ -15,6 +15,7 @@ from .logs import JsonAccessLogger, setup_logging
 from .settings import CommonSettings, SettingsError, load_settings
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
+log = logging.getLogger("rtc.service")
 
 
 def run_service(
@@ -30,7 +31,6 @@ def run_service(
         print(f"{settings_cls.__name__}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     setup_logging(settings.service_name, settings.log_level)
-    log = logging.getLogger("rtc.service")
     log.info(
         "starting",
         extra={"host": settings.host, "port": settings.port, "eventLoop": settings.event_loop},
@@ -46,3 +46,20 @@ def run_service(
         shutdown_timeout=shutdown_timeout,
         loop=loop,
     )
+
+
+async def stop_task(task: asyncio.Task[Any], wait_seconds: float = 2.0) -> None:
+    """Cancel a background task and wait for it, for at most `wait_seconds`.
+
+    A graceful stop must end in bounded time: a cancellation can be lost (Python 3.11's
+    `asyncio.wait_for` may return a result that completed at the moment of the cancel instead of
+    raising), and an unbounded `await task` then holds the process until it is killed.
+    """
+    for _ in range(2):
+        task.cancel()
+        done, _pending = await asyncio.wait({task}, timeout=wait_seconds / 2)
+        if done:
+            if not task.cancelled():
+                task.exception()  # retrieved: a failure was logged where it happened
+            return
+    log.warning("background task did not stop", extra={"task": task.get_name()})

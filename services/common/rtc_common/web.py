@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import ipaddress
 import json
 import logging
@@ -309,6 +310,45 @@ def serve_openapi(app: web.Application, package: str, path: str) -> None:
     app.router.add_get(path, get_openapi)
 
 
+# A graceful stop still running after this long logs what it is waiting for.
+SLOW_SHUTDOWN_SECONDS = 8.0
+AppCallback = Callable[[web.Application], Awaitable[None]]
+
+
+def slow_shutdown_report(
+    seconds: float = SLOW_SHUTDOWN_SECONDS,
+) -> tuple[AppCallback, AppCallback]:
+    """Diagnostics for a stop that hangs (a container then gets killed): armed first thing at
+    shutdown, disarmed after the cleanup contexts; if still armed after `seconds` it
+    logs the pending tasks and where each waits, and a few seconds later (in case the loop itself
+    is stuck) faulthandler writes every thread's stack."""
+    armed: list[asyncio.TimerHandle] = []
+
+    def report() -> None:
+        waiting = []
+        for task in asyncio.all_tasks():
+            frames = task.get_stack()
+            where = f"{frames[-1].f_code.co_filename}:{frames[-1].f_lineno}" if frames else "?"
+            name = getattr(task.get_coro(), "__qualname__", task.get_name())
+            waiting.append(f"{name} at {where}")
+        log.warning(
+            "graceful stop still running",
+            extra={"seconds": seconds, "tasks": sorted(waiting)[:50]},
+        )
+
+    async def arm(app: web.Application) -> None:
+        armed.append(asyncio.get_running_loop().call_later(seconds, report))
+        faulthandler.dump_traceback_later(seconds + 4, exit=False)
+
+    async def disarm(app: web.Application) -> None:
+        # on_cleanup callbacks added after Application() run after every cleanup context.
+        if armed:
+            armed.pop().cancel()
+            faulthandler.cancel_dump_traceback_later()
+
+    return arm, disarm
+
+
 def create_base_app(
     settings: CommonSettings,
     authenticator: Authenticator | None = None,
@@ -332,7 +372,10 @@ def create_base_app(
     app[SETTINGS_KEY] = settings
     app[READINESS_KEY] = {}
     app[SAMPLING_KEY] = MetricsSampling(samplers=[_readiness_sampler(app)])
+    arm_report, disarm_report = slow_shutdown_report()
+    app.on_shutdown.insert(0, arm_report)
     app.on_shutdown.append(_stop_sampling)
+    app.on_cleanup.append(disarm_report)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)

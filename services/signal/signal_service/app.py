@@ -14,6 +14,7 @@ from rtc_common.auth import Authenticator
 from rtc_common.clients import REDIS_KEY, redis_context
 from rtc_common.directory import DIRECTORY_KEY, AccessCache, directory_context
 from rtc_common.relay_store import RelayStore
+from rtc_common.service import stop_task
 from rtc_common.web import READINESS_KEY, create_base_app, refuse_websocket_compression
 
 from .metrics import PUBSUB_LISTENER_UP, PUBSUB_PROBE_FAILURES, REAPED
@@ -53,16 +54,12 @@ async def _signal_dependencies(app: web.Application) -> AsyncIterator[None]:
     app[READINESS_KEY]["pubsub"] = pubsub_ready
     watchdog = asyncio.create_task(_watchdog(app))
     yield
-    watchdog.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watchdog
+    await stop_task(watchdog)
     # Leave quickly and let the other instances' reapers settle presence for our sockets.
     with contextlib.suppress(RedisError):
         await presence.leave()
     if manager.thread is not None:
-        manager.thread.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await manager.thread
+        await stop_task(manager.thread)
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -75,9 +72,11 @@ async def _close_sockets(app: web.Application) -> None:
     """
     sio = app[SIO_KEY]
     with contextlib.suppress(Exception):
-        if sio.eio.sockets:
-            await asyncio.wait_for(sio.eio.disconnect(), timeout=3)
-        await sio.shutdown()
+        async with asyncio.timeout(3):
+            if sio.eio.sockets:
+                await sio.eio.disconnect()
+        async with asyncio.timeout(2):
+            await sio.shutdown()
 
 
 async def _watchdog(app: web.Application) -> None:
