@@ -23,6 +23,7 @@ from .auth import Authenticator, auth_middleware, public
 from .context import request_id_var
 from .errors import ApiError, error_body, error_response
 from .metrics import HTTP_LATENCY, HTTP_REQUESTS, READY, READY_CHECK, labelled, render_metrics
+from .service import stop_task
 from .settings import CommonSettings
 
 log = logging.getLogger("rtc.web")
@@ -267,9 +268,7 @@ class MetricsSampling:
 
     async def stop(self) -> None:
         if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await stop_task(self.task)
             self.task = None
 
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
+from rtc_common.service import stop_task
 
 from .metrics import CIRCUIT_OPEN, UPSTREAM_CALLS, UPSTREAM_LATENCY, UPSTREAM_WAITING
 from .settings import IceSettings, Provider
@@ -188,9 +189,8 @@ class TwilioProvider:
     async def close(self) -> None:
         """Cancel a call still in flight (app shutdown)."""
         if self._inflight is not None:
-            self._inflight.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ProviderError):
-                await self._inflight
+            with contextlib.suppress(ProviderError):
+                await stop_task(self._inflight)
 
     def _clear_inflight(self, task: asyncio.Task[IceCredentials]) -> None:
         self._inflight = None

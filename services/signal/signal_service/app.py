@@ -59,7 +59,8 @@ async def _signal_dependencies(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(RedisError):
         await presence.leave()
     if manager.thread is not None:
-        await stop_task(manager.thread)
+        with contextlib.suppress(Exception):
+            await stop_task(manager.thread)
 
 
 async def _close_sockets(app: web.Application) -> None:
