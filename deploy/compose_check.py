@@ -1,11 +1,20 @@
 """The checks of `make compose-test` (deploy/compose_test.sh), run with the repository's .venv.
 
     compose_check.py wait --gateway URL --replicas N
+    compose_check.py hardening --project NAME --replicas N
     compose_check.py run  --gateway URL --turn HOST:PORT --replicas N
 
 Everything the clients do goes through the published gateway port. The compose command of the
 stack under test is in COMPOSE_CMD (used to look at Redis, to read the gateway's log and to stop
-one signal-service replica); JWT_SECRET and TURN_SECRET are the stack's secrets.
+one signal-service replica); JWT_SECRET, TURN_SECRET, REDIS_PASSWORD and MONGO_PASSWORD are the
+stack's secrets.
+
+`hardening` checks every container of the project (podman inspect, and /proc inside the running
+ones) against its service in docker-compose.yml: a read-only root filesystem, no capabilities in
+any process, no-new-privileges, the service's mem_limit and pids_limit; the Redis password on no
+command line; and, from throwaway containers on each network, what the network reaches: the
+monitoring network every service's /metrics and no store, the edge network (the gateway's) no
+store, the backend network Redis (refusing commands without the password) and no way out.
 
 `run` checks, in order:
 1. ICE: credentials from GET /api/v1/rtc/ice (coturn provider) allocate a relay on the coturn of
@@ -29,6 +38,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import json
 import os
 import shlex
 import subprocess
@@ -41,6 +51,7 @@ from typing import Any, TypeVar
 import aiohttp
 import jwt
 import socketio
+import yaml
 from aioice import stun
 from aioice.turn import create_turn_endpoint
 
@@ -127,6 +138,166 @@ async def wait(gateway: str, replicas: int) -> None:
 
         await eventually("ice-service and relay-service behind the gateway", routes_ready, 30)
         say("ice-service and relay-service answer through the gateway")
+
+
+# --- hardening --------------------------------------------------------------------------------
+
+SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+# Every process of a container, as the kernel sees it (not what the runtime says it asked for).
+PROC_STATUS = (
+    'grep -H -E "^(CapPrm|CapEff|CapBnd|NoNewPrivs):" /proc/[0-9]*/status 2>/dev/null; exit 0'
+)
+ROOTFS_PROBE = "touch /.rtc-rootfs-probe"
+# Run in a throwaway container on one of the stack's networks: what a container there reaches.
+NETWORK_PROBE = """
+import json, socket, urllib.request
+out = {}
+for name, port in (("ice-service", 8101), ("signal-service", 8201), ("relay-service", 8301),
+                   ("redis", 6379), ("mongo", 27017)):
+    try:
+        addrs = sorted({a[4][0] for a in socket.getaddrinfo(name, port, socket.AF_INET)})
+    except OSError:
+        out[name] = "unresolved"
+        continue
+    if port == 6379:
+        with socket.create_connection((addrs[0], port), timeout=3) as s:
+            s.sendall(b"PING\\r\\n")
+            out[name] = s.recv(100).decode().strip()
+        continue
+    if port == 27017:
+        out[name] = addrs
+        continue
+    codes = []
+    for addr in addrs:
+        with urllib.request.urlopen(f"http://{addr}:{port}/metrics", timeout=3) as reply:
+            codes.append(reply.status if b"rtc_ready" in reply.read() else 0)
+    out[name] = codes
+routes = open("/proc/net/route").read().splitlines()[1:]
+out["default_route"] = any(line.split()[1] == "00000000" for line in routes)
+print(json.dumps(out))
+"""
+
+
+def size_bytes(value: str | int) -> int:
+    text = str(value).strip().lower().removesuffix("b") or "0"
+    if text[-1] in SIZE_UNITS:
+        return int(float(text[:-1]) * SIZE_UNITS[text[-1]])
+    return int(text)
+
+
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        ["podman", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    if check and done.returncode != 0:
+        raise CheckFailed(f"podman {args[0]} failed: {done.stderr.strip()[-500:]}")
+    return done
+
+
+def check_container(service: str, spec: dict[str, Any], info: dict[str, Any]) -> str:
+    """One container against its service's compose spec: what runs, not what was asked for."""
+    host = info["HostConfig"]
+    name = f"{service} ({info['Id'][:12]})"
+    problems = []
+    if host.get("ReadonlyRootfs") is not True:
+        problems.append("root filesystem writable")
+    if host.get("CapAdd"):
+        problems.append(f"capabilities added: {host['CapAdd']}")
+    if not any(opt.startswith("no-new-privileges") for opt in host.get("SecurityOpt") or []):
+        problems.append(f"no no-new-privileges in {host.get('SecurityOpt')}")
+    for key, field, expected in (
+        ("mem_limit", "Memory", size_bytes(spec.get("mem_limit", 0))),
+        ("pids_limit", "PidsLimit", int(spec.get("pids_limit", 0))),
+    ):
+        if expected <= 0:
+            problems.append(f"no {key} in docker-compose.yml")
+        elif host.get(field) != expected:
+            problems.append(f"{field} {host.get(field)}, expected {expected} ({key})")
+    running = info["State"]["Running"]
+    if not running and spec.get("restart") != "no":
+        now = info["State"]
+        problems.append(f"not running ({now.get('Status')}, exit {now.get('ExitCode')})")
+    if running:
+        status = podman("exec", info["Id"], "sh", "-c", PROC_STATUS).stdout
+        values: dict[str, set[str]] = {}
+        for line in status.splitlines():
+            _path, field, value = line.split(":", 2)
+            values.setdefault(field, set()).add(value.strip())
+        for field in ("CapPrm", "CapEff", "CapBnd"):
+            if values.get(field) != {"0000000000000000"}:
+                problems.append(f"{field} of its processes: {sorted(values.get(field, ()))}")
+        if values.get("NoNewPrivs") != {"1"}:
+            problems.append(f"NoNewPrivs of its processes: {sorted(values.get('NoNewPrivs', ()))}")
+        probe = podman("exec", info["Id"], "sh", "-c", ROOTFS_PROBE, check=False)
+        if probe.returncode == 0 or "Read-only file system" not in probe.stderr:
+            problems.append(f"the root filesystem took a write ({probe.stderr.strip()})")
+    if problems:
+        raise CheckFailed(f"{name}: " + "; ".join(problems))
+    state = "no capabilities in any process, / refuses writes" if running else "exited"
+    return (
+        f"{name}: read-only, cap_drop ALL, no-new-privileges, {spec['mem_limit']},"
+        f" {spec['pids_limit']} pids; {state}"
+    )
+
+
+def network_probe(project: str, network: str) -> dict[str, Any]:
+    """What a container on `network` only (as Prometheus is on monitoring) can reach."""
+    listed = podman(
+        "network", "ls", "-q",
+        "--filter", f"label=com.docker.compose.project={project}",
+        "--filter", f"label=com.docker.compose.network={network}",
+    ).stdout.split()  # fmt: skip
+    if len(listed) != 1:
+        raise CheckFailed(f"network {network} of {project}: {listed}")
+    done = podman(
+        "run", "--rm", "--network", listed[0], "--no-healthcheck",
+        "--label", f"com.docker.compose.project={project}",
+        "localhost/rtc-test/python:bookworm", "python3", "-c", NETWORK_PROBE,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def check_hardening(project: str, replicas: int) -> None:
+    spec = yaml.safe_load(compose("config"))["services"]
+    ids = podman(
+        "ps", "-aq", "--no-trunc", "--filter", f"label=com.docker.compose.project={project}"
+    ).stdout.split()
+    infos = json.loads(podman("inspect", *ids).stdout)
+    seen = set()
+    for info in sorted(infos, key=lambda i: i["Config"]["Labels"]["com.docker.compose.service"]):
+        service = info["Config"]["Labels"]["com.docker.compose.service"]
+        seen.add(service)
+        say(check_container(service, spec[service], info))
+    expected = {"gateway", "ice-service", "signal-service", "relay-service", "directory-init"}
+    expected |= {"redis", "coturn"}
+    if not expected <= seen:
+        raise CheckFailed(f"containers missing: {sorted(expected - seen)}")
+
+    # The password stays off command lines (the redis command reads it on stdin).
+    password = os.environ["REDIS_PASSWORD"]
+    for info in infos:
+        if password in json.dumps([info["Config"].get("Cmd"), info.get("Args")]):
+            raise CheckFailed(f"REDIS_PASSWORD on the command line of {info['Name']}")
+    say("REDIS_PASSWORD is on no container's command line")
+
+    monitoring = network_probe(project, "monitoring")
+    backend = network_probe(project, "backend")
+    edge = network_probe(project, "edge")
+    scraped = [monitoring.get(s) for s in ("ice-service", "signal-service", "relay-service")]
+    if scraped != [[200], [200] * replicas, [200]]:
+        raise CheckFailed(f"monitoring network: /metrics answers {monitoring}")
+    if monitoring["redis"] != "unresolved" or monitoring["mongo"] != "unresolved":
+        raise CheckFailed(f"monitoring network reaches the stores: {monitoring}")
+    say(f"monitoring network: /metrics of ice, {replicas} signal, relay: 200; no redis, no mongo")
+    if edge["redis"] != "unresolved":
+        raise CheckFailed(f"the gateway's network reaches redis: {edge}")
+    say("edge network (the gateway's): the services, and no redis")
+    if not backend["redis"].startswith("-NOAUTH"):
+        raise CheckFailed(f"redis without a password answered {backend['redis']!r}")
+    if backend["default_route"]:
+        raise CheckFailed("the backend network has a default route (it is internal)")
+    say(f"backend network: redis without the password: {backend['redis'][:30]}; no way out")
 
 
 # --- run --------------------------------------------------------------------------------------
@@ -516,21 +687,39 @@ async def check_signaling_and_failover(gateway: str, replicas: int) -> None:
         await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
 
 
+def check_logs_hold_no_secret() -> None:
+    logs = compose("logs", "--no-color")
+    for name in ("REDIS_PASSWORD", "MONGO_PASSWORD", "JWT_SECRET", "TURN_SECRET"):
+        if os.environ[name] in logs:
+            raise CheckFailed(f"{name} is in the containers' logs")
+    say(f"logs: none of the stack's secrets in {len(logs.splitlines())} lines")
+
+
 async def run(gateway: str, turn: tuple[str, int], replicas: int) -> None:
     await check_ice(gateway, turn)
     await check_signaling_and_failover(gateway, replicas)
+    await asyncio.to_thread(check_logs_hold_no_secret)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["wait", "run"])
-    parser.add_argument("--gateway", required=True)
+    parser.add_argument("action", choices=["wait", "hardening", "run"])
+    parser.add_argument("--gateway", help="wait, run: the published gateway's URL")
     parser.add_argument("--turn", default="127.0.0.1:3478")
     parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--project", help="hardening: the compose project's name")
     args = parser.parse_args()
+    if (args.project if args.action == "hardening" else args.gateway) is None:
+        parser.error(
+            f"{args.action} needs --project"
+            if args.action == "hardening"
+            else f"{args.action} needs --gateway"
+        )
     try:
         if args.action == "wait":
             asyncio.run(wait(args.gateway, args.replicas))
+        elif args.action == "hardening":
+            check_hardening(args.project, args.replicas)
         else:
             host, _, port = args.turn.rpartition(":")
             asyncio.run(run(args.gateway, (host, int(port)), args.replicas))

@@ -6,7 +6,10 @@
 # run). Then, through the published gateway port only, deploy/compose_check.py checks ICE
 # credentials against the coturn profile (a real TURN allocation), signaling between users on
 # different signal-service replicas, a relay message enqueued and pulled, and a replica stopped
-# with its client reconnecting to another. Everything is torn down at the end (also on failure):
+# with its client reconnecting to another. Before those, every container's hardening (read-only
+# root, no capabilities, no-new-privileges, memory and pids limits) and the networks (the stores
+# reachable from the services only, the services' /metrics from the monitoring network, Redis
+# only with its password). Everything is torn down at the end (also on failure):
 # containers, networks, volumes, the podman service this script started.
 #
 # Env: SIGNAL_REPLICAS (3), KEEP_STACK=1 (leave the stack up and print how to reach it),
@@ -25,10 +28,11 @@ PY=$ROOT/.venv/bin/python
 SUDO=${SUDO:-}
 
 # --- 1. tools --------------------------------------------------------------------------------
-# catatonit: podman's init for `init: true`; the dnsname plugin: service-name DNS on podman's
-# CNI networks (every replica of a service resolves by its name).
-packages=(podman docker-compose debootstrap runc catatonit
-          golang-github-containernetworking-plugin-dnsname iptables)
+# catatonit: podman's init for `init: true`; netavark with aardvark-dns: service-name DNS (every
+# replica of a service resolves by its name) for containers on several networks, and on internal
+# ones. CNI's dnsname answers only for the network listed first in resolv.conf, in random order,
+# and not at all on an internal network.
+packages=(podman docker-compose debootstrap runc catatonit netavark aardvark-dns iptables)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -50,11 +54,15 @@ chmod 700 "$RUN"
 cat >"$RUN/containers.conf" <<'EOF'
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+# As Docker: a read-only container gets no writable /run or /var/tmp it did not ask for.
+read_only_tmpfs = false
 [engine]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 exit_command_delay = 5
+[network]
+network_backend = "netavark"
 EOF
 export CONTAINERS_CONF=$RUN/containers.conf
 export DOCKER_HOST=unix://$RUN/podman.sock
@@ -165,11 +173,17 @@ GATEWAY_PORT=$(free_port SOCK_STREAM)
 TURN_PORT=$(free_port SOCK_DGRAM)
 JWT_SECRET=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(48))')
 TURN_SECRET=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(32))')
+REDIS_PASSWORD=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(32))')
+# Required by docker-compose.yml; no MongoDB runs here (the directory is Redis).
+MONGO_PASSWORD=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(32))')
 cat >"$RUN/env" <<EOF
 GATEWAY_BIND=127.0.0.1
 GATEWAY_PORT=$GATEWAY_PORT
 GATEWAY_RESOLVE_SECONDS=2
 JWT_SECRET=$JWT_SECRET
+REDIS_PASSWORD=$REDIS_PASSWORD
+MONGO_INITDB_ROOT_USERNAME=rtc
+MONGO_INITDB_ROOT_PASSWORD=$MONGO_PASSWORD
 ALLOW_BEARER_AUTH=true
 RTC_PROVIDER=coturn
 TURN_SECRET=$TURN_SECRET
@@ -201,9 +215,14 @@ if ! "$PY" deploy/compose_check.py wait --gateway "http://127.0.0.1:$GATEWAY_POR
     fail "the stack did not become ready"
 fi
 
-# --- 5. the checks, through the published gateway port ----------------------------------------
+# --- 5. the checks ----------------------------------------------------------------------------
+step "hardening and networks of every container"
+REDIS_PASSWORD=$REDIS_PASSWORD "$PY" deploy/compose_check.py hardening --project "$PROJECT" \
+    --replicas "$REPLICAS" || fail "hardening"
+
 step "checks through the gateway"
-JWT_SECRET=$JWT_SECRET TURN_SECRET=$TURN_SECRET "$PY" deploy/compose_check.py run \
+JWT_SECRET=$JWT_SECRET TURN_SECRET=$TURN_SECRET REDIS_PASSWORD=$REDIS_PASSWORD \
+    MONGO_PASSWORD=$MONGO_PASSWORD "$PY" deploy/compose_check.py run \
     --gateway "http://127.0.0.1:$GATEWAY_PORT" --turn "127.0.0.1:$TURN_PORT" \
     --replicas "$REPLICAS" \
     || { "${COMPOSE[@]}" logs --tail 40 gateway signal-service 2>&1 | tail -n 120 || true; fail "checks"; }

@@ -10,7 +10,7 @@
 #      RELAY_UPSTREAM (relay-service:8301), GATEWAY_LISTEN (8080), GATEWAY_WORKERS (auto),
 #      GATEWAY_RESOLVE_SECONDS (10), GATEWAY_RUN_DIR (/tmp/rtc-gateway),
 #      GATEWAY_AFFINITY_KEY ($remote_addr: the nginx variable hashed over the signal replicas;
-#      e.g. $http_x_forwarded_for behind a load balancer, after real_ip).
+#      behind a load balancer, the real client's once GATEWAY_REAL_IP_FROM is set).
 #      GATEWAY_WEB_ROOT (/usr/share/rtc-gateway/web: the web SDK and demo page served at /demo/).
 #      Per-client limits (README "Configuration"; the same defaults as rtcctl's GatewayLimits):
 #      GATEWAY_RATE_LIMIT (50 requests/s per client address; off or 0: no limit),
@@ -18,6 +18,9 @@
 #      GATEWAY_MAX_BODY_SIZE (128k), GATEWAY_RELAY_MAX_BODY_SIZE (512k),
 #      GATEWAY_MAX_HEADER_SIZE (8k), GATEWAY_CLIENT_HEADER_TIMEOUT (10s),
 #      GATEWAY_CLIENT_BODY_TIMEOUT (10s), GATEWAY_SEND_TIMEOUT (30s).
+#      GATEWAY_REAL_IP_FROM (empty: comma-separated addresses or CIDRs of the load balancers in
+#      front; the client address is then read from their X-Forwarded-For),
+#      GATEWAY_DEMO (false: true serves the web SDK and the demo page at /demo/).
 set -eu
 
 TEMPLATE=${GATEWAY_TEMPLATE:-/etc/rtc-gateway/nginx.conf.template}
@@ -88,8 +91,93 @@ nginx_size GATEWAY_MAX_HEADER_SIZE "$R_max_header_size"
 nginx_time GATEWAY_CLIENT_HEADER_TIMEOUT "$R_client_header_timeout"
 nginx_time GATEWAY_CLIENT_BODY_TIMEOUT "$R_client_body_timeout"
 nginx_time GATEWAY_SEND_TIMEOUT "$R_send_timeout"
+
+demo=$(printf '%s' "${GATEWAY_DEMO:-false}" | tr 'A-Z' 'a-z')
+case $demo in
+    true | 1 | yes | on) export R_demo=on ;;
+    false | 0 | no | off) export R_demo=off ;;
+    *) bad_value GATEWAY_DEMO "true or false" "$GATEWAY_DEMO" ;;
+esac
+
+# GATEWAY_REAL_IP_FROM -> the real_ip lines (none when empty). The same check as rtcctl's:
+# plain IPv4 or IPv6 (no embedded IPv4; a "::" for two groups at least, which nginx parses before
+# a prefix), no host bits set (a mistyped mask would trust more than meant), no /0 (every client
+# could pick its address). Prints the first bad entry on failure.
+REAL_IP_AWK='
+function fail(entry) { print entry; exit 1 }
+function hex(s,   i, v) {
+    v = 0
+    for (i = 1; i <= length(s); i++) v = v * 16 + index("0123456789abcdef", substr(s, i, 1)) - 1
+    return v
+}
+function group(s) { return s ~ /^[0-9a-f]+$/ && length(s) <= 4 }
+function v4(a, bits,   p, i, v) {
+    if (split(a, p, ".") != 4) return 0
+    v = 0
+    for (i = 1; i <= 4; i++) {
+        if (p[i] !~ /^(0|[1-9][0-9]?[0-9]?)$/ || p[i] + 0 > 255) return 0
+        v = v * 256 + p[i]
+    }
+    return v % (2 ^ (32 - bits)) == 0
+}
+function v6(a, bits,   k, l, r, nl, nr, L, R, P, g, i) {
+    k = index(a, "::")
+    if (k) {
+        l = substr(a, 1, k - 1)
+        r = substr(a, k + 2)
+        nl = l == "" ? 0 : split(l, L, ":")
+        nr = r == "" ? 0 : split(r, R, ":")
+        if (nl + nr > 6) return 0
+        for (i = 1; i <= 8; i++) g[i] = 0
+        for (i = 1; i <= nl; i++) { if (!group(L[i])) return 0; g[i] = hex(L[i]) }
+        for (i = 1; i <= nr; i++) { if (!group(R[i])) return 0; g[8 - nr + i] = hex(R[i]) }
+    } else {
+        if (split(a, P, ":") != 8) return 0
+        for (i = 1; i <= 8; i++) { if (!group(P[i])) return 0; g[i] = hex(P[i]) }
+    }
+    for (i = 1; i <= 8; i++) {
+        if (bits >= i * 16) continue
+        if (bits <= (i - 1) * 16) { if (g[i] != 0) return 0 }
+        else if (g[i] % (2 ^ (i * 16 - bits)) != 0) return 0
+    }
+    return 1
+}
+BEGIN {
+    n = split(ENVIRON["GATEWAY_REAL_IP_FROM"], items, ",")
+    out = ""
+    for (i = 1; i <= n; i++) {
+        e = tolower(items[i])
+        gsub(/^[ \t\r\n]+|[ \t\r\n]+$/, "", e)
+        if (e == "") continue
+        a = e
+        bits = -1
+        s = index(e, "/")
+        if (s) {
+            a = substr(e, 1, s - 1)
+            b = substr(e, s + 1)
+            if (b !~ /^[0-9]+$/ || length(b) > 3) fail(e)
+            bits = b + 0
+        }
+        if (a ~ /^[0-9.]+$/) {
+            if (bits < 0) bits = 32
+            if (bits < 1 || bits > 32 || !v4(a, bits)) fail(e)
+        } else if (a ~ /^[0-9a-f:]+$/) {
+            if (bits < 0) bits = 128
+            if (bits < 1 || bits > 128 || !v6(a, bits)) fail(e)
+        } else fail(e)
+        out = out "    set_real_ip_from " e ";\n"
+    }
+    if (out != "") printf "%s    real_ip_header X-Forwarded-For;\n    real_ip_recursive on;\n", out
+}'
+if ! R_real_ip=$(GATEWAY_REAL_IP_FROM=${GATEWAY_REAL_IP_FROM:-} awk "$REAL_IP_AWK"); then
+    bad_value GATEWAY_REAL_IP_FROM "comma-separated IPv4/IPv6 addresses or CIDRs (no host bits\
+ set, prefix from 1, '::' for two groups at least)" "$R_real_ip"
+fi
+export R_real_ip
+
 LIMIT_NAMES="rate_key rate_limit rate_burst conn_key conn_limit max_body_size relay_max_body_size"
-export LIMIT_NAMES="$LIMIT_NAMES max_header_size client_header_timeout client_body_timeout send_timeout"
+LIMIT_NAMES="$LIMIT_NAMES max_header_size client_header_timeout client_body_timeout send_timeout"
+export LIMIT_NAMES="$LIMIT_NAMES demo"
 
 # "host:port" -> one `server addr:port;` line per address the name resolves to (every replica of
 # a compose service), sorted so that an unchanged set renders the same file. A name that does not
@@ -121,6 +209,7 @@ render() {
         /^\{\{signal_servers\}\}$/ { print ENVIRON["R_SIGNAL"]; next }
         /^\{\{relay_servers\}\}$/ { print ENVIRON["R_RELAY"]; next }
         /^\{\{extra_(upstreams|locations)\}\}$/ { next }
+        /^\{\{real_ip\}\}$/ { if (ENVIRON["R_real_ip"] != "") print ENVIRON["R_real_ip"]; next }
         {
             gsub(/\{\{run_dir\}\}/, ENVIRON["R_RUN_DIR"])
             gsub(/\{\{log_dir\}\}/, ENVIRON["R_LOG_DIR"])

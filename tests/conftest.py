@@ -9,11 +9,14 @@ from aiohttp.test_utils import TestClient
 from helpers import Coturn, RedisServer, ServiceProcess, base_env, signal_env
 from ice_service.app import create_app
 from ice_service.settings import IceSettings
+from relay_service.app import create_app as create_relay_app
+from relay_service.settings import RelaySettings
 from rtc_common.directory import REDIS_FLAGS_KEY
 from rtc_common.settings import load_settings
 from twilio_stub import TwilioStub
 
 IceClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+RelayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture
@@ -88,3 +91,29 @@ def signal_cluster(
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def relay_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """The relay store: its own redis-server with an append-only file."""
+    server = RedisServer(tmp_path / "relay-redis", appendonly=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def relay_env(redis_server: RedisServer, relay_redis: RedisServer) -> dict[str, str]:
+    return base_env(redis_server.url, RELAY_REDIS_URL=relay_redis.url)
+
+
+@pytest.fixture
+def relay_client(aiohttp_client: Any, relay_env: dict[str, str]) -> RelayFactory:
+    """An in-process relay-service; keyword arguments override env variables."""
+
+    async def make(**overrides: str) -> TestClient[Any, Any]:
+        settings = load_settings(RelaySettings, {**relay_env, **overrides})
+        client: TestClient[Any, Any] = await aiohttp_client(create_relay_app(settings))
+        return client
+
+    return make

@@ -6,10 +6,12 @@ the drift checks need nothing but the files.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,25 +23,46 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 TEST_OVERRIDE = ROOT / "deploy" / "compose.test.yml"
 ENV_EXAMPLE = ROOT / "deploy" / "env.example"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 # Fixed by the images (HOST, PORT), derived per container (INSTANCE_ID), or not a variable.
 NOT_CONFIGURED = {"HOST", "PORT", "SERVICE_NAME", "INSTANCE_ID"}
+# Set by docker-compose.yml itself: the stack's own stores, with their credentials.
+STORE_URLS = {"REDIS_URL", "RELAY_REDIS_URL", "DIRECTORY_URL"}
+# What .env must hold for docker-compose.yml to render (env.example leaves secrets empty).
+SECRETS = {
+    "REDIS_PASSWORD": "redis-password-0123456789",
+    "MONGO_INITDB_ROOT_USERNAME": "rtc-root",
+    "MONGO_INITDB_ROOT_PASSWORD": "mongo-password-0123456789",
+}
+PYTHON_SERVICES = ("ice-service", "signal-service", "relay-service", "directory-init")
 
 needs_compose = pytest.mark.skipif(
     shutil.which("docker-compose") is None, reason="docker-compose is not installed"
 )
 
 
-def compose(*args: str) -> subprocess.CompletedProcess[str]:
-    # deploy/env.example as the .env: it must be usable as one, and a developer's own .env in
+def compose(*args: str, secrets: dict[str, str] = SECRETS) -> subprocess.CompletedProcess[str]:
+    # deploy/env.example as the .env, with the required secrets filled in from the environment
+    # (which wins over the .env file): it must be usable as one, and a developer's own .env in
     # the checkout stays out of the test.
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS} | secrets
     return subprocess.run(
         ["docker-compose", "--env-file", str(ENV_EXAMPLE), *args],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def rendered(*files: Path) -> dict[str, Any]:
+    args = [arg for f in files or (COMPOSE,) for arg in ("-f", str(f))]
+    done = compose(*args, "config")
+    assert done.returncode == 0, done.stderr
+    document: dict[str, Any] = yaml.safe_load(done.stdout)
+    return document
 
 
 @needs_compose
@@ -116,7 +139,7 @@ def service_variables() -> set[str]:
 
 
 def test_every_service_variable_reaches_the_containers() -> None:
-    missing = service_variables() - compose_variables()
+    missing = service_variables() - STORE_URLS - compose_variables()
     assert not missing, f"not passed by docker-compose.yml: {sorted(missing)}"
 
 
@@ -149,8 +172,164 @@ def test_env_example_has_the_contract_defaults() -> None:
         "SIGNAL_MAX_SDP_BYTES": "65536",
         "RELAY_TTL_SECONDS": "604800",
         "RELAY_RATE_LIMIT_PER_MIN": "600",
+        "REDIS_MAXMEMORY": "512mb",
     }
     assert {k: values.get(k) for k in expected} == expected
     # Secrets are never pre-filled.
-    for secret in ("JWT_SECRET", "TURN_SECRET", "TWILIO_API_SECRET", "MONGO_INITDB_ROOT_PASSWORD"):
+    secrets = ("JWT_SECRET", "TURN_SECRET", "TWILIO_API_SECRET", *SECRETS)
+    for secret in secrets:
         assert values[secret] == "", secret
+
+
+# -- deploy defaults: secrets required, stores authenticated, networks, container limits --------
+
+
+def test_dotenv_is_git_ignored() -> None:
+    done = subprocess.run(
+        ["git", "check-ignore", "-q", ".env"], cwd=ROOT, capture_output=True, check=False
+    )
+    assert done.returncode == 0, ".env (the compose stack's secrets) is not in .gitignore"
+
+
+@needs_compose
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_compose_refuses_to_render_without_a_store_secret(missing: str) -> None:
+    done = compose("-f", str(COMPOSE), "config", "-q", secrets={**SECRETS, missing: ""})
+    assert done.returncode != 0
+    assert f"{missing} is required in .env" in done.stderr
+    for name, value in SECRETS.items():
+        assert value not in done.stderr + done.stdout, f"the error shows {name}"
+
+
+@needs_compose
+@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, TEST_OVERRIDE]], ids=["prod", "test"])
+def test_every_redis_url_carries_the_password(files: list[Path]) -> None:
+    services = rendered(*files)["services"]
+    url = f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0"
+    for name in PYTHON_SERVICES:
+        env = services[name]["environment"]
+        assert env["REDIS_URL"] == url, name
+        assert env["RELAY_REDIS_URL"] == url, name
+        if env["DIRECTORY_URL"].startswith("redis"):
+            assert env["DIRECTORY_URL"] == url, name
+    redis = services["redis"]
+    # redis-cli in the container (healthcheck, `exec redis redis-cli`) authenticates with it.
+    assert redis["environment"]["REDISCLI_AUTH"] == SECRETS["REDIS_PASSWORD"]
+    assert redis["healthcheck"]["test"][-1].startswith("redis-cli ping")
+
+
+@needs_compose
+def test_redis_runs_with_a_password_and_a_memory_ceiling() -> None:
+    redis = rendered()["services"]["redis"]
+    script = redis["command"][-1].replace("$$", "$")  # `config` escapes $ as $$
+    assert redis["command"][:2] == ["sh", "-ec"]
+    assert "requirepass $REDISCLI_AUTH" in script
+    assert SECRETS["REDIS_PASSWORD"] not in script  # on stdin, never on a command line
+    assert "--maxmemory-policy noeviction" in script
+    assert '--maxmemory "$REDIS_MAXMEMORY"' in script
+    assert redis["environment"]["REDIS_MAXMEMORY"] == "512mb"
+    assert "--protected-mode" not in script
+    assert redis["user"] == "redis"
+
+
+@needs_compose
+@pytest.mark.parametrize(
+    ("password", "complaint"),
+    [
+        ("has@an-at-sign-and-more", "letters, digits and . _ ~ - only"),
+        ("has:a-colon-and-more-chars", "letters, digits and . _ ~ - only"),
+        ("short-pass", "at least 16 characters"),
+    ],
+)
+def test_redis_refuses_a_password_that_breaks_the_urls(password: str, complaint: str) -> None:
+    # The redis container's own script, run by sh: it stops before redis-server starts.
+    script = rendered()["services"]["redis"]["command"][-1].replace("$$", "$")
+    done = subprocess.run(
+        ["sh", "-ec", script],
+        env={"PATH": os.environ["PATH"], "REDISCLI_AUTH": password, "REDIS_MAXMEMORY": "1mb"},
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    assert done.returncode == 64, done.stderr
+    assert "REDIS_PASSWORD" in done.stderr and complaint in done.stderr
+    assert password not in done.stderr
+
+
+@needs_compose
+def test_mongo_authentication_is_on() -> None:
+    services = rendered()["services"]
+    mongo = services["mongo"]
+    # Both set: the image creates the root user and starts mongod with --auth.
+    assert (
+        mongo["environment"]["MONGO_INITDB_ROOT_USERNAME"] == SECRETS["MONGO_INITDB_ROOT_USERNAME"]
+    )
+    assert (
+        mongo["environment"]["MONGO_INITDB_ROOT_PASSWORD"] == SECRETS["MONGO_INITDB_ROOT_PASSWORD"]
+    )
+    assert mongo["user"] == "mongodb"
+    user, password = SECRETS["MONGO_INITDB_ROOT_USERNAME"], SECRETS["MONGO_INITDB_ROOT_PASSWORD"]
+    expected = f"mongodb://{user}:{password}@mongo:27017/?authSource=admin"
+    for name in PYTHON_SERVICES:
+        assert services[name]["environment"]["DIRECTORY_URL"] == expected, name
+
+
+def networks_of(service: dict[str, Any]) -> set[str]:
+    return set(service.get("networks") or {})
+
+
+@needs_compose
+def test_monitoring_has_its_own_network() -> None:
+    document = rendered()
+    services = document["services"]
+    assert document["networks"]["backend"].get("internal") is True
+    assert networks_of(services["prometheus"]) == {"monitoring"}
+    assert networks_of(services["grafana"]) == {"monitoring"}
+    # Only the services themselves share a network with both monitoring and the stores.
+    for name, service in services.items():
+        if {"monitoring", "backend"} <= networks_of(service):
+            assert name in {"ice-service", "signal-service", "relay-service"}, name
+    assert networks_of(services["redis"]) == networks_of(services["mongo"]) == {"backend"}
+    assert networks_of(services["gateway"]) == {"edge"}
+    # Every job Prometheus scrapes is a service on the monitoring network.
+    scrape = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]
+    targets = {name for job in scrape for sd in job["dns_sd_configs"] for name in sd["names"]}
+    assert targets == {"ice-service", "signal-service", "relay-service"}
+    for target in targets:
+        assert {"edge", "backend", "monitoring"} <= networks_of(services[target]), target
+
+
+@needs_compose
+@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, TEST_OVERRIDE]], ids=["prod", "test"])
+def test_every_container_is_hardened_and_limited(files: list[Path]) -> None:
+    services = rendered(*files)["services"]
+    for name, service in services.items():
+        assert service.get("read_only") is True, name
+        assert service.get("cap_drop") == ["ALL"], name
+        assert not service.get("cap_add"), name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert any(t.startswith("/tmp:") for t in service.get("tmpfs", [])), name
+        assert re.fullmatch(r"\d+[kmg]", str(service.get("mem_limit"))), name
+        assert int(service.get("pids_limit", 0)) > 0, name
+    # The stores start as their own user: their entrypoints would need setuid otherwise.
+    assert services["redis"]["user"] == "redis"
+
+
+def comment_above(name: str) -> str:
+    """The comment block of deploy/env.example over the variable (and its block's others)."""
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    i = next(n for n, line in enumerate(lines) if line.startswith(f"{name}=")) - 1
+    while i >= 0 and re.match(r"^[A-Z][A-Z0-9_]*=", lines[i]):
+        i -= 1
+    comments = []
+    while i >= 0 and lines[i].startswith("#"):
+        comments.insert(0, lines[i])
+        i -= 1
+    return " ".join(comments)
+
+
+def test_env_example_marks_the_store_secrets_required() -> None:
+    for name in SECRETS:
+        assert "Required" in comment_above(name), name
+    assert "noeviction" in comment_above("REDIS_MAXMEMORY")

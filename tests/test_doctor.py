@@ -272,14 +272,17 @@ def test_coturn_stopped(stack: Stack) -> None:
 @pytest.fixture
 def odd_coturn(tmp_path: Path) -> Iterator[Any]:
     """Start a second coturn whose turnserver.conf has extra lines: `odd_coturn("line", ...)`
-    (`previous=`: a second static-auth-secret, as during a rotation)."""
+    (`previous=`: a second static-auth-secret, as during a rotation; `without=`: lines left
+    out)."""
     started: list[Coturn] = []
 
-    def start(*lines: str, previous: str | None = None) -> Coturn:
+    def start(*lines: str, previous: str | None = None, without: tuple[str, ...] = ()) -> Coturn:
         workdir = tmp_path / f"coturn{len(started)}"
         server = Coturn(workdir, previous=previous)
         conf = workdir / "turnserver.conf"
-        conf.write_text(conf.read_text() + "".join(f"{line}\n" for line in lines))
+        kept = [line for line in conf.read_text().splitlines() if line not in without]
+        assert len(kept) == len(conf.read_text().splitlines()) - len(without), without
+        conf.write_text("".join(f"{line}\n" for line in [*kept, *lines]))
         started.append(server)
         server.start()
         return server
@@ -290,7 +293,8 @@ def odd_coturn(tmp_path: Path) -> Iterator[Any]:
 
 
 def test_peer_permission_refused(stack: Stack, odd_coturn: Any) -> None:
-    server = odd_coturn("denied-peer-ip=127.0.0.1")
+    # The local stack's config without its one loopback exception: the denied 127/8 applies.
+    server = odd_coturn(without=("allowed-peer-ip=127.0.0.1",))
     code, out = doctor(stack, TURN_URIS=f"turn:127.0.0.1:{server.port}")
     assert code == 1, out
     check(out, "PASS", f"coturn 127.0.0.1:{server.port}/udp")

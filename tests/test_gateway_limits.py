@@ -8,7 +8,9 @@ One redis + ice-service for the module; each test renders and starts its own gat
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +31,7 @@ from helpers import (
     nginx_test,
 )
 from rtc_common.directory import REDIS_FLAGS_KEY
-from rtcctl.local import GatewayLimits, StackPorts, render_gateway
+from rtcctl.local import WEB_ROOT, GatewayLimits, StackPorts, render_gateway
 
 OPENAPI = "/api/v1/rtc/openapi.json"  # public, proxied to ice-service, no Redis budget
 
@@ -307,6 +309,8 @@ LIMIT_LINES = (
     "limit_req_zone",
     "limit_req ",
     "limit_conn ",
+    "set_real_ip_from",
+    "real_ip_",
 )
 
 
@@ -331,17 +335,48 @@ def limit_lines(conf: str) -> list[str]:
             "GATEWAY_CLIENT_BODY_TIMEOUT": "2s",
             "GATEWAY_SEND_TIMEOUT": "1m",
         },
+        {"GATEWAY_REAL_IP_FROM": " 10.0.0.0/8, 192.168.1.7,,2001:DB8::/32 ", "GATEWAY_DEMO": "on"},
+        {"GATEWAY_REAL_IP_FROM": "127.0.0.1", "GATEWAY_DEMO": "FALSE"},
+        {"GATEWAY_REAL_IP_FROM": "", "GATEWAY_DEMO": "1"},
     ],
-    ids=["defaults", "off", "zero", "custom"],
+    ids=["defaults", "off", "zero", "custom", "real-ip", "real-ip-demo-off", "empty-demo-1"],
 )
 def test_local_and_image_render_the_same_limits(tmp_path: Path, env: dict[str, str]) -> None:
-    local = render_gateway(
-        tmp_path, StackPorts(gateway=free_port()), limits=GatewayLimits.from_env(env)
+    """The whole config, but for what only one renderer knows (the upstream servers) and the
+    default of GATEWAY_DEMO (on in the local stack, off in the image)."""
+    port = free_port()
+    limits = GatewayLimits.from_env(env)
+    if "GATEWAY_DEMO" not in env:
+        assert limits.demo
+        limits = dataclasses.replace(limits, demo=False)
+    run_dir = tmp_path / "image"
+    local = render_gateway(run_dir, StackPorts(gateway=port), limits=limits)
+    done = entrypoint_render(
+        run_dir,
+        {
+            **env,
+            "GATEWAY_LISTEN": f"127.0.0.1:{port}",
+            "GATEWAY_WORKERS": "1",
+            "GATEWAY_WEB_ROOT": str(WEB_ROOT.resolve()),
+        },
     )
-    done = entrypoint_render(tmp_path / "image", env)
     assert done.returncode == 0, done.stderr
-    image = (tmp_path / "image" / "nginx.conf").read_text()
+    image = (run_dir / "nginx.conf").read_text()
     assert limit_lines(local) == limit_lines(image)
+
+    def comparable(conf: str) -> list[str]:
+        return [
+            line
+            for line in conf.splitlines()
+            if line.strip() and not re.match(r" *server [^{]*;", line)
+        ]
+
+    assert comparable(local) == comparable(image)
+    real_ip = [e.strip().lower() for e in env.get("GATEWAY_REAL_IP_FROM", "").split(",")]
+    expected = [f"set_real_ip_from {e};" for e in real_ip if e]
+    assert [line for line in limit_lines(image) if "set_real_ip_from" in line] == expected
+    assert ("real_ip_header X-Forwarded-For;" in image) == bool(expected)
+    assert ("real_ip_recursive on;" in image) == bool(expected)
     assert "{{" not in local.replace("{{...}}", "") and "{{" not in image.replace("{{...}}", "")
     off = env.get("GATEWAY_RATE_LIMIT", "").lower() in ("off", "0")
     assert ('default "";' in local) == off
@@ -363,6 +398,29 @@ def test_local_and_image_render_the_same_limits(tmp_path: Path, env: dict[str, s
         ("GATEWAY_MAX_HEADER_SIZE", "8k; deny all"),
         ("GATEWAY_SEND_TIMEOUT", "1h"),
         ("GATEWAY_CLIENT_BODY_TIMEOUT", "s"),
+        ("GATEWAY_DEMO", "maybe"),
+        ("GATEWAY_REAL_IP_FROM", "10.0.0.1/8"),  # host bits: a mistyped mask trusts more
+        ("GATEWAY_REAL_IP_FROM", "0.0.0.0/0"),  # every client could pick its address
+        ("GATEWAY_REAL_IP_FROM", "::/0"),
+        ("GATEWAY_REAL_IP_FROM", "10.0.0.0/33"),
+        ("GATEWAY_REAL_IP_FROM", "10.0.0.0/8; real_ip_header X-Evil"),
+        ("GATEWAY_REAL_IP_FROM", "10.0.0.0/8 192.168.0.0/16"),
+        ("GATEWAY_REAL_IP_FROM", "10.0.0.0/+8"),
+        ("GATEWAY_REAL_IP_FROM", "10.0.0.0/"),
+        ("GATEWAY_REAL_IP_FROM", "010.0.0.1"),
+        ("GATEWAY_REAL_IP_FROM", "256.0.0.1"),
+        ("GATEWAY_REAL_IP_FROM", "10.0.0"),
+        ("GATEWAY_REAL_IP_FROM", "lb.example"),
+        ("GATEWAY_REAL_IP_FROM", "unix:"),
+        ("GATEWAY_REAL_IP_FROM", "10.0.0.0/8,fe80::1/10"),
+        ("GATEWAY_REAL_IP_FROM", "::ffff:10.0.0.1"),
+        ("GATEWAY_REAL_IP_FROM", "fe80::1%eth0"),
+        ("GATEWAY_REAL_IP_FROM", "1:2:3:4:5:6:7:8:9"),
+        ("GATEWAY_REAL_IP_FROM", "1::2::3"),
+        ("GATEWAY_REAL_IP_FROM", "12345::"),
+        ("GATEWAY_REAL_IP_FROM", "1:2:3:4:5:6:7::/112"),  # nginx cannot parse it
+        ("GATEWAY_REAL_IP_FROM", "::2:3:4:5:6:7:8"),
+        ("GATEWAY_REAL_IP_FROM", "2001:db8::/129"),
     ],
 )
 def test_malformed_limits_are_refused_by_both(tmp_path: Path, variable: str, value: str) -> None:
@@ -374,6 +432,39 @@ def test_malformed_limits_are_refused_by_both(tmp_path: Path, variable: str, val
     assert not (tmp_path / "nginx.conf").exists()
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "10.0.0.0/8",
+        "192.168.1.7",
+        "192.168.1.7/32",
+        "100.64.0.0/10",
+        "0.0.0.0/1",
+        "::1",
+        "2001:db8::/32",
+        "2001:DB8:0:0:0:0:0:0/64",
+        "fe80::/10",
+        "1:2:3:4:5:6::/96",
+        "::3:4:5:6:7:8",
+        "2001:db8::8000/113",
+        "10.0.0.0/08",
+    ],
+)
+def test_real_ip_from_accepted_by_both(tmp_path: Path, value: str) -> None:
+    """Both renderers accept the same addresses and networks, rendered as given (lower case)."""
+    env = {"GATEWAY_REAL_IP_FROM": value, "GATEWAY_DEMO": "true"}
+    local = render_gateway(
+        tmp_path, StackPorts(gateway=free_port()), limits=GatewayLimits.from_env(env)
+    )
+    done = entrypoint_render(tmp_path / "image", env)
+    assert done.returncode == 0, done.stderr
+    image = (tmp_path / "image" / "nginx.conf").read_text()
+    assert f"    set_real_ip_from {value.lower()};" in local.splitlines()
+    assert limit_lines(local) == limit_lines(image)
+    check = nginx_test(tmp_path, local)
+    assert check.returncode == 0, check.stderr
+
+
 def test_local_stack_reads_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`rtcctl local prepare` (make run / make up) renders the GATEWAY_* of its environment."""
     from rtcctl.local import prepare
@@ -381,6 +472,9 @@ def test_local_stack_reads_the_environment(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("GATEWAY_RATE_LIMIT", "off")
     monkeypatch.setenv("GATEWAY_CONN_LIMIT", "off")
     monkeypatch.setenv("GATEWAY_SEND_TIMEOUT", "45s")
+    monkeypatch.setenv("GATEWAY_REAL_IP_FROM", "10.1.0.0/16")
+    monkeypatch.setenv("GATEWAY_DEMO", "false")
     prepare(tmp_path / "run", StackPorts(gateway=free_port()))
     conf = (tmp_path / "run" / "nginx.conf").read_text()
     assert conf.count('default "";') == 2 and "send_timeout 45s;" in conf
+    assert "set_real_ip_from 10.1.0.0/16;" in conf and "default off;" in conf

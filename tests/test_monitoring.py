@@ -122,6 +122,7 @@ def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
         "IceUnavailableSustained",
         "TwilioErrorRate",
         "RelayOldestMessageAge",
+        "RelayStoreMemoryHigh",
         "SignalPubsubListenerDown",
         "NoInstanceReady",
     }
@@ -377,6 +378,21 @@ async def phase_signaling(gateway: str) -> None:
                 await asyncio.wait_for(client.disconnect(), 5)
 
 
+async def phase_relay_store_memory(driver: Driver, redis: RedisServer) -> None:
+    """The store Redis fills up to 90 % of a maxmemory, then is emptied and unlimited again."""
+    client = redis.client()
+    # A large value, so that the clients' own buffers (used_memory moves by some 100 KB as they
+    # connect and read) cannot take the share below the alert's 80 % or over the limit.
+    client.set("rtc:test:ballast", b"x" * 8_000_000)
+    client.config_set("maxmemory", int(int(client.info("memory")["used_memory"]) / 0.9))
+    try:
+        await driver.wait_alert("RelayStoreMemoryHigh", firing=True, timeout=30)
+    finally:
+        client.config_set("maxmemory", 0)
+        client.delete("rtc:test:ballast")
+    await driver.wait_alert("RelayStoreMemoryHigh", firing=False, timeout=30)
+
+
 async def phase_redis_down(driver: Driver, redis: RedisServer) -> None:
     """Redis stops: no instance of any service is ready and the pub/sub listeners go deaf."""
     redis.stop()
@@ -500,6 +516,7 @@ async def test_alerts_fire_and_clear_on_scraped_data(tmp_path: Path, aiohttp_ser
                 phase_relay_share(driver),
                 phase_relay_age(driver),
             )
+            await phase_relay_store_memory(driver, redis)
             await phase_redis_down(driver, redis)
 
             # Every dashboard query evaluates, with data, over what was scraped.

@@ -16,7 +16,7 @@ import random
 import re
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -202,32 +202,6 @@ def enqueued_metric(result: str, forced: str) -> float:
 
 
 # -- fixtures --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def relay_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """The relay store: its own redis-server with an append-only file."""
-    server = RedisServer(tmp_path / "relay-redis", appendonly=True)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def relay_env(redis_server: RedisServer, relay_redis: RedisServer) -> dict[str, str]:
-    return base_env(redis_server.url, RELAY_REDIS_URL=relay_redis.url)
-
-
-@pytest.fixture
-def relay_client(aiohttp_client: Any, relay_env: dict[str, str]) -> RelayFactory:
-    """An in-process relay-service; keyword arguments override env variables."""
-
-    async def make(**overrides: str) -> TestClient[Any, Any]:
-        settings = load_settings(RelaySettings, {**relay_env, **overrides})
-        client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
-        return client
-
-    return make
 
 
 @dataclass
@@ -573,7 +547,7 @@ async def test_queue_full_evicts_nothing(
 ) -> None:
     add_contacts(redis_server, A, B)
     add_contacts(redis_server, C, B)
-    client = await relay_client(RELAY_MAX_QUEUE="3")
+    client = await relay_client(RELAY_MAX_QUEUE="3", RELAY_MAX_SENDER_SHARE="1")
     ids = []
     for n in range(3):
         reply = await enqueue(client, A, message(A, B, f"q-{n}"))

@@ -7,7 +7,9 @@ body (`{"code", "message", "more_info", "status"}`) for a refused request.
 
 `mode` chooses how a well-formed, authenticated request is answered:
 `ok`, `hold` (wait for `release`, then answer), `hang` (never answer before `release`),
-`http_500`, `garbage` (201 with a body that is not JSON), `no_ice_servers`, `empty_ice_servers`.
+`http_500`, `garbage` (201 with a body that is not JSON), `no_ice_servers`, `empty_ice_servers`,
+`oversized` / `oversized_chunked` (a valid token resource padded past 64 KiB, with a
+Content-Length / chunked).
 Every request is recorded, including refused ones.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -28,7 +31,11 @@ ACCOUNT_SID = "AC" + "0f" * 16
 API_KEY = "SK" + "1e" * 16
 API_SECRET = "twilio-api-secret-" + "9d" * 8
 
-MODES = ("ok", "hold", "hang", "http_500", "garbage", "no_ice_servers", "empty_ice_servers")
+MODES = (
+    "ok", "hold", "hang", "http_500", "garbage", "no_ice_servers", "empty_ice_servers",
+    "oversized", "oversized_chunked",
+)  # fmt: skip
+OVERSIZED_PADDING = 80 * 1024
 
 
 @dataclass
@@ -138,7 +145,7 @@ class TwilioStub:
         expected = f"{self.api_key}:{self.api_secret}"
         return secrets.compare_digest(decoded.encode(), expected.encode())
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         form: dict[str, list[str]] = {}
         if request.method == "POST":
             posted = await request.post()
@@ -156,7 +163,7 @@ class TwilioStub:
         record.status = response.status
         return response
 
-    async def _answer(self, request: web.Request, form: dict[str, list[str]]) -> web.Response:
+    async def _answer(self, request: web.Request, form: dict[str, list[str]]) -> web.StreamResponse:
         if not self._authorized(request.headers.get("Authorization")):
             return twilio_error(401, 20003, "Authenticate")
         if request.path != self.tokens_path:
@@ -188,4 +195,16 @@ class TwilioStub:
         elif self.shape is not None:
             self.shape(body)
         self.issued.append(IssuedToken(username, credential, body))
+        if self.mode.startswith("oversized"):
+            body["padding"] = "x" * OVERSIZED_PADDING  # an unknown field: valid, only too big
+        if self.mode == "oversized_chunked":
+            response = web.StreamResponse(status=201)
+            response.content_type = "application/json"
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            data = json.dumps(body).encode()
+            for start in range(0, len(data), 8192):
+                await response.write(data[start : start + 8192])
+            await response.write_eof()
+            return response
         return web.json_response(body, status=201)

@@ -137,15 +137,15 @@ class MongoDirectory:
         return {str(doc["key"]): doc.get("enabled") is True async for doc in cursor if "key" in doc}
 
     async def are_mutual_contacts(self, wallet_a: str, wallet_b: str) -> bool:
-        found = await self._contacts.count_documents(
-            {
-                "$or": [
-                    {"wallet": wallet_a, "contact": wallet_b},
-                    {"wallet": wallet_b, "contact": wallet_a},
-                ]
-            }
-        )
-        return found >= 2
+        # Each direction on its own: a count over both would take a duplicated document of one
+        # direction for the missing other one.
+        for owner, contact in ((wallet_a, wallet_b), (wallet_b, wallet_a)):
+            found = await self._contacts.find_one(
+                {"wallet": owner, "contact": contact}, projection={"_id": 1}
+            )
+            if found is None:
+                return False
+        return True
 
     async def mutual_contacts(self, wallet: str) -> list[str]:
         listed = [

@@ -6,10 +6,11 @@ credential or a `secret=`/`credential=` pair is masked before the line is writte
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import json
 import logging
 import re
+import secrets
 import sys
 import threading
 import time
@@ -108,10 +109,21 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().close()
 
 
+# Until set_pseudonym_key runs (run_service does, from LOG_PSEUDONYM_KEY): a random key, so a
+# pseudonym is never the bare hash of an address, which hashing known addresses would reverse.
+_pseudonym_key = secrets.token_bytes(32)
+
+
+def set_pseudonym_key(key: bytes | None) -> None:
+    """The key of `wallet_hash`; None: a new random one (pseudonyms then hold for this process)."""
+    global _pseudonym_key
+    _pseudonym_key = key if key is not None else secrets.token_bytes(32)
+
+
 def wallet_hash(wallet: str) -> str:
-    """A stable short pseudonym for a wallet in logs: lines of one user can be correlated
-    without the wallet itself being written."""
-    return hashlib.sha256(wallet.encode()).hexdigest()[:16]
+    """A short pseudonym for a wallet in logs (an HMAC under LOG_PSEUDONYM_KEY): lines of one
+    user can be correlated without the wallet being written or recoverable from the log."""
+    return hmac.digest(_pseudonym_key, wallet.encode(), "sha256").hex()[:16]
 
 
 class JsonFormatter(logging.Formatter):

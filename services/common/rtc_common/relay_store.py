@@ -8,11 +8,16 @@ ids cannot touch it), and `XTRIM MINID` drops expired entries in one step.
 
 Durability: a 2xx means the script's reply came back, and the store's Redis must run with
 `appendonly yes` and `appendfsync always` so that what Redis acknowledged survives a kill -9.
-Idempotency: `relay:idem:<sender>:<messageId>` holds the first id for the message's TTL.
+Idempotency: `relay:idem:<sender>:<messageId>` holds the first id while the message is queued
+(at most its TTL) and RELAY_IDEMPOTENCY_SECONDS after its ack; a repeat after that is stored
+again (the SDKs drop a messageId they already delivered).
+Bounds: per recipient RELAY_MAX_QUEUE messages and RELAY_MAX_QUEUE_BYTES payload bytes, and per
+sender within one recipient's queue RELAY_MAX_SENDER_SHARE of each (`relay:acct:<recipient>`).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +29,7 @@ from .clients import as_text
 
 QUEUE_PREFIX = "relay:q:"
 IDEM_PREFIX = "relay:idem:"
+ACCOUNT_PREFIX = "relay:acct:"
 # ASCII digits only (\d also matches other scripts' digits), no trailing newline ($ allows one).
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _U64_MAX = 2**64 - 1
@@ -37,36 +43,96 @@ def _is_stream_id(value: str) -> bool:
     return int(ms) <= _U64_MAX and int(seq) <= _U64_MAX
 
 
-# KEYS: idem, queue. ARGV: max_queue, ttl_ms, from, convId, messageId, payload, forced.
-# Returns {status, id, forced, expired}: status 0 = stored, 1 = duplicate, 2 = queue full;
-# expired = entries past their TTL trimmed now.
-_ENQUEUE = """
+# Per-recipient accounting, `relay:acct:<recipient>` (a hash): `bytes`, the payload bytes queued;
+# `n:<sender>` and `b:<sender>`, what one sender holds in that queue. Counted at enqueue,
+# released on ack and on expiry, so one sender cannot fill anyone's queue.
+_RELEASE = """
+local function release(acct, sender, size)
+  local left = redis.call('HINCRBY', acct, 'bytes', -size)
+  if left <= 0 then redis.call('HDEL', acct, 'bytes') end
+  if redis.call('HINCRBY', acct, 'n:' .. sender, -1) <= 0 then redis.call('HDEL', acct, 'n:' .. sender) end
+  if redis.call('HINCRBY', acct, 'b:' .. sender, -size) <= 0 then redis.call('HDEL', acct, 'b:' .. sender) end
+end
+local function entry_fields(flat)
+  local fields = {}
+  for j = 1, #flat, 2 do fields[flat[j]] = flat[j + 1] end
+  return fields
+end
+-- Trims the entries past their TTL and releases what they held; returns how many went.
+local function expire(queue, acct, ttl_ms)
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local cutoff = now_ms - ttl_ms
+  if cutoff <= 0 then return 0, now_ms end
+  local old = redis.call('XRANGE', queue, '-', tostring(cutoff - 1))
+  for _, e in ipairs(old) do
+    local f = entry_fields(e[2])
+    release(acct, f['from'], string.len(f['payload']))
+  end
+  if #old > 0 then redis.call('XTRIM', queue, 'MINID', tostring(cutoff)) end
+  return #old, now_ms
+end
+"""
+
+# KEYS: idem, queue, acct. ARGV: max_queue, ttl_ms, from, convId, messageId, payload, forced,
+# max_bytes, sender_max_n, sender_max_bytes.
+# Returns {status, id, forced, expired}: status 0 = stored, 1 = duplicate, 2 = queue full,
+# 3 = the sender's share of the queue is full; expired = entries past their TTL trimmed now.
+_ENQUEUE = _RELEASE + """
 local existing = redis.call('GET', KEYS[1])
 if existing then
   local sep = string.find(existing, '|', 1, true)
   return {1, string.sub(existing, 1, sep - 1), string.sub(existing, sep + 1), 0}
 end
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl_ms = tonumber(ARGV[2])
-local expired = redis.call('XTRIM', KEYS[2], 'MINID', tostring(now_ms - ttl_ms))
-if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[1]) then
+local expired = expire(KEYS[2], KEYS[3], ttl_ms)
+local size = string.len(ARGV[6])
+local queued_bytes = tonumber(redis.call('HGET', KEYS[3], 'bytes') or '0')
+if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[1]) or queued_bytes + size > tonumber(ARGV[8]) then
   return {2, '', '', expired}
+end
+local sender_n = tonumber(redis.call('HGET', KEYS[3], 'n:' .. ARGV[3]) or '0')
+local sender_b = tonumber(redis.call('HGET', KEYS[3], 'b:' .. ARGV[3]) or '0')
+if sender_n + 1 > tonumber(ARGV[9]) or sender_b + size > tonumber(ARGV[10]) then
+  return {3, '', '', expired}
 end
 local id = redis.call('XADD', KEYS[2], '*', 'from', ARGV[3], 'convId', ARGV[4],
                       'messageId', ARGV[5], 'payload', ARGV[6], 'forced', ARGV[7])
+redis.call('HINCRBY', KEYS[3], 'bytes', size)
+redis.call('HINCRBY', KEYS[3], 'n:' .. ARGV[3], 1)
+redis.call('HINCRBY', KEYS[3], 'b:' .. ARGV[3], size)
 redis.call('SET', KEYS[1], id .. '|' .. ARGV[7], 'PX', ttl_ms)
 redis.call('PEXPIRE', KEYS[2], ttl_ms)
+redis.call('PEXPIRE', KEYS[3], ttl_ms)
 return {0, id, ARGV[7], expired}
 """
 
-# KEYS: queue. ARGV: ttl_ms, count. Trims expired entries, then reads the oldest `count`.
+# KEYS: queue, acct. ARGV: ttl_ms, count. Trims expired entries, then reads the oldest `count`.
 # Returns {expired, entries}.
-_PULL = """
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expired = redis.call('XTRIM', KEYS[1], 'MINID', tostring(now_ms - tonumber(ARGV[1])))
+_PULL = _RELEASE + """
+local expired = expire(KEYS[1], KEYS[2], tonumber(ARGV[1]))
 return {expired, redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[2])}
+"""
+
+# KEYS: queue, acct. ARGV: idempotency_ms, idem_prefix, ids... Deletes the recipient's own
+# entries, releases what they held, and shortens each message's idempotency key to
+# RELAY_IDEMPOTENCY_SECONDS from now. Returns how many entries were there.
+_ACK = _RELEASE + """
+local acked = 0
+local keep_ms = tonumber(ARGV[1])
+for i = 3, #ARGV do
+  local found = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
+  if #found > 0 then
+    local f = entry_fields(found[1][2])
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    acked = acked + 1
+    release(KEYS[2], f['from'], string.len(f['payload']))
+    local idem = ARGV[2] .. f['from'] .. ':' .. f['messageId']
+    local left = redis.call('PTTL', idem)
+    if left == -1 or left > keep_ms then redis.call('PEXPIRE', idem, keep_ms) end
+  end
+end
+return acked
 """
 
 # The store Redis's clock in ms (stream ids, and so queuedAt, come from it).
@@ -82,7 +148,7 @@ def queued_at_ms(stream_id: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Enqueued:
-    status: str  # "stored" | "duplicate" | "queue_full"
+    status: str  # "stored" | "duplicate" | "queue_full" | "sender_share_full"
     id: str
     forced: bool
     expired: int = 0  # entries of the recipient's queue dropped for their TTL on the way
@@ -119,31 +185,69 @@ class RelayMessage:
         return queued_at_ms(self.id)
 
 
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """What one recipient's queue may hold, and one sender's share of it."""
+
+    max_queue: int = 10_000
+    max_bytes: int = 32 * 1024 * 1024
+    sender_share: float = 0.25
+
+    @property
+    def sender_max_messages(self) -> int:
+        return max(1, math.floor(self.sender_share * self.max_queue))
+
+    @property
+    def sender_max_bytes(self) -> int:
+        return math.floor(self.sender_share * self.max_bytes)
+
+
 class RelayStore:
-    def __init__(self, redis: Redis, *, max_queue: int = 10000, ttl_seconds: int = 604800) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        limits: QueueLimits | None = None,
+        ttl_seconds: int = 604800,
+        idempotency_seconds: int = 86400,
+    ) -> None:
         self._redis = redis
-        self._max_queue = max_queue
+        self.limits = limits or QueueLimits()
         self._ttl_ms = ttl_seconds * 1000
+        self._idempotency_ms = idempotency_seconds * 1000
         self._enqueue = redis.register_script(_ENQUEUE)
         self._pull = redis.register_script(_PULL)
+        self._ack = redis.register_script(_ACK)
         self._now = redis.register_script(_NOW)
         self._batcher = batcher_for(redis)
 
     async def enqueue(
         self, *, sender: str, to: str, conv_id: str, message_id: str, payload: str, forced: bool
     ) -> Enqueued:
+        limits = self.limits
         status, stream_id, stored_forced, expired = await self._batcher.run(
             self._enqueue,
-            [f"{IDEM_PREFIX}{sender}:{message_id}", QUEUE_PREFIX + to],
-            [self._max_queue, self._ttl_ms, sender, conv_id, message_id, payload, int(forced)],
+            [f"{IDEM_PREFIX}{sender}:{message_id}", QUEUE_PREFIX + to, ACCOUNT_PREFIX + to],
+            [
+                limits.max_queue,
+                self._ttl_ms,
+                sender,
+                conv_id,
+                message_id,
+                payload,
+                int(forced),
+                limits.max_bytes,
+                limits.sender_max_messages,
+                limits.sender_max_bytes,
+            ],
         )
-        kind = {0: "stored", 1: "duplicate", 2: "queue_full"}[int(status)]
+        kind = {0: "stored", 1: "duplicate", 2: "queue_full", 3: "sender_share_full"}[int(status)]
         return Enqueued(kind, as_text(stream_id), as_text(stored_forced) == "1", int(expired))
 
     async def pull(self, wallet: str, limit: int) -> Pulled:
         """The oldest `limit` messages of the wallet's queue, and whether more are waiting."""
         expired, raw = await self._pull(
-            keys=[QUEUE_PREFIX + wallet], args=[self._ttl_ms, limit + 1]
+            keys=[QUEUE_PREFIX + wallet, ACCOUNT_PREFIX + wallet], args=[self._ttl_ms, limit + 1]
         )
         messages = [self._message(entry) for entry in raw]
         return Pulled(messages[:limit], len(messages) > limit, int(expired))
@@ -191,7 +295,12 @@ class RelayStore:
         valid = [i for i in dict.fromkeys(ids) if _is_stream_id(i)]
         if not valid:
             return 0
-        return int(await self._redis.xdel(QUEUE_PREFIX + wallet, *valid))
+        return int(
+            await self._ack(
+                keys=[QUEUE_PREFIX + wallet, ACCOUNT_PREFIX + wallet],
+                args=[self._idempotency_ms, IDEM_PREFIX, *valid],
+            )
+        )
 
     async def depth(self, wallet: str) -> int:
         return int(await self._redis.xlen(QUEUE_PREFIX + wallet))

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import uvloop
 from aiohttp import web
 
-from .logs import JsonAccessLogger, setup_logging
+from .logs import JsonAccessLogger, set_pseudonym_key, setup_logging
 from .settings import CommonSettings, SettingsError, load_settings
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
@@ -31,10 +31,14 @@ def run_service(
         print(f"{settings_cls.__name__}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     setup_logging(settings.service_name, settings.log_level)
+    key = settings.log_pseudonym_key
+    set_pseudonym_key(key.get_secret_value().encode() if key is not None else None)
     log.info(
         "starting",
         extra={"host": settings.host, "port": settings.port, "eventLoop": settings.event_loop},
     )
+    for message, variables in settings.startup_warnings():
+        log.warning(message, extra={"variables": list(variables)})
     loop = uvloop.new_event_loop() if settings.event_loop == "uvloop" else asyncio.new_event_loop()
     web.run_app(
         create_app(settings),

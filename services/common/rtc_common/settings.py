@@ -3,6 +3,9 @@
 Every service gets one frozen object built once at start-up. A service class lists only the
 variables that service uses; `load_settings` turns pydantic's validation errors into a
 `SettingsError` that names the variable and never echoes its value (secrets may be in it).
+
+Every secret can also come from a file, `<NAME>_FILE` (a compose or Kubernetes secret mount):
+the classes list them in `SECRET_FILE_FIELDS`, read once here; setting both forms is an error.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from jwt.algorithms import get_default_algorithms
 from jwt.exceptions import InvalidKeyError
@@ -25,8 +29,57 @@ CsvList = Annotated[tuple[str, ...], NoDecode]
 NetworkList = Annotated[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], NoDecode]
 
 
+# RFC 7518 §3.2: an HMAC key at least as long as the hash output.
+HMAC_MIN_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+PSEUDONYM_KEY_MIN_BYTES = 32
+# A secret (or PEM key) file is small; a larger one is a mistake (e.g. /dev/zero), not a key.
+SECRET_FILE_MAX_BYTES = 64 * 1024
+_REDIS_URL_FIELDS = ("redis_url", "relay_redis_url", "directory_url")
+
+
 class SettingsError(Exception):
     """Raised when the environment does not describe a usable configuration."""
+
+
+def read_secret_file(variable: str, path: Path) -> str:
+    """The secret in `path`, without one trailing newline (what `echo` and editors add).
+
+    Errors name `variable` and the reason, never the content.
+    """
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(SECRET_FILE_MAX_BYTES + 1)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(f"{variable} cannot be read ({reason})") from None
+    if len(raw) > SECRET_FILE_MAX_BYTES:
+        raise ValueError(f"{variable} is larger than {SECRET_FILE_MAX_BYTES // 1024} KiB")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise ValueError(f"{variable} is not UTF-8 text") from None
+    text = text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
+    if not text:
+        raise ValueError(f"{variable} is empty")
+    return text
+
+
+def with_redis_password(url: str, password: str) -> str:
+    """`url` with `password` added, unless it already carries one (then it wins)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        # redis-py reads a unix socket's password from the query string.
+        if parts.password or "password" in parse_qs(parts.query):
+            return url
+        # Appended as text: urlunsplit would drop the empty host of unix:///path.
+        separator = "&" if parts.query else ("" if url.endswith("?") else "?")
+        return f"{url}{separator}password={quote(password, safe='')}"
+    if parts.scheme not in ("redis", "rediss") or parts.password:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    netloc = f"{user}:{quote(password, safe='')}@{hostport}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _split_csv(value: object) -> object:
@@ -54,6 +107,9 @@ class CommonSettings(BaseSettings):
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Added to REDIS_URL, RELAY_REDIS_URL and a redis:// DIRECTORY_URL that carry no password.
+    redis_password: SecretStr | None = None
+    redis_password_file: str | None = None
     directory_url: str | None = None
     mongo_db: str = "rtc"
     mongo_flags_collection: str = "featureflags"
@@ -63,12 +119,14 @@ class CommonSettings(BaseSettings):
     flag_stale_max_seconds: float = Field(default=300, ge=0)
 
     jwt_secret: SecretStr | None = None
+    jwt_secret_file: str | None = None
     jwt_public_key: SecretStr | None = None
     # A PEM file instead of JWT_PUBLIC_KEY (multi-line values do not fit every .env format).
     jwt_public_key_file: str | None = None
     # Key rotation: a second verification key, accepted while the first is retired (tokens
     # signed with it stay valid until they expire). Same algorithm family as the main key.
     jwt_secret_previous: SecretStr | None = None
+    jwt_secret_previous_file: str | None = None
     jwt_public_key_previous: SecretStr | None = None
     jwt_public_key_previous_file: str | None = None
     jwt_algorithms: CsvList = ("HS256",)
@@ -83,6 +141,21 @@ class CommonSettings(BaseSettings):
 
     allowed_origins: CsvList = ()
     trusted_proxies: NetworkList = (ipaddress.ip_network("127.0.0.1"),)
+
+    # The key of the wallet pseudonyms in logs (`walletHash`, an HMAC): without it, a hash of a
+    # public address is reversed by hashing known addresses.
+    log_pseudonym_key: SecretStr | None = None
+    log_pseudonym_key_file: str | None = None
+
+    # Secrets that may come from `<NAME>_FILE` instead (each has a `<name>_file` field).
+    SECRET_FILE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "jwt_secret",
+        "jwt_secret_previous",
+        "jwt_public_key",
+        "jwt_public_key_previous",
+        "redis_password",
+        "log_pseudonym_key",
+    )
 
     @field_validator("jwt_algorithms", "allowed_origins", mode="before")
     @classmethod
@@ -136,18 +209,26 @@ class CommonSettings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _read_key_file(cls, data: Any) -> Any:
+    def _secret_files(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        for key in ("jwt_public_key", "jwt_public_key_previous"):
-            if data.get(f"{key}_file") and not data.get(key):
-                path = Path(str(data[f"{key}_file"]))
-                try:
-                    data = {**data, key: path.read_text()}
-                except (OSError, UnicodeDecodeError) as exc:
-                    reason = getattr(exc, "strerror", None) or type(exc).__name__
-                    variable = f"{key}_file".upper()
-                    raise ValueError(f"{variable} cannot be read ({reason})") from None
+        data = dict(data)
+        for name in cls.SECRET_FILE_FIELDS:
+            path = data.get(f"{name}_file")
+            if not path:
+                continue
+            variable = name.upper()
+            if data.get(name):
+                raise ValueError(f"{variable} and {variable}_FILE are both set: use one of them")
+            data[name] = read_secret_file(f"{variable}_FILE", Path(str(path)))
+        password = data.get("redis_password")
+        if password:
+            if not isinstance(password, str):
+                password = password.get_secret_value()
+            data.setdefault("redis_url", cls.model_fields["redis_url"].default)
+            for name in _REDIS_URL_FIELDS:
+                if name in cls.model_fields and isinstance(data.get(name), str):
+                    data[name] = with_redis_password(data[name], password)
         return data
 
     @model_validator(mode="after")
@@ -158,6 +239,24 @@ class CommonSettings(BaseSettings):
             raise ValueError("JWT_ALGORITHMS: do not mix HMAC and public-key algorithms")
         if symmetric and self.jwt_secret is None:
             raise ValueError("JWT_SECRET is required for HMAC algorithms")
+        if symmetric:
+            strongest = max(symmetric, key=HMAC_MIN_KEY_BYTES.__getitem__)
+            needed = HMAC_MIN_KEY_BYTES[strongest]
+            for variable, secret in (
+                ("JWT_SECRET", self.jwt_secret),
+                ("JWT_SECRET_PREVIOUS", self.jwt_secret_previous),
+            ):
+                # A short HMAC key can be brute-forced offline from any one token.
+                if secret is not None and len(secret.get_secret_value().encode()) < needed:
+                    raise ValueError(
+                        f"{variable} is too short for {strongest}: at least {needed} bytes"
+                        " (python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
+                    )
+        key = self.log_pseudonym_key
+        if key is not None and len(key.get_secret_value().encode()) < PSEUDONYM_KEY_MIN_BYTES:
+            raise ValueError(
+                f"LOG_PSEUDONYM_KEY is too short: at least {PSEUDONYM_KEY_MIN_BYTES} bytes"
+            )
         if asymmetric and self.jwt_public_key is None:
             raise ValueError("JWT_PUBLIC_KEY is required for RS/ES/PS algorithms")
         for variable, value in (
@@ -195,11 +294,42 @@ class CommonSettings(BaseSettings):
     def effective_directory_url(self) -> str:
         return self.directory_url or self.redis_url
 
+    def startup_warnings(self) -> list[tuple[str, tuple[str, ...]]]:
+        """What this configuration leaves open, as (message, variables): logged at start."""
+        warnings: list[tuple[str, tuple[str, ...]]] = []
+        unset = tuple(
+            name
+            for name, value in (
+                ("JWT_ISSUER", self.jwt_issuer),
+                ("JWT_AUDIENCE", self.jwt_audience),
+            )
+            if not value
+        )
+        if unset:
+            warnings.append(
+                (
+                    " and ".join(unset) + " unset: any token signed with the JWT key that has a"
+                    " wallet claim is accepted, including ones the issuer made for other purposes",
+                    unset,
+                )
+            )
+        if self.log_pseudonym_key is None:
+            warnings.append(
+                (
+                    "LOG_PSEUDONYM_KEY unset: walletHash in logs uses a random per-process key,"
+                    " so it differs between processes and restarts",
+                    ("LOG_PSEUDONYM_KEY",),
+                )
+            )
+        return warnings
+
 
 class RelayStoreSettings(CommonSettings):
     """For services that touch the relay queue (relay-service, signal-service's relay:ack)."""
 
     relay_redis_url: str | None = None
+    # How long a message's idempotency key outlives its ack (a repeat is a duplicate meanwhile).
+    relay_idempotency_seconds: int = Field(default=86400, ge=1)
 
     @field_validator("relay_redis_url")
     @classmethod

@@ -101,6 +101,10 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
             response = error_response("internal", "internal error", status=500)
         if not response.prepared:
             response.headers["X-Request-ID"] = request_id
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            # JSON answers carry private data (credentials, messages): never kept by a cache.
+            if response.content_type == "application/json":
+                response.headers.setdefault("Cache-Control", "no-store")
             for name, value in request.get(EXTRA_HEADERS_KEY, {}).items():
                 response.headers[name] = value
         route = route_label(request)

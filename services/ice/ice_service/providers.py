@@ -26,10 +26,31 @@ IceServer = dict[str, Any]
 UPSTREAM_OUTCOMES = ("ok", "http_error", "timeout", "bad_response", "connection", "error")
 # A reused Twilio token is served on upstream failure only while at least this much life remains.
 MIN_SERVED_TTL = 60.0
+# A token resource is about 1 KiB; a larger answer is an upstream fault, not read into memory.
+TWILIO_MAX_BODY_BYTES = 64 * 1024
 
 
 class ProviderError(Exception):
     """The provider could not issue credentials; the message is safe to log (no secrets)."""
+
+
+class _OversizedBody(Exception):
+    pass
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or `_OversizedBody` as soon as it exceeds `limit` (decoded bytes, so a
+    compressed answer cannot expand past it either)."""
+    if response.content_length is not None and response.content_length > limit:
+        raise _OversizedBody
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(16 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise _OversizedBody
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,11 +230,14 @@ class TwilioProvider:
             ) as response:
                 if response.status not in (200, 201):
                     raise ProviderError(f"twilio answered HTTP {response.status}")
-                body = await response.read()
+                body = await _read_capped(response, TWILIO_MAX_BODY_BYTES)
             token = _TwilioToken.model_validate_json(body)
         except ProviderError:
             self._failed("http_error")
             raise
+        except _OversizedBody:
+            self._failed("bad_response")
+            raise ProviderError("twilio answered with an oversized body") from None
         except TimeoutError:
             self._failed("timeout")
             raise ProviderError("twilio did not answer in time") from None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from typing import Literal
+from typing import ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from rtc_common.settings import CommonSettings, CsvList
@@ -23,6 +25,17 @@ TWILIO_DEFAULT_EDGES = {
 }
 
 
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class IceSettings(CommonSettings):
     service_name: str = "ice-service"
     port: int = Field(default=8101, ge=1, le=65535)
@@ -33,12 +46,14 @@ class IceSettings(CommonSettings):
     twilio_account_sid: str | None = None
     twilio_api_key: str | None = None
     twilio_api_secret: SecretStr | None = None
+    twilio_api_secret_file: str | None = None
     twilio_region: str | None = Field(default=None, pattern=r"^[a-z]{2}[0-9]$")
     twilio_edge: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]*$")
     twilio_api_base_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
     twilio_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
 
     turn_secret: SecretStr | None = None
+    turn_secret_file: str | None = None
     turn_uris: CsvList = ()
     turn_stun_fallback: CsvList = ()
     turn_cred_ttl: int = Field(default=600, ge=10, le=86400)
@@ -47,6 +62,12 @@ class IceSettings(CommonSettings):
     ice_rate_limit_per_min: int = Field(default=10, ge=1)
     ice_allow_anonymous: bool = False
     telemetry_rate_limit_per_min: int = Field(default=120, ge=1)
+
+    SECRET_FILE_FIELDS: ClassVar[tuple[str, ...]] = (
+        *CommonSettings.SECRET_FILE_FIELDS,
+        "turn_secret",
+        "twilio_api_secret",
+    )
 
     @field_validator("turn_uris", "turn_stun_fallback", mode="before")
     @classmethod
@@ -73,8 +94,15 @@ class IceSettings(CommonSettings):
 
     @field_validator("twilio_api_base_url")
     @classmethod
-    def _strip_slash(cls, value: str | None) -> str | None:
-        return value.rstrip("/") if value else value
+    def _twilio_base_url(cls, value: str | None) -> str | None:
+        if not value:
+            return value
+        # The API secret travels in every request's Basic header: plain http only to a loopback
+        # stand-in (tests, a local proxy), never across a network.
+        parts = urlsplit(value)
+        if parts.scheme != "https" and not _is_loopback(parts.hostname):
+            raise ValueError("must be an https:// URL (http:// only for a loopback host)")
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _providers(self) -> IceSettings:

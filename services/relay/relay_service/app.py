@@ -17,7 +17,7 @@ from rtc_common.directory import DIRECTORY_KEY, AccessCache, directory_context
 from rtc_common.errors import ApiError, invalid_payload, unavailable
 from rtc_common.jsonbody import read_json
 from rtc_common.ratelimit import RateLimiter
-from rtc_common.relay_store import RelayMessage, RelayStore, queued_at_ms
+from rtc_common.relay_store import QueueLimits, RelayMessage, RelayStore, queued_at_ms
 from rtc_common.times import iso_ms
 from rtc_common.web import SAMPLING_KEY, create_base_app, extra_headers, serve_openapi
 
@@ -35,6 +35,7 @@ from .metrics import (
 )
 from .pusher import RelayPusher
 from .settings import RelaySettings
+from .storemem import store_memory_sampler
 
 log = logging.getLogger("relay.app")
 
@@ -142,7 +143,19 @@ async def enqueue(request: web.Request) -> web.Response:
     EXPIRED.inc(result.expired)
     if result.status == "queue_full":
         ENQUEUE_REFUSED.labels("queue_full").inc()
-        raise ApiError("queue_full", f"recipient queue is full ({settings.relay_max_queue})")
+        raise ApiError(
+            "queue_full",
+            f"recipient queue is full ({settings.relay_max_queue} messages or"
+            f" {settings.relay_max_queue_bytes} bytes)",
+        )
+    if result.status == "sender_share_full":
+        ENQUEUE_REFUSED.labels("sender_share_full").inc()
+        limits = app[STORE_KEY].limits
+        raise ApiError(
+            "queue_full",
+            f"your messages fill your share of the recipient's queue ({limits.sender_max_messages}"
+            f" messages or {limits.sender_max_bytes} bytes); they are released when delivered",
+        )
     answer: dict[str, Any] = {
         "ok": True,
         "id": result.id,
@@ -196,7 +209,14 @@ async def _relay_dependencies(app: web.Application) -> AsyncIterator[None]:
     settings = app[RELAY_SETTINGS_KEY]
     store_redis = app[RELAY_REDIS_KEY]
     app[STORE_KEY] = RelayStore(
-        store_redis, max_queue=settings.relay_max_queue, ttl_seconds=settings.relay_ttl_seconds
+        store_redis,
+        limits=QueueLimits(
+            settings.relay_max_queue,
+            settings.relay_max_queue_bytes,
+            settings.relay_max_sender_share,
+        ),
+        ttl_seconds=settings.relay_ttl_seconds,
+        idempotency_seconds=settings.relay_idempotency_seconds,
     )
     app[ACCESS_KEY] = AccessCache(app[DIRECTORY_KEY], ttl=settings.flag_cache_seconds)
     # No per-process fallback: with Redis down, relay answers 503 anyway.
@@ -206,7 +226,7 @@ async def _relay_dependencies(app: web.Application) -> AsyncIterator[None]:
     pusher = RelayPusher(app[REDIS_KEY], channel=settings.socketio_channel)
     app[PUSHER_KEY] = pusher
     TTL.set(settings.relay_ttl_seconds)
-    for reason in ("queue_full", "unavailable"):
+    for reason in ("queue_full", "sender_share_full", "unavailable"):
         ENQUEUE_REFUSED.labels(reason)  # the series exist from the start (rate() needs that)
 
     async def sample_queues() -> None:
@@ -217,6 +237,7 @@ async def _relay_dependencies(app: web.Application) -> AsyncIterator[None]:
         SAMPLE_TRUNCATED.set(int(stats.truncated))
 
     app[SAMPLING_KEY].samplers.append(sample_queues)
+    app[SAMPLING_KEY].samplers.append(store_memory_sampler(store_redis))
     yield
     # Before the Redis client closes (cleanup runs in reverse order).
     try:

@@ -37,3 +37,10 @@ SAMPLE_TRUNCATED = Gauge(
     "rtc_relay_queue_sample_truncated",
     "1 when the queue sample stopped at its bound (the gauges cover part of the queues)",
 )
+STORE_MEMORY = Gauge(
+    "rtc_relay_store_memory_bytes", "used_memory of the relay store Redis (sampled)"
+)
+STORE_MEMORY_MAX = Gauge(
+    "rtc_relay_store_memory_max_bytes",
+    "maxmemory of the relay store Redis (sampled; 0 when it has no limit)",
+)

@@ -17,15 +17,20 @@ from rtc_common.relay_store import RelayStore
 from rtc_common.service import stop_task
 from rtc_common.web import READINESS_KEY, create_base_app, refuse_websocket_compression
 
+from .announcer import Announcer
 from .metrics import PUBSUB_LISTENER_UP, PUBSUB_PROBE_FAILURES, REAPED
-from .namespace import DEPS_KEY, NAMESPACE_KEY, SIO_KEY, SignalDeps, SignalNamespace, SignalServer
+from .namespace import DEPS_KEY, NAMESPACE_KEY, SignalNamespace
 from .presence import LocalSocket, Presence
 from .pubsub import ObservedRedisManager
+from .server import SignalServer
 from .settings import SignalSettings
+from .sockets import SignalDeps
 
 log = logging.getLogger("signal.app")
 
 MANAGER_KEY = web.AppKey("signal_manager", ObservedRedisManager)
+SIO_KEY = web.AppKey("signal_sio", SignalServer)
+ANNOUNCER_KEY = web.AppKey("signal_announcer", Announcer)
 # A full presence reconciliation at least every this many heartbeats (5 s each: once a minute).
 RECONCILE_EVERY = 12
 RELAY_REDIS_KEY = web.AppKey("signal_relay_redis", Redis)
@@ -40,7 +45,9 @@ async def _signal_dependencies(app: web.Application) -> AsyncIterator[None]:
         redis=redis,
         presence=presence,
         access=AccessCache(app[DIRECTORY_KEY], ttl=settings.flag_cache_seconds),
-        relay=RelayStore(app[RELAY_REDIS_KEY]),
+        relay=RelayStore(
+            app[RELAY_REDIS_KEY], idempotency_seconds=settings.relay_idempotency_seconds
+        ),
     )
     sio = app[SIO_KEY]
     manager = app[MANAGER_KEY]
@@ -85,6 +92,7 @@ async def _watchdog(app: web.Application) -> None:
     settings = app[SIGNAL_SETTINGS_KEY]
     deps = app[DEPS_KEY]
     namespace = app[NAMESPACE_KEY]
+    announcer = app[ANNOUNCER_KEY]
     manager = app[MANAGER_KEY]
     failed_probes = 0
     beats = 0
@@ -98,22 +106,18 @@ async def _watchdog(app: web.Application) -> None:
                 # never heard of (Redis was down then). Make Redis match, and announce changes.
                 came, went = await deps.presence.reconcile(lambda: _local_sockets(namespace))
                 for wallet in came:
-                    await namespace.announce(wallet, online=True)
+                    await announcer.announce(wallet, online=True)
                 for wallet in went:
-                    await namespace.announce(wallet, online=False)
-            for wallet, online in list(namespace.pending_announcements.items()):
-                # Announce only what is still true (the wallet may have come back meanwhile).
-                if bool(await deps.presence.online([wallet])) == online:
-                    await namespace.announce(wallet, online=online)
-                else:
-                    namespace.pending_announcements.pop(wallet, None)
+                    await announcer.announce(wallet, online=False)
+            await announcer.retry_pending()
             for wallet in await deps.presence.reap_dead_instances():
                 REAPED.inc()
-                await namespace.announce(wallet, online=False)
+                await announcer.announce(wallet, online=False)
         except RedisError as exc:
             log.warning("presence heartbeat failed", extra={"error": type(exc).__name__})
         except Exception:
             log.exception("presence watchdog error")
+        await namespace.flush_refusals()
         try:
             await manager.probe(wait=1.0)
             failed_probes = 0
@@ -168,12 +172,14 @@ def create_app(settings: SignalSettings) -> web.Application:
         logger=False,
         engineio_logger=False,
     )
-    namespace = SignalNamespace(settings, authenticator, lambda: app[DEPS_KEY])
+    announcer = Announcer(settings, lambda: app[DEPS_KEY], sio)
+    namespace = SignalNamespace(settings, authenticator, lambda: app[DEPS_KEY], announcer)
     sio.register_namespace(namespace)
     sio.attach(app, socketio_path="socket.io")
     app[SIO_KEY] = sio
     app[MANAGER_KEY] = manager
     app[NAMESPACE_KEY] = namespace
+    app[ANNOUNCER_KEY] = announcer
     app.cleanup_ctx.append(redis_context(REDIS_KEY, settings.redis_url))
     app.cleanup_ctx.append(
         redis_context(RELAY_REDIS_KEY, settings.effective_relay_redis_url, "relay_store")

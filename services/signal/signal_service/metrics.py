@@ -32,3 +32,18 @@ PUBSUB_PROBE_FAILURES = Counter(
     "rtc_pubsub_probe_failures_total", "Pub/sub self-probes that did not come back"
 )
 REAPED = Counter("rtc_presence_reaped_instances_total", "Dead instances whose sockets were reaped")
+BINARY_REFUSED = Counter(
+    "rtc_signal_binary_packets_refused_total",
+    "Socket.IO packets announcing binary attachments (never used by this protocol): the socket"
+    " was closed",
+)
+SESSIONS_ENDED = Counter(
+    "rtc_signal_sessions_ended_total",
+    "Sockets the server ended with session:end, by reason",
+    ["reason"],
+)
+CONNECTIONS_REFUSED = Counter(
+    "rtc_signal_connections_refused_total",
+    "Handshakes refused after authentication, by reason",
+    ["reason"],
+)

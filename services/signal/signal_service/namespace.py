@@ -4,30 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import json
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
-from typing import Any
+from typing import Any, NoReturn
 
 import socketio
 from aiohttp import web
 from redis.exceptions import RedisError
 from rtc_common.auth import Authenticator, Identity, conv_id, is_valid_wallet, normalize_wallet
 from rtc_common.context import request_id_var
-from rtc_common.directory import AccessCache
 from rtc_common.errors import ApiError, unauthorized
 from rtc_common.logs import info_line, wallet_hash
-from rtc_common.relay_store import RelayStore
-from rtc_common.times import iso_ms
 from socketio.exceptions import ConnectionRefusedError as HandshakeRefused
 
-from .metrics import EVENT_LATENCY, LEGACY_USED, PRESENCE_CHANGES, SIGNALS, SOCKETS
+from .announcer import Announcer
+from .guard import ABUSE_FACTOR, ABUSE_WINDOW_SECONDS, REFUSAL_LOG_SECONDS, Refusals, TokenBucket
+from .metrics import (
+    EVENT_LATENCY,
+    LEGACY_USED,
+    SESSIONS_ENDED,
+    SIGNALS,
+    SOCKETS,
+)
 from .payloads import (
     CANDIDATE_MAX_BYTES,
     CandidateSignal,
@@ -37,16 +39,27 @@ from .payloads import (
     RelayAck,
     parse,
 )
-from .presence import LocalSocket, Presence
+from .presence import LocalSocket, TooManySockets
 from .pubsub import PUBLISH_FAILED
+from .server import ACK_REQUESTED
 from .settings import SignalSettings
+from .sockets import (
+    DEDUP_SECONDS,
+    LocalDedup,
+    Refusal,
+    SignalDeps,
+    SocketState,
+    dedup_key,
+    outcome_of,
+    signal_id_of,
+)
 
 log = logging.getLogger("signal.namespace")
 
-# Whether the event being handled asked for an ack (set by SignalServer per event).
-ACK_REQUESTED: contextvars.ContextVar[bool] = contextvars.ContextVar("ack_requested", default=False)
-
-DEDUP_SECONDS = 60
+# Outcomes logged one line per event; every other outcome is a refusal, logged in aggregate.
+ACCEPTED = frozenset({"ok", "duplicate"})
+# After session:end, how long the client has to close its connection itself.
+SESSION_END_GRACE_SECONDS = 1.0
 RTC_EVENTS = ("rtc:offer", "rtc:answer", "rtc:candidate")
 LEGACY_WARNING = {
     "code": "deprecated_event",
@@ -55,86 +68,23 @@ LEGACY_WARNING = {
 }
 
 
-class SignalServer(socketio.AsyncServer):  # type: ignore[misc]
-    """AsyncServer that tells handlers whether the client asked for an ack.
-
-    The contract answers errors through the ack when there is one and as an `rtc:error` event
-    otherwise; python-socketio does not expose that to handlers, so it is captured here.
-    """
-
-    async def _handle_event_internal(
-        self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: int | None
-    ) -> None:
-        token = ACK_REQUESTED.set(id is not None)
-        try:
-            await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
-        finally:
-            ACK_REQUESTED.reset(token)
-
-
-class TokenBucket:
-    """Per-socket rate: `rate` events per second, bursts up to `rate`."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.tokens = rate
-        self.updated = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
-@dataclass
-class SocketState:
-    wallet: str
-    rtc: bool
-    bucket: TokenBucket
-    legacy_warned: bool = False
-
-
-@dataclass
-class LocalDedup:
-    """signalId dedup for when Redis is unreachable (same-instance delivery still works)."""
-
-    seen: OrderedDict[str, float] = field(default_factory=OrderedDict)
-
-    def first_time(self, key: str) -> bool:
-        now = time.monotonic()
-        while self.seen and next(iter(self.seen.values())) < now - DEDUP_SECONDS:
-            self.seen.popitem(last=False)
-        if key in self.seen:
-            return False
-        self.seen[key] = now
-        return True
-
-
-class Refusal(Exception):
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
-
-
 class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     def __init__(
         self,
         settings: SignalSettings,
         authenticator: Authenticator,
         deps: Callable[[], SignalDeps],
+        announcer: Announcer,
     ) -> None:
         super().__init__("/")
         self.settings = settings
         self.authenticator = authenticator
         self._deps = deps
+        self.announcer = announcer
         self._local_dedup = LocalDedup()
+        # sids whose refused events are waiting for their aggregated log line
+        self._refused: set[str] = set()
         self._ordering: dict[str, asyncio.Lock] = {}
-        # wallet -> online: presence changes that could not be announced yet (directory down).
-        self.pending_announcements: dict[str, bool] = {}
         self._handlers: dict[str, Callable[[str, str, Any], Awaitable[Any]]] = {
             **{event: self._rtc_signal for event in RTC_EVENTS},
             "signal": self._legacy_signal,
@@ -164,20 +114,44 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             try:
                 try:
                     result = await handler(sid, event, data)
-                    outcome = _outcome_of(result)
+                    outcome = outcome_of(result)
                     return result
                 except Refusal as refusal:
                     outcome = refusal.code
-                    return await self._refuse(sid, event, refusal.code, _signal_id_of(data))
+                    return await self._refuse(sid, event, refusal.code, signal_id_of(data))
                 except Exception:
                     log.exception("signaling handler failed", extra={"event": event})
-                    return await self._refuse(sid, event, "unavailable", _signal_id_of(data))
+                    return await self._refuse(sid, event, "unavailable", signal_id_of(data))
             finally:
                 elapsed = time.perf_counter() - started
                 EVENT_LATENCY.labels(event).observe(elapsed)
                 state = await self.socket_state(sid)
-                self._log_event(event, outcome, elapsed, state.wallet if state else None)
+                if outcome in ACCEPTED:
+                    self._log_event(event, outcome, elapsed, state.wallet if state else None)
+                elif state is not None:
+                    self._count_refusal(sid, state, outcome)
+                # (a refused event of a socket already gone: counted in the metrics only)
                 request_id_var.reset(token)
+
+    def _count_refusal(self, sid: str, state: SocketState, outcome: str) -> None:
+        """Refused events are logged per socket in aggregate, and too many end the session."""
+        self._refused.add(sid)
+        if outcome == "token_expired":
+            self.server.start_background_task(self.end_session, sid, "token_expired")
+        elif state.refusals.record(outcome, state.wallet):
+            self.server.start_background_task(self.end_session, sid, "abuse")
+
+    async def flush_refusals(self) -> None:
+        """Write the refusal lines that are due (the watchdog calls this every heartbeat)."""
+        now = time.monotonic()
+        for sid in list(self._refused):
+            state = await self.socket_state(sid)
+            if state is None:
+                self._refused.discard(sid)
+            elif now - state.refusals.since >= REFUSAL_LOG_SECONDS:
+                state.refusals.flush(state.wallet, now)
+                if not state.refusals.pending:
+                    self._refused.discard(sid)
 
     @staticmethod
     def _log_event(event: str, outcome: str, elapsed: float, wallet: str | None) -> None:
@@ -227,21 +201,85 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             self._log_event("connect", exc.code, time.perf_counter() - started, None)
             raise HandshakeRefused(exc.code, {"error": exc.code, "message": exc.message}) from None
         rtc = not (isinstance(auth, dict) and auth.get("rtc") is False)
-        state = SocketState(identity.wallet, rtc, TokenBucket(self.settings.signal_rate_per_sec))
+        exp = identity.claims.get("exp")
+        state = SocketState(
+            identity.wallet,
+            rtc,
+            TokenBucket(self.settings.signal_rate_per_sec),
+            Refusals(ABUSE_FACTOR * ABUSE_WINDOW_SECONDS * self.settings.signal_rate_per_sec),
+            expires_at=float(exp) if isinstance(exp, int | float) else None,
+        )
+        # Saved before the presence check, so a concurrent reconcile sees a live socket.
         await self.save_session(sid, {"state": state})
+        first = False
+        try:
+            first = await self._deps().presence.register(
+                LocalSocket(sid, state.wallet, rtc),
+                limit=self.settings.signal_max_sockets_per_wallet,
+            )
+        except TooManySockets:
+            self._refuse_handshake("too_many_connections", started, state.wallet)
+        except RedisError as exc:
+            # Not enforceable cluster-wide now: this instance's own sockets still count.
+            held = sum(1 for _ in self.server.manager.get_participants("/", f"user:{state.wallet}"))
+            if held >= self.settings.signal_max_sockets_per_wallet:
+                self._refuse_handshake("too_many_connections", started, state.wallet)
+            # The heartbeat re-registers this instance's sockets once Redis answers again.
+            log.warning("presence not recorded", extra={"error": type(exc).__name__})
         await self.enter_room(sid, f"user:{state.wallet}")
         if rtc:
             await self.enter_room(sid, f"rtc:{state.wallet}")
+        if state.expires_at is not None:
+            state.expiry = asyncio.get_running_loop().call_later(
+                max(0.0, state.expires_at - time.time()),
+                self.server.start_background_task,
+                self.end_session,
+                sid,
+                "token_expired",
+            )
         SOCKETS.inc()
-        first = False
-        try:
-            first = await self._deps().presence.register(LocalSocket(sid, state.wallet, rtc))
-        except RedisError as exc:
-            # The heartbeat re-registers this instance's sockets once Redis answers again.
-            log.warning("presence not recorded", extra={"error": type(exc).__name__})
         SIGNALS.labels("connect", "ok").inc()
         self._log_event("connect", "ok", time.perf_counter() - started, state.wallet)
         self.server.start_background_task(self._after_connect, sid, state.wallet, first)
+
+    def _refuse_handshake(self, code: str, started: float, wallet: str) -> NoReturn:
+        SIGNALS.labels("connect", code).inc()
+        self._log_event("connect", code, time.perf_counter() - started, wallet)
+        message = {
+            "too_many_connections": (
+                f"at most {self.settings.signal_max_sockets_per_wallet} sockets per user"
+            ),
+        }.get(code, code)
+        raise HandshakeRefused(code, {"error": code, "message": message})
+
+    async def end_session(self, sid: str, reason: str) -> None:
+        """Tell the client why (`session:end {reason}`), then close its socket.
+
+        The client does not reconnect on its own after a server disconnect; an engine.io
+        connection left open without its namespace is closed after a grace second.
+        """
+        state = await self.socket_state(sid)
+        if state is None or state.ended:
+            return
+        state.ended = True
+        SESSIONS_ENDED.labels(reason).inc()
+        info_line(log, "session ended", {"reason": reason, "walletHash": wallet_hash(state.wallet)})
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, "/")
+        with contextlib.suppress(Exception):
+            await self.emit("session:end", {"reason": reason}, to=sid)
+            await self.disconnect(sid)
+        if eio_sid is not None:
+            asyncio.get_running_loop().call_later(
+                SESSION_END_GRACE_SECONDS,
+                self.server.start_background_task,
+                self._close_transport,
+                eio_sid,
+            )
+
+    async def _close_transport(self, eio_sid: str) -> None:
+        if eio_sid in self.server.eio.sockets:
+            with contextlib.suppress(Exception):
+                await self.server.eio.disconnect(eio_sid)
 
     async def _after_connect(self, sid: str, wallet: str, first: bool) -> None:
         deps = self._deps()
@@ -250,7 +288,7 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             online = await deps.presence.online(contacts)
             await self.emit("presence:snapshot", {"online": online}, to=sid)
             if first:
-                await self.announce(wallet, online=True, contacts=online)
+                await self.announcer.announce(wallet, online=True, contacts=online)
         except (ApiError, RedisError) as exc:
             log.warning("presence snapshot skipped", extra={"error": type(exc).__name__})
 
@@ -259,6 +297,10 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         state = await self.socket_state(sid)
         if state is None:
             return
+        if state.expiry is not None:
+            state.expiry.cancel()
+        state.refusals.flush(state.wallet)
+        self._refused.discard(sid)
         SOCKETS.dec()
         self._log_event("disconnect", "ok", 0.0, state.wallet)
         try:
@@ -267,45 +309,7 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             log.warning("presence not updated", extra={"error": type(exc).__name__})
             return
         if last:
-            await self.announce(state.wallet, online=False)
-
-    async def announce(
-        self, wallet: str, *, online: bool, contacts: list[str] | None = None
-    ) -> None:
-        """Tell the wallet's online mutual contacts that it came online or went offline."""
-        deps = self._deps()
-        try:
-            if contacts is None:
-                contacts = await deps.presence.online(await deps.access.mutual_contacts(wallet))
-        except (ApiError, RedisError) as exc:
-            # Kept for the watchdog to retry: a lost offline event would leave contacts
-            # believing the wallet is online.
-            self.pending_announcements[wallet] = online
-            log.warning("presence change not announced yet", extra={"error": type(exc).__name__})
-            return
-        self.pending_announcements.pop(wallet, None)
-        PRESENCE_CHANGES.labels("online" if online else "offline").inc()
-        update = {"wallet": wallet, "online": online, "at": iso_ms(time.time())}
-        legacy = self.settings.presence_legacy_enabled
-        # One emit per event for all the contacts' rooms: one pub/sub message each, where a
-        # per-contact loop published 500 (x3 with the legacy events) for 500 online contacts.
-        rooms = [f"user:{contact}" for contact in contacts]
-        if rooms:
-            await self.emit("presence:update", update, room=rooms)
-            if legacy:
-                await self.emit("presence", {"wallet": wallet, "online": online}, room=rooms)
-                await self.emit(
-                    "user_connected" if online else "user_disconnected",
-                    {"wallet": wallet},
-                    room=rooms,
-                )
-        if legacy and contacts:
-            LEGACY_USED.labels("presence").inc()
-            log.warning(
-                "deprecated presence events emitted (presence, user_connected/user_disconnected);"
-                " clients should use presence:update",
-                extra={"event": "presence", "recipients": len(contacts)},
-            )
+            await self.announcer.announce(state.wallet, online=False)
 
     async def socket_state(self, sid: str) -> SocketState | None:
         try:
@@ -319,8 +323,10 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def _sender(self, sid: str) -> SocketState:
         state = await self.socket_state(sid)
-        if state is None:
+        if state is None or state.ended:
             raise Refusal("unauthorized")
+        if state.expired():
+            raise Refusal("token_expired")
         if not state.bucket.take():
             raise Refusal("rate_limited")
         return state
@@ -361,16 +367,7 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         signal_id = payload.signalId or uuid.uuid4().hex
         body["signalId"] = signal_id
 
-        deps = self._deps()
-        try:
-            if not await deps.access.are_mutual_contacts(state.wallet, to):
-                raise Refusal("forbidden")
-            if not state.rtc or not await deps.access.is_rtc_enabled(state.wallet):
-                raise Refusal("sender_not_rtc_eligible")
-            if not await deps.access.is_rtc_enabled(to):
-                raise Refusal("target_not_rtc_eligible")
-        except ApiError:
-            raise Refusal("unavailable") from None
+        await self._check_access(state, to)
         remote, first = await self._route(state.wallet, to, signal_id)
         if not first:
             SIGNALS.labels(event, "duplicate").inc()
@@ -388,11 +385,24 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         SIGNALS.labels(event, "ok").inc()
         return {"ok": True, "signalId": signal_id}
 
+    async def _check_access(self, state: SocketState, to: str) -> None:
+        """Mutual contacts, and both users' RTC switches on (the legacy event too)."""
+        access = self._deps().access
+        try:
+            if not await access.are_mutual_contacts(state.wallet, to):
+                raise Refusal("forbidden")
+            if not state.rtc or not await access.is_rtc_enabled(state.wallet):
+                raise Refusal("sender_not_rtc_eligible")
+            if not await access.is_rtc_enabled(to):
+                raise Refusal("target_not_rtc_eligible")
+        except ApiError:
+            raise Refusal("unavailable") from None
+
     async def _route(self, sender: str, to: str, signal_id: str) -> tuple[bool, bool]:
         """(remote, first): does delivery cross instances, and is the sender's signalId new.
         Refuses when `to` cannot be reached now (see _reachable). One batched round trip in the
         usual case; the step-by-step path when Redis failed or a listener may be missing."""
-        key = _dedup_key(sender, signal_id)
+        key = dedup_key(sender, signal_id)
         try:
             route = await self._deps().presence.route_signal(
                 to, dedup_key=key, dedup_seconds=DEDUP_SECONDS, channel=self.server.manager.channel
@@ -430,13 +440,13 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         return bool(remote)
 
     async def _forget(self, sender: str, signal_id: str) -> None:
-        key = _dedup_key(sender, signal_id)
+        key = dedup_key(sender, signal_id)
         self._local_dedup.seen.pop(key, None)
         with contextlib.suppress(RedisError):
             await self._deps().redis.delete(key)
 
     async def _first_time(self, sender: str, signal_id: str) -> bool:
-        key = _dedup_key(sender, signal_id)
+        key = dedup_key(sender, signal_id)
         try:
             created = await self._deps().redis.set(key, "1", nx=True, ex=DEDUP_SECONDS)
         except RedisError:
@@ -468,16 +478,19 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise Refusal("invalid_payload") from None
         if size > self.settings.signal_max_sdp_bytes:
             raise Refusal("invalid_payload")
-        try:
-            if not await self._deps().access.are_mutual_contacts(state.wallet, to):
-                raise Refusal("forbidden")
-        except ApiError:
-            raise Refusal("unavailable") from None
+        await self._check_access(state, to)
+        if payload.signalId is not None and not await self._first_time(
+            state.wallet, payload.signalId
+        ):
+            SIGNALS.labels(event, "duplicate").inc()
+            return {"ok": True, "signalId": payload.signalId, "duplicate": True}
         await self.emit(
             "signal", {"from": state.wallet, "signal": payload.signal}, room=f"user:{to}"
         )
         SIGNALS.labels(event, "ok").inc()
-        return {"ok": True}
+        return (
+            {"ok": True} if payload.signalId is None else {"ok": True, "signalId": payload.signalId}
+        )
 
     async def _relay_ack(self, sid: str, event: str, data: Any) -> Any:
         """`relay:ack {ids}`: the same as POST /api/v1/relay/ack, for the caller's own queue."""
@@ -494,39 +507,5 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         return {"acked": acked}
 
 
-def _dedup_key(sender: str, signal_id: str) -> str:
-    """Redis key marking that `sender` sent `signal_id` (forwarded once within DEDUP_SECONDS)."""
-    return f"signal:dedup:{sender}:{signal_id}"
-
-
-def _outcome_of(result: Any) -> str:
-    """The outcome word of a handler's answer: ok, duplicate, or the error code."""
-    if isinstance(result, dict):
-        if result.get("ok") is False:
-            return str(result.get("error", "error"))
-        if result.get("duplicate"):
-            return "duplicate"
-    return "ok"
-
-
-def _signal_id_of(data: Any) -> str | None:
-    if isinstance(data, dict):
-        value = data.get("signalId")
-        if isinstance(value, str) and 0 < len(value) <= 128:
-            return value
-    return None
-
-
-@dataclass
-class SignalDeps:
-    """What the namespace needs at run time, built in the app's cleanup context."""
-
-    redis: Any
-    presence: Presence
-    access: AccessCache
-    relay: RelayStore
-
-
-SIO_KEY = web.AppKey("signal_sio", SignalServer)
 NAMESPACE_KEY = web.AppKey("signal_namespace", SignalNamespace)
 DEPS_KEY = web.AppKey("signal_deps", SignalDeps)

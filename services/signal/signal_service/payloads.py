@@ -47,6 +47,7 @@ class CandidateSignal(_Signal):
 
 class LegacySignal(_Strict):
     to: WalletField
+    signalId: SignalIdField | None = None
     signal: Any = Field(default=None)
 
 

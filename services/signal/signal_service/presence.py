@@ -24,7 +24,14 @@ from rtc_common.clients import as_text
 PREFIX = "presence:"
 INSTANCES_KEY = PREFIX + "instances"
 
+# ARGV[5]: the most sockets a wallet may hold across instances (0: no limit). Returns -1 when a
+# new socket would go over it (nothing written), else the wallet's sockets.
 _REGISTER = """
+local limit = tonumber(ARGV[5])
+if limit > 0 and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
+    and redis.call('HLEN', KEYS[1]) >= limit then
+  return -1
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[4])
@@ -87,6 +94,10 @@ return redis.call('HLEN', KEYS[3])
 """
 
 
+class TooManySockets(Exception):
+    """The wallet already holds as many sockets as allowed (SIGNAL_MAX_SOCKETS_PER_WALLET)."""
+
+
 @dataclass(frozen=True)
 class SignalRoute:
     reachable: bool
@@ -120,13 +131,27 @@ class Presence:
     def _conn_key(wallet: str) -> str:
         return f"{PREFIX}conn:{wallet}"
 
-    async def register(self, sock: LocalSocket) -> bool:
-        """Record a socket; True when it is the wallet's first (the wallet just came online)."""
-        count = await self._register(
-            keys=[self._conn_key(sock.wallet), self._sockets_key, INSTANCES_KEY],
-            args=[sock.sid, f"{self.instance_id}|{int(sock.rtc)}", sock.wallet, self.instance_id],
+    async def register(self, sock: LocalSocket, *, limit: int = 0) -> bool:
+        """Record a socket; True when it is the wallet's first (the wallet just came online).
+
+        `limit` > 0: raise TooManySockets instead when the wallet holds that many already
+        (atomically: concurrent handshakes on several instances never go over it).
+        """
+        count = int(
+            await self._register(
+                keys=[self._conn_key(sock.wallet), self._sockets_key, INSTANCES_KEY],
+                args=[
+                    sock.sid,
+                    f"{self.instance_id}|{int(sock.rtc)}",
+                    sock.wallet,
+                    self.instance_id,
+                    limit,
+                ],
+            )
         )
-        return int(count) == 1
+        if count < 0:
+            raise TooManySockets(sock.wallet)
+        return count == 1
 
     async def unregister(self, sid: str, wallet: str) -> bool:
         """Forget a socket; True when it was the wallet's last (the wallet just went offline)."""

@@ -787,7 +787,8 @@ async def _relay_result(
             f"{label} relay",
             f"coturn refused the permission for peer {_fmt(peer)}{code}",
             "coturn blocks this peer address (denied-peer-ip; loopback peers need"
-            " allow-loopback-peers): run the doctor from a host coturn may relay to",
+            " allow-loopback-peers and an allowed-peer-ip): run the doctor from a host coturn"
+            " may relay to",
         )
     if out_ok and back_ok:
         return Result(

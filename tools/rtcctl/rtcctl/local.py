@@ -6,6 +6,7 @@ the other files are rewritten on every `prepare` so that a change of ports or co
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -24,6 +25,12 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 GATEWAY_TEMPLATE = REPO_ROOT / "gateway" / "nginx.conf.template"
 ALERT_RULES = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
 WEB_ROOT = REPO_ROOT / "clients" / "web"  # served at /demo/ (the web SDK and the demo page)
+# The peer ranges coturn never relays to: the one list the image's entrypoint renders too.
+DENIED_PEERS = REPO_ROOT / "deploy" / "coturn" / "denied-peers.txt"
+# coturn's limits: the image's defaults (deploy/coturn/entrypoint.sh, deploy/env.example).
+TURN_USER_QUOTA = 12
+TURN_TOTAL_QUOTA = 800
+TURN_MAX_BPS = 1_000_000
 
 
 @dataclass
@@ -41,6 +48,30 @@ class StackPorts:
 _NGINX_SIZE = re.compile(r"[1-9][0-9]{0,8}[km]?")
 _NGINX_TIME = re.compile(r"[1-9][0-9]{0,6}(?:ms|s|m)?")
 _OFF = ("off", "0")
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+# Plain IPv4 or IPv6 (no embedded IPv4, no zone), an optional prefix: what the image's shell
+# renderer checks too. A "::" stands for two groups at least (RFC 5952): nginx 1.22 cannot parse
+# a trailing one that stands for one group before a prefix.
+_PROXY_NETWORK = re.compile(r"(?:[0-9.]+|[0-9a-fA-F:]+)(?:/[0-9]{1,3})?")
+
+
+def _check_proxy_network(entry: str) -> None:
+    """One GATEWAY_REAL_IP_FROM entry: an address or a network without host bits (a mistyped
+    mask would trust more than meant), never /0 (every client could pick its address)."""
+    try:
+        address = entry.partition("/")[0]
+        if not _PROXY_NETWORK.fullmatch(entry):
+            raise ValueError(entry)
+        if "::" in address and len([group for group in address.split(":") if group]) > 6:
+            raise ValueError(entry)
+        if ipaddress.ip_network(entry).prefixlen == 0:
+            raise ValueError(entry)
+    except ValueError:
+        raise ValueError(
+            f"GATEWAY_REAL_IP_FROM: {entry!r} is not an IPv4/IPv6 address or CIDR "
+            "(no host bits set, prefix from 1, '::' for two groups at least)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -49,7 +80,9 @@ class GatewayLimits:
 
     `rate_limit` (requests per second per client address, bursts up to `rate_burst` more) and
     `conn_limit` (open connections per client address) are `None` when switched off.
-    gateway/docker-entrypoint.sh reads the same variables with the same defaults.
+    `real_ip_from`: the load balancers in front, whose X-Forwarded-For names the client.
+    `demo`: serve /demo/ (on in the local stack; the image's default is off).
+    gateway/docker-entrypoint.sh reads the same variables with the same defaults (but `demo`).
     """
 
     rate_limit: int | None = 50
@@ -61,6 +94,8 @@ class GatewayLimits:
     client_header_timeout: str = "10s"
     client_body_timeout: str = "10s"
     send_timeout: str = "30s"
+    real_ip_from: tuple[str, ...] = ()
+    demo: bool = True
 
     ENV: ClassVar[dict[str, str]] = {
         "rate_limit": "GATEWAY_RATE_LIMIT",
@@ -72,6 +107,8 @@ class GatewayLimits:
         "client_header_timeout": "GATEWAY_CLIENT_HEADER_TIMEOUT",
         "client_body_timeout": "GATEWAY_CLIENT_BODY_TIMEOUT",
         "send_timeout": "GATEWAY_SEND_TIMEOUT",
+        "real_ip_from": "GATEWAY_REAL_IP_FROM",
+        "demo": "GATEWAY_DEMO",
     }
 
     def __post_init__(self) -> None:
@@ -87,6 +124,8 @@ class GatewayLimits:
         for name in ("client_header_timeout", "client_body_timeout", "send_timeout"):
             if not _NGINX_TIME.fullmatch(getattr(self, name)):
                 raise ValueError(f"{self.ENV[name]}: an nginx time such as 10s or 500ms")
+        for entry in self.real_ip_from:
+            _check_proxy_network(entry)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewayLimits:
@@ -96,7 +135,13 @@ class GatewayLimits:
             raw = environ.get(variable, "").strip().lower()
             if not raw:
                 continue
-            if name in ("rate_limit", "conn_limit", "rate_burst"):
+            if name == "real_ip_from":
+                values[name] = tuple(p.strip() for p in raw.split(",") if p.strip())
+            elif name == "demo":
+                if raw not in _TRUE + _FALSE:
+                    raise ValueError(f"{variable}: true or false")
+                values[name] = raw in _TRUE
+            elif name in ("rate_limit", "conn_limit", "rate_burst"):
                 if name != "rate_burst" and raw in _OFF:
                     values[name] = None
                     continue
@@ -113,6 +158,9 @@ class GatewayLimits:
         return cls(rate_limit=None, conn_limit=None)
 
     def placeholders(self) -> dict[str, str]:
+        real_ip = [f"    set_real_ip_from {entry};" for entry in self.real_ip_from]
+        if real_ip:
+            real_ip += ["    real_ip_header X-Forwarded-For;", "    real_ip_recursive on;"]
         return {
             # An empty key is never counted: that is how a limit is off.
             "rate_key": '""' if self.rate_limit is None else "$binary_remote_addr",
@@ -126,6 +174,8 @@ class GatewayLimits:
             "client_header_timeout": self.client_header_timeout,
             "client_body_timeout": self.client_body_timeout,
             "send_timeout": self.send_timeout,
+            "real_ip": "\n".join(real_ip),
+            "demo": "on" if self.demo else "off",
         }
 
 
@@ -178,9 +228,38 @@ def render_gateway(
     return text
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def denied_peer_networks(path: Path = DENIED_PEERS) -> list[IPNetwork]:
+    """The networks of denied-peers.txt: the first word of each line; `#` lines are comments."""
+    networks: list[IPNetwork] = []
+    for line in path.read_text().splitlines():
+        words = line.split()
+        if words and not words[0].startswith("#"):
+            networks.append(ipaddress.ip_network(words[0]))
+    return networks
+
+
+def coturn_peer_range(network: IPNetwork) -> str:
+    """`FIRST-LAST` (coturn 4.6 takes no CIDR), or the address alone for a single one; IPv6 as
+    eight hex groups, exactly as the image's entrypoint writes them."""
+
+    def text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+        if address.version == 4:
+            return str(address)
+        packed = address.packed
+        return ":".join(f"{int.from_bytes(packed[i : i + 2], 'big'):x}" for i in range(0, 16, 2))
+
+    first, last = text(network[0]), text(network[-1])
+    return first if first == last else f"{first}-{last}"
+
+
 def turnserver_conf(run_dir: Path, port: int, secret: str, previous: str | None = None) -> str:
     """coturn's config for the local stack. `previous`: a retired secret still accepted during a
-    rotation (TURN_SECRET_PREVIOUS; coturn accepts every `static-auth-secret` line)."""
+    rotation (TURN_SECRET_PREVIOUS; coturn accepts every `static-auth-secret` line).
+    The peer policy and limits are the image's defaults (deploy/coturn), but for one loopback
+    address allowed as a peer."""
     return "\n".join(
         [
             "listening-ip=127.0.0.1",
@@ -191,14 +270,24 @@ def turnserver_conf(run_dir: Path, port: int, secret: str, previous: str | None 
             *([f"static-auth-secret={previous}"] if previous else []),
             "realm=rtc.local",
             "fingerprint",
-            # Loopback peers are what a one-machine stack has; never enable this on a public host.
-            "allow-loopback-peers",
             "no-cli",
             "min-port=49160",
             "max-port=49200",
             "no-tls",
             "no-dtls",
             "no-multicast-peers",
+            # Every non-public range denied, as in the image (deploy/coturn/denied-peers.txt).
+            *(f"denied-peer-ip={coturn_peer_range(net)}" for net in denied_peer_networks()),
+            # LOCAL/TEST ONLY, never on a public host: the one loopback peer a one-machine stack
+            # relays to (the other end of a call on this host, the doctor's probe). coturn
+            # refuses loopback peers without allow-loopback-peers whatever the lists say; with
+            # it, the denied 127/8 and ::1 still apply to every other loopback address.
+            "allow-loopback-peers",
+            "allowed-peer-ip=127.0.0.1",
+            "no-tcp-relay",
+            f"user-quota={TURN_USER_QUOTA}",
+            f"total-quota={TURN_TOTAL_QUOTA}",
+            f"max-bps={TURN_MAX_BPS}",
             "log-file=stdout",
             "simple-log",
             f"pidfile={run_dir}/turnserver.pid",
@@ -238,17 +327,34 @@ def render_prometheus(
     return json.dumps(config, indent=2) + "\n"
 
 
+# The local stack's token issuer and audience: rtcctl's tokens carry them, the services require
+# them, so a token signed with JWT_SECRET for anything else is refused (not secrets).
+LOCAL_JWT_ISSUER = "rtc-local"
+LOCAL_JWT_AUDIENCE = "rtc"
+# Generated into secrets.env when missing (an older file gets the ones it lacks), then kept:
+# name -> random bytes (JWT_SECRET's 48 give 64 characters, long enough for HS512 as well).
+_GENERATED_SECRETS = {"JWT_SECRET": 48, "TURN_SECRET": 32, "LOG_PSEUDONYM_KEY": 32}
+
+
 def _load_or_create_secrets(run_dir: Path) -> dict[str, str]:
     path = run_dir / "secrets.env"
-    if path.exists():
-        return read_env_file(path)
-    values = {
-        "JWT_SECRET": secrets.token_urlsafe(48),
-        "TURN_SECRET": secrets.token_urlsafe(32),
+    values = read_env_file(path) if path.exists() else {}
+    missing = {
+        name: secrets.token_urlsafe(size)
+        for name, size in _GENERATED_SECRETS.items()
+        if not values.get(name)
     }
-    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    if missing:
+        text = path.read_text() if path.exists() else ""
+        lines = ("\n" if text and not text.endswith("\n") else "") + "".join(
+            f"{k}={v}\n" for k, v in missing.items()
+        )
+        # Created 0600 (never readable by others, not even between create and chmod).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as handle:
+            handle.write(lines)
     path.chmod(0o600)
-    return values
+    return {**values, **missing}
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -273,6 +379,9 @@ def prepare(run_dir: Path, ports: StackPorts) -> None:
         "REDIS_URL": redis_url,
         "DIRECTORY_URL": redis_url,
         "JWT_SECRET": generated["JWT_SECRET"],
+        "JWT_ISSUER": LOCAL_JWT_ISSUER,
+        "JWT_AUDIENCE": LOCAL_JWT_AUDIENCE,
+        "LOG_PSEUDONYM_KEY": generated["LOG_PSEUDONYM_KEY"],
         "ALLOW_BEARER_AUTH": "true",
         "ALLOWED_ORIGINS": f"http://127.0.0.1:{ports.gateway},http://localhost:{ports.gateway}",
         "TRUSTED_PROXIES": "127.0.0.1",
