@@ -381,15 +381,20 @@ async def phase_signaling(gateway: str) -> None:
 async def phase_relay_store_memory(driver: Driver, redis: RedisServer) -> None:
     """The store Redis fills up to 90 % of a maxmemory, then is emptied and unlimited again."""
     client = redis.client()
-    # A large value, so that the clients' own buffers (used_memory moves by some 100 KB as they
-    # connect and read) cannot take the share below the alert's 80 % or over the limit.
-    client.set("rtc:test:ballast", b"x" * 8_000_000)
+    # 8 MB of small values, so that the clients' own buffers (used_memory moves by some 100 KB
+    # as they connect and read) cannot take the share below 80 % or over the limit. Small ones:
+    # one large value would leave its size in the query buffer for a while, counted as used.
+    keys = [f"rtc:test:ballast:{n}" for n in range(8000)]
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.set(key, b"x" * 1000)
+    pipe.execute()
     client.config_set("maxmemory", int(int(client.info("memory")["used_memory"]) / 0.9))
     try:
         await driver.wait_alert("RelayStoreMemoryHigh", firing=True, timeout=30)
     finally:
         client.config_set("maxmemory", 0)
-        client.delete("rtc:test:ballast")
+        client.delete(*keys)
     await driver.wait_alert("RelayStoreMemoryHigh", firing=False, timeout=30)
 
 

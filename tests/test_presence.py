@@ -619,34 +619,33 @@ async def test_mongo_directory_contacts_and_rtc_switch(mongo: MockupDB) -> None:
     async with opened(directory_settings(DIRECTORY_URL=url)) as directory:
         assert isinstance(directory, MongoDirectory)
 
-        # are_mutual_contacts: count_documents is an aggregate over both directions.
-        expected_aggregate = {
-            "aggregate": "contacts",
-            "pipeline": [
-                {
-                    "$match": {
-                        "$or": [
-                            {"wallet": a, "contact": b},
-                            {"wallet": b, "contact": a},
-                        ]
-                    }
-                },
-                {"$group": {"_id": 1, "n": {"$sum": 1}}},
-            ],
-            "cursor": {},
-            "$db": "rtc",
-        }
-        for docs, mutual in [
-            ([{"_id": 1, "n": 2}], True),
-            ([{"_id": 1, "n": 1}], False),  # one direction only
-            ([], False),
+        # are_mutual_contacts: one find per direction, the second only when the first is there
+        # (a duplicated document of one direction never stands for the other).
+        def direction(owner: str, contact: str) -> dict[str, Any]:
+            return {
+                "find": "contacts",
+                "filter": {"wallet": owner, "contact": contact},
+                "projection": {"_id": 1},
+                "limit": 1,
+                "singleBatch": True,
+                "$db": "rtc",
+            }
+
+        found = [{"_id": 1}]
+        for answers, mutual in [
+            ([found, found], True),
+            ([found, []], False),  # one direction only
+            ([[]], False),
         ]:
             commands, answer = await converse(
                 mongo,
                 directory.are_mutual_contacts(a, b),
-                (OpMsg("aggregate", "contacts", namespace="rtc"), batch("rtc.contacts", *docs)),
+                *[
+                    (OpMsg("find", "contacts", namespace="rtc"), batch("rtc.contacts", *docs))
+                    for docs in answers
+                ],
             )
-            assert commands == [expected_aggregate]
+            assert commands == [direction(a, b), direction(b, a)][: len(answers)]
             assert answer is mutual
 
         # is_rtc_enabled: one find on users by wallet; no document or no field = enabled.

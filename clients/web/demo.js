@@ -146,9 +146,16 @@ async function signIn(token) {
   });
   me.addEventListener("connection", (e) => {
     const { connected, error } = /** @type {CustomEvent} */ (e).detail;
+    if (me.sessionEndReason !== null) return; // the "session ended" status stays
     $("conn-status").textContent = connected ? "online" : `offline${error ? ` (${error})` : ""}`;
     $("conn-status").dataset.state = connected ? "online" : "offline";
     log(connected ? "signaling connected" : `signaling disconnected${error ? `: ${error}` : ""}`);
+  });
+  me.addEventListener("sessionEnded", (e) => {
+    const { reason } = /** @type {CustomEvent} */ (e).detail;
+    $("conn-status").textContent = `session ended (${reason}): sign in again with a new token`;
+    $("conn-status").dataset.state = "ended";
+    log(`session ended by the server: ${reason}`);
   });
   me.addEventListener("presence", (e) => {
     const { wallet: who, online } = /** @type {CustomEvent} */ (e).detail;

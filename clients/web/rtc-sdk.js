@@ -20,6 +20,13 @@
  *   deduplicated by sender + messageId across both transports, then acked.
  * - The transport of every message goes to the app (`delivery` / `message` events) and to
  *   `POST /api/v1/rtc/telemetry` with the selected pair's local candidate type (getStats).
+ * - A session the server ends is not retried: on `session:end {reason}` (`token_expired`,
+ *   `abuse`; the server may add others) or a handshake refusal while (re)connecting (the
+ *   connect_error's `data.error`: `unauthorized`, `too_many_connections`, `csrf_failed`), the
+ *   socket and the peer connections close, `state` becomes "ended", `sessionEndReason` holds the
+ *   reason and a `sessionEnded` event ({reason}) goes out once. Network failures are retried.
+ *   The relay over HTTP keeps working with the token; sign in again with a new token (a new
+ *   RtcClient) to get signaling back.
  *
  * Tokens and ICE credentials are never logged and are kept in private fields.
  *
@@ -27,6 +34,7 @@
  *   import { RtcClient } from "./rtc-sdk.js";
  *   const me = new RtcClient({ baseUrl: location.origin, token });
  *   me.addEventListener("message", (e) => console.log(e.detail.payload, e.detail.transport));
+ *   me.addEventListener("sessionEnded", (e) => console.log("signed out:", e.detail.reason));
  *   await me.start();
  *   const delivery = await me.send("0xbbb", "hello"); // {transport: "rtc"|"relay", forced, ...}
  */
@@ -248,7 +256,8 @@ class Link {
 /**
  * One signed-in user. Events (CustomEvent, data in `detail`): `message` (IncomingMessage),
  * `delivery` (Delivery), `presence` (Presence), `ice` (IceInfo), `pair` ({peer, pair}),
- * `connection` ({connected, error?}), `policy` ({iceTransportPolicy, peerPathBlocked}).
+ * `connection` ({connected, error?}), `policy` ({iceTransportPolicy, peerPathBlocked}),
+ * `sessionEnded` ({reason}: the server ended or refused the session; final, see the top).
  */
 export class RtcClient extends EventTarget {
   #token;
@@ -268,6 +277,8 @@ export class RtcClient extends EventTarget {
   #timers = new Set();
   #blocked = false;
   #closed = false;
+  /** @type {string | null} */
+  #endReason = null;
 
   /** @param {RtcClientOptions} options */
   constructor(options) {
@@ -330,6 +341,24 @@ export class RtcClient extends EventTarget {
 
   get connected() {
     return Boolean(this.#socket && this.#socket.connected);
+  }
+
+  /** The reason the server ended (or refused) the session; null while it lives. */
+  get sessionEndReason() {
+    return this.#endReason;
+  }
+
+  /**
+   * The signaling session; "connecting" also covers the reconnect loop after a drop, "ended" is
+   * final.
+   * @returns {"new" | "connecting" | "connected" | "disconnected" | "ended" | "closed"}
+   */
+  get state() {
+    if (this.#closed) return "closed";
+    if (this.#endReason !== null) return "ended";
+    if (!this.#socket) return "new";
+    if (this.#socket.connected) return "connected";
+    return this.#socket.active ? "connecting" : "disconnected";
   }
 
   get peerPathBlocked() {
@@ -460,7 +489,7 @@ export class RtcClient extends EventTarget {
   /** @param {number} ms */
   #scheduleRefresh(ms) {
     if (this.#refreshTimer !== null) clearTimeout(this.#refreshTimer);
-    if (this.#closed) return;
+    if (this.#closed || this.#endReason !== null) return;
     this.#refreshTimer = setTimeout(() => this.#refreshDue(5000), ms);
   }
 
@@ -470,7 +499,7 @@ export class RtcClient extends EventTarget {
       await this.refreshIce();
     } catch (err) {
       this.logger?.warn("rtc-sdk: ICE refresh failed; retrying", { error: errorCode(err) });
-      if (this.#closed) return;
+      if (this.#closed || this.#endReason !== null) return;
       this.#refreshTimer = setTimeout(() => this.#refreshDue(Math.min(retryMs * 2, 60000)), retryMs);
       return;
     }
@@ -586,6 +615,7 @@ export class RtcClient extends EventTarget {
     on("presence:snapshot", (d) => this.#onSnapshot(d));
     on("presence:update", (d) => this.#onPresence(d));
     on("rtc:error", (d) => this.logger?.warn("rtc-sdk: rtc:error", { error: d?.error, event: d?.event }));
+    on("session:end", (d) => this.#endSession(typeof d?.reason === "string" && d.reason ? d.reason : "ended"));
     socket.on("disconnect", (/** @type {string} */ reason) => this.#emit("connection", { connected: false, error: reason }));
     return new Promise((resolve, reject) => {
       let first = true;
@@ -599,15 +629,33 @@ export class RtcClient extends EventTarget {
         }
       });
       socket.on("connect_error", (/** @type {any} */ err) => {
-        const code = err?.data?.error ?? "signal_connect_failed";
+        const refused = typeof err?.data?.error === "string" ? err.data.error : null;
+        const code = refused ?? "signal_connect_failed";
         this.#emit("connection", { connected: false, error: code });
-        if (first && (err?.data || !socket.active)) {
+        if (first && (refused || !socket.active)) {
           first = false;
           socket.disconnect();
           reject(new RtcError(code, "signaling refused the connection"));
         }
+        // The server's refusal (unauthorized, too_many_connections, ...) would come again at every
+        // retry with this token; a network error has no `data` and the manager retries it.
+        if (refused) this.#endSession(refused);
       });
     });
+  }
+
+  /** Final until a new client signs in: the socket and peer connections close, the app is told
+   * once. @param {string} reason */
+  #endSession(reason) {
+    if (this.#endReason !== null || this.#closed) return;
+    this.#endReason = reason;
+    if (this.#refreshTimer !== null) clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    for (const link of this.links.values()) this.#closeLink(link, "session_ended");
+    // Also stops a manager that is between reconnection attempts.
+    this.#socket?.disconnect();
+    this.logger?.warn("rtc-sdk: session ended", { reason });
+    this.#emit("sessionEnded", { reason });
   }
 
   /** @param {string} event @param {object} body @returns {Promise<any>} */
@@ -948,7 +996,7 @@ export class RtcClient extends EventTarget {
     this.#acks.set(messageId, { resolve: resolveAck, promise });
     let tries = 0;
     try {
-      if (this.rtc && !this.#closed) {
+      if (this.rtc && !this.#closed && this.#endReason === null) {
         const frame = encodeMsg(messageId, payload);
         for (let i = 0; i < this.rtcTries; i++) {
           tries += 1;

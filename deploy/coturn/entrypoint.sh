@@ -1,6 +1,6 @@
 #!/bin/sh
-# The coturn image's entrypoint: renders turnserver.conf.template into $TURN_RUN_DIR/turnserver.conf
-# and runs turnserver with it.
+# The coturn image's entrypoint: renders turnserver.conf.template (and denied-peers.txt) into
+# $TURN_RUN_DIR/turnserver.conf and runs turnserver with it.
 #
 # Env (deploy/env.example, README "coturn on a public VM"): TURN_SECRET (required),
 #   TURN_SECRET_PREVIOUS, TURN_PORT (3478), TURN_MIN_PORT (49160), TURN_MAX_PORT (49999),

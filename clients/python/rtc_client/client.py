@@ -13,6 +13,10 @@
   by sender + messageId across both transports, then acked.
 - Each message's transport goes to the app (`Delivery` from `send()`, `IncomingMessage` on
   `incoming` / `on_message`) and to `POST /api/v1/rtc/telemetry` with the selected candidate type.
+- A session the server ends (`session:end {reason}`: token_expired, abuse, ...) or refuses at a
+  (re)connect (`connect_error` unauthorized, too_many_connections, ...) is not retried: the socket
+  closes, `state` becomes "ended", `session_end_reason` holds the reason, `session_ended` is set
+  and `on_session_end(reason)` runs. The relay over HTTP keeps working with the token.
 
 Glare (both sides offer at once): the offer of the lexicographically smaller wallet wins.
 Tokens and ICE credentials are never logged.
@@ -52,6 +56,7 @@ log = logging.getLogger("rtc_client")
 
 Transport = Literal["rtc", "relay"]
 IcePolicy = Literal["all", "relay"]
+State = Literal["new", "connecting", "connected", "disconnected", "ended", "closed"]
 _HEX_WALLET = re.compile(r"^0x[0-9a-fA-F]+$")
 _RETRYABLE_STATUS = {429, 502, 503, 504}
 
@@ -150,6 +155,7 @@ class _Link:
 
 MessageCallback = Callable[[IncomingMessage], Awaitable[None] | None]
 DeliveryCallback = Callable[[Delivery], Awaitable[None] | None]
+SessionEndCallback = Callable[[str], Awaitable[None] | None]
 
 
 class RtcClient:
@@ -173,10 +179,13 @@ class RtcClient:
         local_addr: str | None = None,
         on_message: MessageCallback | None = None,
         on_delivery: DeliveryCallback | None = None,
+        on_session_end: SessionEndCallback | None = None,
         negotiation_timeout: float = 10.0,
         signal_timeout: float = 5.0,
         telemetry: bool = True,
         dedup_size: int = 10_000,
+        reconnection_delay: float = 1.0,
+        reconnection_delay_max: float = 5.0,
     ) -> None:
         if rtc_tries < 0 or ack_window <= 0 or not 0 < refresh_ratio < 1:
             raise ValueError("rtc_tries >= 0, ack_window > 0 and 0 < refresh_ratio < 1")
@@ -195,6 +204,12 @@ class RtcClient:
         self.telemetry = telemetry
         self.on_message = on_message
         self.on_delivery = on_delivery
+        self.on_session_end = on_session_end
+        self.reconnection_delay = reconnection_delay
+        self.reconnection_delay_max = reconnection_delay_max
+        # None while the session lives; the server's reason (or refusal code) once it ended.
+        self.session_end_reason: str | None = None
+        self.session_ended = asyncio.Event()
         self.incoming: asyncio.Queue[IncomingMessage] = asyncio.Queue()
         self.ice: IceConfig | None = None
         self.ice_fetches = 0
@@ -214,6 +229,7 @@ class RtcClient:
         self._refresh_task: asyncio.Task[None] | None = None
         self._blocked = False
         self._closed = False
+        self._connecting = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -241,7 +257,8 @@ class RtcClient:
             await self._close_link(link, "closed")
         if self._sio is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._sio.disconnect(), 5)
+                # shutdown, not disconnect: it also stops a reconnect loop that is under way.
+                await asyncio.wait_for(self._sio.shutdown(), 5)
         for task in list(self._timers):
             task.cancel()
         if self._tasks:
@@ -266,6 +283,22 @@ class RtcClient:
     @property
     def connected(self) -> bool:
         return bool(self._sio is not None and self._sio.connected)
+
+    @property
+    def state(self) -> State:
+        """The signaling session: "connecting" also covers the reconnect loop after a drop;
+        "ended" is final (see `session_end_reason`)."""
+        if self._closed:
+            return "closed"
+        if self.session_end_reason is not None:
+            return "ended"
+        if self._sio is None:
+            return "new"
+        if self._sio.connected:
+            return "connected"
+        if self._connecting or self._sio in socketio.base_client.reconnecting_clients:
+            return "connecting"
+        return "disconnected"
 
     def set_peer_path_blocked(self, blocked: bool) -> None:
         """Simulate a failed peer path: close every peer connection, answer no offer, and drop
@@ -468,16 +501,22 @@ class RtcClient:
 
     async def _connect_socket(self) -> None:
         sio = socketio.AsyncClient(
-            http_session=self._http, reconnection=True, reconnection_delay_max=5
+            http_session=self._http,
+            reconnection=True,
+            reconnection_delay=self.reconnection_delay,
+            reconnection_delay_max=self.reconnection_delay_max,
         )
         self._sio = sio
         sio.on("connect", self._on_connect)
+        sio.on("connect_error", self._guard(self._on_connect_error))
+        sio.on("session:end", self._guard(self._on_session_end))
         sio.on("rtc:offer", self._guard(self._on_offer))
         sio.on("rtc:answer", self._guard(self._on_answer))
         sio.on("rtc:candidate", self._guard(self._on_candidate))
         sio.on("relay:message", self._guard(self._on_relay_message))
         sio.on("presence:update", self._guard(self._on_presence))
         sio.on("rtc:error", self._guard(self._on_rtc_error))
+        self._connecting = True
         try:
             await sio.connect(
                 self.signal_url,
@@ -486,7 +525,11 @@ class RtcClient:
                 wait_timeout=self.signal_timeout,
             )
         except socketio.exceptions.ConnectionError as exc:
-            raise RtcClientError("signal_connect_failed", type(exc).__name__) from None
+            # A refusal (unauthorized, too_many_connections) ended the session already.
+            code = self.session_end_reason or "signal_connect_failed"
+            raise RtcClientError(code, type(exc).__name__) from None
+        finally:
+            self._connecting = False
 
     def _guard(self, handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         async def run(data: Any = None) -> None:
@@ -502,6 +545,42 @@ class RtcClient:
     async def _on_connect(self) -> None:
         # Every (re)connect: what the relay kept while we were away.
         self._spawn(self._pull_quietly())
+
+    async def _on_connect_error(self, data: Any) -> None:
+        # The server's refusal is `{message, data: {error, message}}` and the same token would be
+        # refused at every retry; a network failure is a string, and python-socketio retries it.
+        body = data.get("data") if isinstance(data, dict) else None
+        code = body.get("error") if isinstance(body, dict) else None
+        if isinstance(code, str) and code:
+            await self._end_session(code)
+
+    async def _on_session_end(self, data: Any) -> None:
+        reason = data.get("reason") if isinstance(data, dict) else None
+        await self._end_session(reason if isinstance(reason, str) and reason else "ended")
+
+    async def _end_session(self, reason: str) -> None:
+        """Final until a new client starts: the socket closes and the app is told once."""
+        if self.session_end_reason is not None or self._closed:
+            return
+        self.session_end_reason = reason
+        log.warning("session ended", extra={"reason": reason})
+        # A task of its own: shutdown() waits for the reconnect loop, which may be running this.
+        self._spawn(self._stop_session())
+        self.session_ended.set()
+        if self.on_session_end is not None:
+            result = self.on_session_end(reason)
+            if inspect.isawaitable(result):
+                await result
+
+    async def _stop_session(self) -> None:
+        # No signaling any more: peer connections and the ICE refresh go too; HTTP stays usable.
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+        for link in list(self._links.values()):
+            await self._close_link(link, "session_ended")
+        if self._sio is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._sio.shutdown(), 5)
 
     async def _pull_quietly(self) -> None:
         try:
@@ -851,7 +930,7 @@ class RtcClient:
         self._acks[message_id] = acked
         tries = 0
         try:
-            if self.rtc and not self._closed:
+            if self.rtc and not self._closed and self.session_end_reason is None:
                 frame = frames.encode_msg(message_id, payload)
                 for _ in range(self.rtc_tries):
                     tries += 1

@@ -50,8 +50,12 @@ _RELEASE = """
 local function release(acct, sender, size)
   local left = redis.call('HINCRBY', acct, 'bytes', -size)
   if left <= 0 then redis.call('HDEL', acct, 'bytes') end
-  if redis.call('HINCRBY', acct, 'n:' .. sender, -1) <= 0 then redis.call('HDEL', acct, 'n:' .. sender) end
-  if redis.call('HINCRBY', acct, 'b:' .. sender, -size) <= 0 then redis.call('HDEL', acct, 'b:' .. sender) end
+  if redis.call('HINCRBY', acct, 'n:' .. sender, -1) <= 0 then
+    redis.call('HDEL', acct, 'n:' .. sender)
+  end
+  if redis.call('HINCRBY', acct, 'b:' .. sender, -size) <= 0 then
+    redis.call('HDEL', acct, 'b:' .. sender)
+  end
 end
 local function entry_fields(flat)
   local fields = {}
@@ -78,7 +82,9 @@ end
 # max_bytes, sender_max_n, sender_max_bytes.
 # Returns {status, id, forced, expired}: status 0 = stored, 1 = duplicate, 2 = queue full,
 # 3 = the sender's share of the queue is full; expired = entries past their TTL trimmed now.
-_ENQUEUE = _RELEASE + """
+_ENQUEUE = (
+    _RELEASE
+    + """
 local existing = redis.call('GET', KEYS[1])
 if existing then
   local sep = string.find(existing, '|', 1, true)
@@ -106,18 +112,24 @@ redis.call('PEXPIRE', KEYS[2], ttl_ms)
 redis.call('PEXPIRE', KEYS[3], ttl_ms)
 return {0, id, ARGV[7], expired}
 """
+)
 
 # KEYS: queue, acct. ARGV: ttl_ms, count. Trims expired entries, then reads the oldest `count`.
 # Returns {expired, entries}.
-_PULL = _RELEASE + """
+_PULL = (
+    _RELEASE
+    + """
 local expired = expire(KEYS[1], KEYS[2], tonumber(ARGV[1]))
 return {expired, redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[2])}
 """
+)
 
 # KEYS: queue, acct. ARGV: idempotency_ms, idem_prefix, ids... Deletes the recipient's own
 # entries, releases what they held, and shortens each message's idempotency key to
 # RELAY_IDEMPOTENCY_SECONDS from now. Returns how many entries were there.
-_ACK = _RELEASE + """
+_ACK = (
+    _RELEASE
+    + """
 local acked = 0
 local keep_ms = tonumber(ARGV[1])
 for i = 3, #ARGV do
@@ -134,6 +146,7 @@ for i = 3, #ARGV do
 end
 return acked
 """
+)
 
 # The store Redis's clock in ms (stream ids, and so queuedAt, come from it).
 _NOW = """

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -37,7 +38,7 @@ from ice_service.providers import coturn_credentials
 from ice_service.settings import IceSettings, Provider
 from rtc_common.clients import make_redis
 from rtc_common.directory import open_directory
-from rtc_common.settings import CommonSettings, SettingsError, load_settings
+from rtc_common.settings import CommonSettings, SettingsError, load_settings, with_redis_password
 
 from . import local
 
@@ -134,9 +135,16 @@ def resolve_target(args: argparse.Namespace) -> Target:
         "TURN_SECRET",
         "TURN_SECRET_PREVIOUS",
         "TWILIO_API_SECRET",
+        "REDIS_PASSWORD",
+        "LOG_PSEUDONYM_KEY",
         TOKEN_ENV,
     ):
         target.remember(env.get(name))
+        # The same secrets given as files (`*_FILE`) are scrubbed from the output too.
+        path = env.get(f"{name}_FILE")
+        if path:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                target.remember(Path(path).read_text().removesuffix("\n") or None)
     for name in ("REDIS_URL", "RELAY_REDIS_URL", "DIRECTORY_URL"):
         target.remember(_userinfo_password(env.get(name)))
     return target
@@ -1196,6 +1204,9 @@ async def check_stores(target: Target, settings: CommonSettings | None) -> list[
     results: list[Result] = []
     urls = [("REDIS_URL", settings.redis_url)]
     relay_url = target.env.get("RELAY_REDIS_URL") or None
+    if relay_url and settings.redis_password is not None:
+        # As the services do: REDIS_PASSWORD goes into a URL that carries none.
+        relay_url = with_redis_password(relay_url, settings.redis_password.get_secret_value())
     if relay_url and relay_url != settings.redis_url:
         urls.append(("RELAY_REDIS_URL", relay_url))
     for var, url in urls:

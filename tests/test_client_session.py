@@ -1,0 +1,392 @@
+"""A session the server ends, as both SDKs see it: no reconnect loop, the app is told why.
+
+Real components: redis-server, signal-service (at most one socket per wallet), relay-service and
+the nginx gateway, which every SDK connection goes through. The Python SDK (`rtc_client`) runs
+in-process; the web SDK (`clients/web/rtc-sdk.js`) runs in Node with socket.io-client v4
+(tests/node/sdk_session.mjs, driven line by line over stdin/stdout) — cheaper than Chromium, and
+the SDK code is the same; `rtc: false`, so no peer connection is involved.
+
+"No new connection attempt" is read from signal-service: its log lines (`event` `connect`, by
+walletHash, under a known LOG_PSEUDONYM_KEY) and its `rtc_signal_events_total` counter, checked
+after a barrier: an unrelated client's connect in the same log (lines are written in order).
+Where the SDK sat in a reconnect loop when it was refused, a bare python-socketio client with the
+same retry schedule is the control: it is refused again and again meanwhile, the SDK is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import socketio
+from helpers import (
+    NODE_DIR,
+    Gateway,
+    ProcessGroup,
+    RedisServer,
+    ServiceProcess,
+    add_contacts,
+    base_env,
+    free_port,
+    make_token,
+    metric_value,
+    signal_env,
+    wait_for_async,
+)
+from rtc_client import RtcClient, RtcClientError
+
+PSEUDONYM_KEY = "client-session-test-pseudonym-key-0123456789abcdef"
+# Fast retries for the reconnect-loop tests (the SDK's and the control's alike).
+FAST_RETRY = {"reconnection_delay": 0.1, "reconnection_delay_max": 0.3}
+UNAUTHORIZED = 'event="connect",outcome="unauthorized"'
+
+
+@dataclass
+class Stack:
+    redis: RedisServer
+    signal: ServiceProcess
+    relay: ServiceProcess
+    gateway: Gateway
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("client-session")
+    with ProcessGroup() as group:
+        redis = group.start(RedisServer(root / "redis"))
+        env = {
+            **signal_env(redis.url),
+            "INSTANCE_ID": "session-signal",
+            "SIGNAL_MAX_SOCKETS_PER_WALLET": "1",
+            "LOG_PSEUDONYM_KEY": PSEUDONYM_KEY,
+        }
+        signal = group.start(ServiceProcess("signal_service", root / "signal", env))
+        relay = group.start(ServiceProcess("relay_service", root / "relay", base_env(redis.url)))
+        # No ice-service: every client here has `rtc` off.
+        gateway = Gateway(
+            root / "gateway", ice=[free_port()], signal=[signal.port], relay=[relay.port]
+        )
+        group.start(gateway)
+        yield Stack(redis, signal, relay, gateway)
+
+
+def new_wallet() -> str:
+    return "0x" + uuid.uuid4().hex[:12]
+
+
+def wallet_hash(wallet: str) -> str:
+    """signal-service's log pseudonym of a wallet (rtc_common.logs.wallet_hash, our key)."""
+    return hmac.digest(PSEUDONYM_KEY.encode(), wallet.encode(), "sha256").hex()[:16]
+
+
+def signal_lines(stack: Stack, event: str, wallet: str) -> list[str]:
+    """The outcomes of the wallet's `event` lines in signal-service's log, in order."""
+    pseudonym = wallet_hash(wallet)
+    outcomes = []
+    for text in stack.signal.log_text().splitlines():
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue
+        if (
+            line.get("msg") == "event"
+            and line.get("event") == event
+            and line.get("walletHash") == pseudonym
+        ):
+            outcomes.append(str(line.get("outcome")))
+    return outcomes
+
+
+def connects(stack: Stack, wallet: str) -> list[str]:
+    return signal_lines(stack, "connect", wallet)
+
+
+def unauthorized_connects(stack: Stack) -> float:
+    # Refused tokens have no wallet in the log line: the counter is what shows their attempts.
+    return metric_value(stack.signal.url, "rtc_signal_events_total", UNAUTHORIZED)
+
+
+def sdk(stack: Stack, wallet: str, token: str | None = None, **kwargs: Any) -> RtcClient:
+    return RtcClient(
+        stack.gateway.url, token or make_token(wallet), wallet, rtc=False, telemetry=False, **kwargs
+    )
+
+
+async def barrier(stack: Stack) -> None:
+    """An unrelated client connects and its line is in the log: every earlier line is too."""
+    wallet = new_wallet()
+    async with sdk(stack, wallet):
+
+        async def logged() -> bool:
+            return connects(stack, wallet) == ["ok"]
+
+        await wait_for_async(logged, 10, what="the barrier client's connect line")
+
+
+@contextlib.asynccontextmanager
+async def gateway_down(stack: Stack) -> AsyncIterator[None]:
+    """The gateway stopped (every client connection through it drops), started again after."""
+    stack.gateway.stop()
+    try:
+        yield
+    finally:
+        # A thread: the gateway waits for /healthz synchronously, the SDK clients keep running.
+        await asyncio.to_thread(stack.gateway.start)
+
+
+async def hold_slot(stack: Stack, wallet: str) -> socketio.AsyncClient:
+    """A socket of `wallet` straight to signal-service: the wallet's only slot is taken."""
+
+    async def previous_gone() -> bool:
+        lines = signal_lines(stack, "disconnect", wallet)
+        return len(lines) >= connects(stack, wallet).count("ok")
+
+    # The dropped socket must be gone on the server first, or the holder is the one refused.
+    await wait_for_async(previous_gone, 10, what="the dropped socket's disconnect line")
+    holder = socketio.AsyncClient(reconnection=False)
+    await holder.connect(
+        stack.signal.url, auth={"token": make_token(wallet)}, transports=["websocket"]
+    )
+    return holder
+
+
+# -- Python SDK ---------------------------------------------------------------------------------
+
+
+async def test_expired_token_ends_the_session_without_reconnecting(stack: Stack) -> None:
+    a, b = new_wallet(), new_wallet()
+    add_contacts(stack.redis, a, b)
+    told: list[str] = []
+    client = sdk(stack, a, make_token(a, expires_in=2), on_session_end=told.append)
+    try:
+        await client.start()
+        assert client.state == "connected"
+        refused_before = unauthorized_connects(stack)
+        await asyncio.wait_for(client.session_ended.wait(), 10)
+        assert (client.session_end_reason, told) == ("token_expired", ["token_expired"])
+
+        async def closed() -> bool:
+            return not client.connected
+
+        await wait_for_async(closed, 5, what="the socket closed")
+        await barrier(stack)
+        assert client.state == "ended"
+        assert connects(stack, a) == ["ok"]
+        assert unauthorized_connects(stack) == refused_before
+        assert told == ["token_expired"]
+        # The relay over HTTP behaves as before: the expired token's 401 surfaces.
+        with pytest.raises(RtcClientError) as refused:
+            await client.send(b, "after the end")
+        assert (refused.value.code, refused.value.status) == ("unauthorized", 401)
+    finally:
+        await client.close()
+    assert client.state == "closed"
+
+
+async def test_second_socket_of_a_wallet_is_refused_and_the_relay_still_works(
+    stack: Stack,
+) -> None:
+    a, b = new_wallet(), new_wallet()
+    add_contacts(stack.redis, a, b)
+    told: list[str] = []
+    first = sdk(stack, a)
+    second = sdk(stack, a, on_session_end=told.append)
+    receiver = sdk(stack, b)
+    try:
+        await first.start()
+        with pytest.raises(RtcClientError) as refused:
+            await second.start()
+        assert refused.value.code == "too_many_connections"
+        assert (second.state, second.session_end_reason) == ("ended", "too_many_connections")
+        assert told == ["too_many_connections"]
+        await barrier(stack)
+        assert connects(stack, a) == ["ok", "too_many_connections"]
+        assert first.state == "connected" and second.state == "ended"
+        # Without a socket, messages still go through the relay over HTTP.
+        delivery = await second.send(b, "through the relay", message_id="m-refused-1")
+        assert (delivery.transport, delivery.rtc_tries, delivery.forced) == ("relay", 0, False)
+        await receiver.start()
+        message = await asyncio.wait_for(receiver.incoming.get(), 10)
+        assert (message.sender, message.payload) == (a, "through the relay")
+    finally:
+        await asyncio.gather(first.close(), second.close(), receiver.close())
+
+
+async def test_refused_reconnect_stops_the_retry_loop(stack: Stack) -> None:
+    """A drop (the gateway stopped): network failures are retried; once the gateway is back, the
+    wallet's slot is taken and the refusal ends the session instead of a loop of refusals."""
+    a, c = new_wallet(), new_wallet()
+    client = sdk(stack, a, **FAST_RETRY)
+    control = socketio.AsyncClient(reconnection=True, **FAST_RETRY)
+    holders: list[socketio.AsyncClient] = []
+    try:
+        await client.start()
+        await control.connect(
+            stack.gateway.url, auth={"token": make_token(c)}, transports=["websocket"]
+        )
+        async with gateway_down(stack):
+
+            async def retrying() -> bool:
+                return client.state == "connecting" and not control.connected
+
+            await wait_for_async(retrying, 10, what="both clients retrying")
+            holders = [await hold_slot(stack, a), await hold_slot(stack, c)]
+            assert client.state == "connecting"  # the network failures did not end it
+        await asyncio.wait_for(client.session_ended.wait(), 15)
+        assert (client.state, client.session_end_reason) == ("ended", "too_many_connections")
+        assert connects(stack, a)[-1] == "too_many_connections"
+
+        async def control_refused_again() -> bool:
+            return connects(stack, c).count("too_many_connections") >= 5
+
+        await wait_for_async(control_refused_again, 15, what="the control's repeated refusals")
+        assert connects(stack, a) == ["ok", "ok", "too_many_connections"]  # client, holder, client
+        assert client.state == "ended" and not client.connected
+    finally:
+        if not stack.gateway.running:
+            await asyncio.to_thread(stack.gateway.start)
+        await control.shutdown()
+        for holder in holders:
+            await holder.disconnect()
+        await client.close()
+
+
+# -- web SDK in Node ---------------------------------------------------------------------------
+
+SDK_SCRIPT = NODE_DIR / "sdk_session.mjs"
+
+
+def node_missing() -> str | None:
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (NODE_DIR / "node_modules" / "socket.io-client").is_dir():
+        return "tests/node/node_modules is missing (make test runs npm ci)"
+    return None
+
+
+class NodeClient:
+    """tests/node/sdk_session.mjs: one web SDK client; its events as JSON lines."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.events: list[dict[str, Any]] = []
+
+    @classmethod
+    async def start(cls, url: str, token: str) -> NodeClient:
+        proc = await asyncio.create_subprocess_exec(
+            "node",
+            str(SDK_SCRIPT),
+            cwd=str(NODE_DIR),
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "URL": url, "TOKEN": token},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return cls(proc)
+
+    async def next(self, event: str, timeout: float = 15.0) -> dict[str, Any]:
+        """The next line of this event (the other lines on the way are kept in `events`)."""
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                raw = await self.proc.stdout.readline()
+                if not raw:
+                    raise AssertionError(f"node exited: {await self.stderr()}")
+                line: dict[str, Any] = json.loads(raw)
+                self.events.append(line)
+                if line["event"] == event:
+                    return line
+
+    async def command(self, text: str, answer: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode() + b"\n")
+        await self.proc.stdin.drain()
+        return await self.next(answer)
+
+    async def stderr(self) -> str:
+        assert self.proc.stderr is not None
+        return (await self.proc.stderr.read()).decode(errors="replace")[-2000:]
+
+    async def close(self) -> None:
+        if self.proc.returncode is None and self.proc.stdin is not None:
+            with contextlib.suppress(ConnectionError):
+                self.proc.stdin.write(b"exit\n")
+                await self.proc.stdin.drain()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+@pytest.fixture
+async def node_clients() -> AsyncIterator[list[NodeClient]]:
+    reason = node_missing()
+    if reason:
+        pytest.skip(reason)
+    made: list[NodeClient] = []
+    yield made
+    for client in made:
+        await client.close()
+
+
+async def test_web_sdk_expired_token_ends_the_session(
+    stack: Stack, node_clients: list[NodeClient]
+) -> None:
+    a, b = new_wallet(), new_wallet()
+    add_contacts(stack.redis, a, b)
+    page = await NodeClient.start(stack.gateway.url, make_token(a, expires_in=2))
+    node_clients.append(page)
+    assert (await page.next("started"))["state"] == "connected"
+    refused_before = unauthorized_connects(stack)
+    ended = await page.next("sessionEnded")
+    assert (ended["reason"], ended["state"]) == ("token_expired", "ended")
+    await barrier(stack)
+    state = await page.command("state", "state")
+    assert state == {
+        "event": "state",
+        "state": "ended",
+        "reason": "token_expired",
+        "connected": False,
+        "connections": 1,
+    }
+    assert connects(stack, a) == ["ok"]
+    assert unauthorized_connects(stack) == refused_before
+    assert [e["event"] for e in page.events].count("sessionEnded") == 1
+    # The relay over HTTP behaves as before: the expired token's 401 surfaces.
+    sent = await page.command(f"send {b} m-web-expired", "sendFailed")
+    assert (sent["code"], sent["status"]) == ("unauthorized", 401)
+
+
+async def test_web_sdk_refused_reconnect_ends_the_session(
+    stack: Stack, node_clients: list[NodeClient]
+) -> None:
+    a = new_wallet()
+    page = await NodeClient.start(stack.gateway.url, make_token(a))
+    node_clients.append(page)
+    await page.next("started")
+    holder: socketio.AsyncClient | None = None
+    try:
+        async with gateway_down(stack):
+            dropped = await page.next("connection")
+            # A network failure: the manager retries it.
+            assert (dropped["connected"], dropped["state"]) == (False, "connecting")
+            holder = await hold_slot(stack, a)
+        ended = await page.next("sessionEnded", 20)
+        assert (ended["reason"], ended["state"]) == ("too_many_connections", "ended")
+        await barrier(stack)
+        state = await page.command("state", "state")
+        assert (state["state"], state["connected"], state["connections"]) == ("ended", False, 1)
+        assert connects(stack, a) == ["ok", "ok", "too_many_connections"]  # page, holder, page
+    finally:
+        if holder is not None:
+            await holder.disconnect()
