@@ -56,9 +56,14 @@ bench-full: bench-deps  ## full benchmarks: also writes docs/benchmarks.md
 	$(PY) -m bench --mode full $(BENCH_ARGS)
 .PHONY: bench bench-full bench-deps
 
+# The files, not a deployment: deploy/env.example as the .env, with placeholders for the secrets
+# docker-compose.yml requires.
+COMPOSE_CONFIG := REDIS_PASSWORD=placeholder-password MONGO_INITDB_ROOT_USERNAME=placeholder \
+	MONGO_INITDB_ROOT_PASSWORD=placeholder-password docker-compose --env-file deploy/env.example
+
 compose-config:  ## docker-compose.yml is valid (offline; needs docker-compose)
-	docker-compose -f docker-compose.yml config -q
-	docker-compose -f docker-compose.yml -f deploy/compose.test.yml config -q
+	$(COMPOSE_CONFIG) -f docker-compose.yml config -q
+	$(COMPOSE_CONFIG) -f docker-compose.yml -f deploy/compose.test.yml config -q
 
 compose-test:  ## the compose stack for real with podman: build, up, checks, down (root or sudo)
 	@deploy/compose_test.sh

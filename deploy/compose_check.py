@@ -170,7 +170,11 @@ for name, port in (("ice-service", 8101), ("signal-service", 8201), ("relay-serv
     codes = []
     for addr in addrs:
         with urllib.request.urlopen(f"http://{addr}:{port}/metrics", timeout=3) as reply:
-            codes.append(reply.status if b"rtc_ready" in reply.read() else 0)
+            text = reply.read().decode()
+            codes.append(reply.status if "rtc_ready" in text else 0)
+        for line in text.splitlines():
+            if line.startswith("rtc_relay_store_memory_max_bytes "):
+                out["store_max_bytes"] = float(line.split()[1])
     out[name] = codes
 routes = open("/proc/net/route").read().splitlines()[1:]
 out["default_route"] = any(line.split()[1] == "00000000" for line in routes)
@@ -297,7 +301,16 @@ def check_hardening(project: str, replicas: int) -> None:
         raise CheckFailed(f"redis without a password answered {backend['redis']!r}")
     if backend["default_route"]:
         raise CheckFailed("the backend network has a default route (it is internal)")
-    say(f"backend network: redis without the password: {backend['redis'][:30]}; no way out")
+    say(f"backend network: redis without the password: {backend['redis']}; no way out")
+
+    # The relay store's ceiling, as Redis has it and as relay-service reports it to Prometheus.
+    config = redis_cli(["CONFIG", "GET", "maxmemory"], ["CONFIG", "GET", "maxmemory-policy"])
+    ceiling = size_bytes(spec["redis"]["environment"]["REDIS_MAXMEMORY"])
+    if config != ["maxmemory", str(ceiling), "maxmemory-policy", "noeviction"]:
+        raise CheckFailed(f"redis memory settings: {config}, ceiling {ceiling} noeviction")
+    if monitoring.get("store_max_bytes") != ceiling:
+        raise CheckFailed(f"relay-service reports maxmemory {monitoring.get('store_max_bytes')}")
+    say(f"redis: maxmemory {ceiling} noeviction, reported by relay-service's /metrics")
 
 
 # --- run --------------------------------------------------------------------------------------

@@ -45,8 +45,8 @@ from helpers import (
 from rtc_client import RtcClient, RtcClientError
 
 PSEUDONYM_KEY = "client-session-test-pseudonym-key-0123456789abcdef"
-# Fast retries for the reconnect-loop tests (the SDK's and the control's alike).
-FAST_RETRY = {"reconnection_delay": 0.1, "reconnection_delay_max": 0.3}
+# Fast retries for the reconnect-loop test (the SDK's and the control's alike).
+RETRY_DELAY, RETRY_DELAY_MAX = 0.1, 0.3
 UNAUTHORIZED = 'event="connect",outcome="unauthorized"'
 
 
@@ -225,8 +225,10 @@ async def test_refused_reconnect_stops_the_retry_loop(stack: Stack) -> None:
     """A drop (the gateway stopped): network failures are retried; once the gateway is back, the
     wallet's slot is taken and the refusal ends the session instead of a loop of refusals."""
     a, c = new_wallet(), new_wallet()
-    client = sdk(stack, a, **FAST_RETRY)
-    control = socketio.AsyncClient(reconnection=True, **FAST_RETRY)
+    client = sdk(stack, a, reconnection_delay=RETRY_DELAY, reconnection_delay_max=RETRY_DELAY_MAX)
+    control = socketio.AsyncClient(
+        reconnection=True, reconnection_delay=RETRY_DELAY, reconnection_delay_max=RETRY_DELAY_MAX
+    )
     holders: list[socketio.AsyncClient] = []
     try:
         await client.start()
@@ -243,7 +245,6 @@ async def test_refused_reconnect_stops_the_retry_loop(stack: Stack) -> None:
             assert client.state == "connecting"  # the network failures did not end it
         await asyncio.wait_for(client.session_ended.wait(), 15)
         assert (client.state, client.session_end_reason) == ("ended", "too_many_connections")
-        assert connects(stack, a)[-1] == "too_many_connections"
 
         async def control_refused_again() -> bool:
             return connects(stack, c).count("too_many_connections") >= 5

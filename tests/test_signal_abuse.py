@@ -300,3 +300,18 @@ async def test_legacy_signal_honours_the_rtc_switch_and_dedups(
         return ack.get("error") == "sender_not_rtc_eligible"
 
     await wait_for_async(sender_refused, 5, what="the sender's switch honoured")
+
+
+async def test_a_token_valid_for_centuries_connects(
+    signal_cluster: Cluster, redis_server: RedisServer, peers: PeerFactory
+) -> None:
+    """A far `exp` must not break the expiry timer (timers are bounded; the end still comes)."""
+    (instance,) = signal_cluster(1)
+    a, b = new_wallet(), new_wallet()
+    add_contacts(redis_server, a, b)
+    receiver = await connected(peers, instance.url, b)
+    sender = peers(a)
+    await sender.connect(instance.url, auth={"token": make_token(a, expires_in=2**62)})
+    ack = await sender.call("rtc:candidate", candidate(a, b, "far-exp"))
+    assert ack == {"ok": True, "signalId": "far-exp"}
+    await receiver.wait_signal("rtc:candidate", "far-exp")

@@ -24,7 +24,8 @@
  *   `abuse`; the server may add others) or a handshake refusal while (re)connecting (the
  *   connect_error's `data.error`: `unauthorized`, `too_many_connections`, `csrf_failed`), the
  *   socket and the peer connections close, `state` becomes "ended", `sessionEndReason` holds the
- *   reason and a `sessionEnded` event ({reason}) goes out once. Network failures are retried.
+ *   reason and a `sessionEnded` event ({reason}) goes out once (a refusal during `start()` also
+ *   rejects it with `RtcError(code)`). Network failures are retried.
  *   The relay over HTTP keeps working with the token; sign in again with a new token (a new
  *   RtcClient) to get signaling back.
  *

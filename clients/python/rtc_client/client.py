@@ -564,6 +564,10 @@ class RtcClient:
             return
         self.session_end_reason = reason
         log.warning("session ended", extra={"reason": reason})
+        if self._sio is not None:
+            # python-socketio's reconnect loop reads this right after the attempt that failed
+            # here, so it stops before another one (shutdown() below may come too late for that).
+            self._sio.reconnection_attempts = 1
         # A task of its own: shutdown() waits for the reconnect loop, which may be running this.
         self._spawn(self._stop_session())
         self.session_ended.set()

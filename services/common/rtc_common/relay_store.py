@@ -93,12 +93,13 @@ end
 local ttl_ms = tonumber(ARGV[2])
 local expired = expire(KEYS[2], KEYS[3], ttl_ms)
 local size = string.len(ARGV[6])
-local queued_bytes = tonumber(redis.call('HGET', KEYS[3], 'bytes') or '0')
+local held = redis.call('HMGET', KEYS[3], 'bytes', 'n:' .. ARGV[3], 'b:' .. ARGV[3])
+local queued_bytes = tonumber(held[1] or '0')
 if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[1]) or queued_bytes + size > tonumber(ARGV[8]) then
   return {2, '', '', expired}
 end
-local sender_n = tonumber(redis.call('HGET', KEYS[3], 'n:' .. ARGV[3]) or '0')
-local sender_b = tonumber(redis.call('HGET', KEYS[3], 'b:' .. ARGV[3]) or '0')
+local sender_n = tonumber(held[2] or '0')
+local sender_b = tonumber(held[3] or '0')
 if sender_n + 1 > tonumber(ARGV[9]) or sender_b + size > tonumber(ARGV[10]) then
   return {3, '', '', expired}
 end

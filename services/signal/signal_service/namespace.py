@@ -58,6 +58,8 @@ log = logging.getLogger("signal.namespace")
 
 # Outcomes logged one line per event; every other outcome is a refusal, logged in aggregate.
 ACCEPTED = frozenset({"ok", "duplicate"})
+# The longest single timer for a token's expiry (a far `exp` is reached in several steps).
+MAX_TIMER_SECONDS = 86400.0
 # After session:end, how long the client has to close its connection itself.
 SESSION_END_GRACE_SECONDS = 1.0
 RTC_EVENTS = ("rtc:offer", "rtc:answer", "rtc:candidate")
@@ -229,18 +231,24 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         await self.enter_room(sid, f"user:{state.wallet}")
         if rtc:
             await self.enter_room(sid, f"rtc:{state.wallet}")
-        if state.expires_at is not None:
-            state.expiry = asyncio.get_running_loop().call_later(
-                max(0.0, state.expires_at - time.time()),
-                self.server.start_background_task,
-                self.end_session,
-                sid,
-                "token_expired",
-            )
+        self._schedule_expiry(sid, state)
         SOCKETS.inc()
         SIGNALS.labels("connect", "ok").inc()
         self._log_event("connect", "ok", time.perf_counter() - started, state.wallet)
         self.server.start_background_task(self._after_connect, sid, state.wallet, first)
+
+    def _schedule_expiry(self, sid: str, state: SocketState) -> None:
+        """End the session at the token's `exp` (checked again then: timers are capped, a
+        token may live longer than one timer)."""
+        if state.expires_at is None or state.ended:
+            return
+        delay = state.expires_at - time.time()
+        if delay <= 0:
+            self.server.start_background_task(self.end_session, sid, "token_expired")
+            return
+        state.expiry = asyncio.get_running_loop().call_later(
+            min(delay, MAX_TIMER_SECONDS), self._schedule_expiry, sid, state
+        )
 
     def _refuse_handshake(self, code: str, started: float, wallet: str) -> NoReturn:
         SIGNALS.labels("connect", code).inc()
