@@ -10,14 +10,13 @@ import argparse
 import asyncio
 import os
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import jwt
 from rtc_common.auth import is_valid_wallet, normalize_wallet
 from rtc_common.directory import Directory, open_directory
 from rtc_common.settings import CommonSettings, SettingsError, load_settings
+from rtc_common.tokens import mint_for
 
 from . import doctor, local
 
@@ -31,7 +30,7 @@ def _settings(run_dir: Path) -> CommonSettings:
 
 def cmd_token(args: argparse.Namespace) -> int:
     settings = _settings(args.run_dir)
-    if settings.jwt_secret is None:
+    if settings.jwt_secret is None or not settings.jwt_algorithms[0].startswith("HS"):
         print(
             "rtcctl token needs JWT_SECRET (HMAC); this deployment verifies with a public key,"
             " so its tokens come from the main application",
@@ -45,20 +44,8 @@ def cmd_token(args: argparse.Namespace) -> int:
     if args.ttl < 1:
         print("--ttl must be at least 1 second", file=sys.stderr)
         return 2
-    now = int(time.time())
-    claims: dict[str, object] = {
-        settings.jwt_wallet_claim: wallet,
-        "sub": wallet,
-        "iat": now,
-        "exp": now + args.ttl,
-    }
-    if settings.jwt_issuer:
-        claims["iss"] = settings.jwt_issuer
-    if settings.jwt_audience:
-        claims["aud"] = settings.jwt_audience
-    token = jwt.encode(
-        claims, settings.jwt_secret.get_secret_value(), algorithm=settings.jwt_algorithms[0]
-    )
+    token = mint_for(settings, wallet, expires_in=args.ttl)
+    assert token is not None  # JWT_SECRET was checked above
     print(token)
     return 0
 

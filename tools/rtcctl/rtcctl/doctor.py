@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
-import jwt
 from aioice import stun
 from aioice.turn import create_turn_endpoint
 from ice_service.providers import coturn_credentials
@@ -39,6 +38,7 @@ from ice_service.settings import IceSettings, Provider
 from rtc_common.clients import make_redis
 from rtc_common.directory import open_directory
 from rtc_common.settings import CommonSettings, SettingsError, load_settings, with_redis_password
+from rtc_common.tokens import mint_for
 
 from . import local
 
@@ -917,22 +917,7 @@ async def check_coturn(target: Target, settings: IceSettings | None) -> list[Res
 
 
 def mint_token(settings: CommonSettings, wallet: str, ttl: int = 120) -> str | None:
-    if settings.jwt_secret is None or not settings.jwt_algorithms[0].startswith("HS"):
-        return None
-    now = int(time.time())
-    claims: dict[str, object] = {
-        settings.jwt_wallet_claim: wallet,
-        "sub": wallet,
-        "iat": now,
-        "exp": now + ttl,
-    }
-    if settings.jwt_issuer:
-        claims["iss"] = settings.jwt_issuer
-    if settings.jwt_audience:
-        claims["aud"] = settings.jwt_audience
-    return jwt.encode(
-        claims, settings.jwt_secret.get_secret_value(), algorithm=settings.jwt_algorithms[0]
-    )
+    return mint_for(settings, wallet, expires_in=ttl)
 
 
 def _auth(settings: CommonSettings, token: str) -> tuple[dict[str, str], dict[str, str]]:
