@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .web import READINESS_KEY
+from .keys import READINESS_KEY
 
 REDIS_KEY = web.AppKey("rtc_redis", Redis)
 

@@ -21,9 +21,9 @@ from redis.asyncio import Redis
 
 from .clients import as_text, make_redis
 from .errors import unavailable
+from .keys import READINESS_KEY
 from .metrics import DIRECTORY_ERRORS, FLAG_STALE_SERVED
 from .settings import CommonSettings
-from .web import READINESS_KEY
 
 log = logging.getLogger("rtc.directory")
 

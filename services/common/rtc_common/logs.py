@@ -20,7 +20,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from .auth import IDENTITY_KEY
 from .context import request_id_var
+from .keys import REQUEST_ID_KEY, STARTED_KEY, route_label
 
 _REDACTIONS = (
     # JWTs and any other three-part base64url token.
@@ -221,10 +223,6 @@ class JsonAccessLogger(AbstractAccessLogger):
     tokens), route template, status, latency and the caller's wallet hash (never the wallet)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_: float) -> None:
-        # Local imports: web and auth import this module.
-        from .auth import IDENTITY_KEY
-        from .web import REQUEST_ID_KEY, STARTED_KEY, route_label
-
         started = request.get(STARTED_KEY)
         if started is not None:
             time_ = time.perf_counter() - started

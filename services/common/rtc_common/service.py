@@ -6,13 +6,16 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import uvloop
 from aiohttp import web
 
 from .logs import JsonAccessLogger, set_pseudonym_key, setup_logging
 from .settings import CommonSettings, SettingsError, load_settings
+
+# TRANSITION: importers still reaching stop_task here (removed once they moved to .tasks).
+from .tasks import stop_task as stop_task
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 log = logging.getLogger("rtc.service")
@@ -50,22 +53,3 @@ def run_service(
         shutdown_timeout=shutdown_timeout,
         loop=loop,
     )
-
-
-async def stop_task(task: asyncio.Task[Any], wait_seconds: float = 2.0) -> None:
-    """Cancel a background task and wait for it, for at most `wait_seconds`.
-
-    A graceful stop must end in bounded time: a cancellation can be lost (Python 3.11's
-    `asyncio.wait_for` may return a result that completed at the moment of the cancel instead of
-    raising), and an unbounded `await task` then holds the process until it is killed. Like
-    `await task`, raises what the task itself raised; a task that ignores both cancels is left
-    running (logged).
-    """
-    for _ in range(2):
-        task.cancel()
-        done, _pending = await asyncio.wait({task}, timeout=wait_seconds / 2)
-        if done:
-            if not task.cancelled():
-                task.result()  # a failure of its own is raised, as `await task` would
-            return
-    log.warning("background task did not stop", extra={"task": task.get_name()})

@@ -3,177 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import faulthandler
 import ipaddress
 import json
 import logging
-import re
-import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from .auth import Authenticator, auth_middleware, public
-from .context import request_id_var
-from .errors import ApiError, error_body, error_response
-from .metrics import HTTP_LATENCY, HTTP_REQUESTS, READY, READY_CHECK, labelled, render_metrics
-from .service import stop_task
+from .errors import error_body
+from .keys import READINESS_KEY, SAMPLING_KEY, SETTINGS_KEY, ReadinessCheck
+
+# TRANSITION: importers still reaching these through this module (removed once they moved).
+from .keys import extra_headers as extra_headers
+from .metrics import READY, READY_CHECK, render_metrics
+from .middlewares import cors_middleware, request_context_middleware
+from .middlewares import refuse_websocket_compression as refuse_websocket_compression
+from .sampling import READINESS_TIMEOUT, MetricsSampling, Sampler
 from .settings import CommonSettings
 
 log = logging.getLogger("rtc.web")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ReadinessCheck = Callable[[], Awaitable[None]]
-# A gauge refresher run in the background (see `MetricsSampling`).
-Sampler = Callable[[], Awaitable[None]]
-
-REQUEST_ID_KEY = web.RequestKey("rtc_request_id", str)
-# perf_counter() when the request reached the app (uvloop's loop clock has 1 ms resolution).
-STARTED_KEY = web.RequestKey("rtc_started", float)
-# Headers a handler wants on its answer whatever the outcome (e.g. RateLimit-* on a 403).
-EXTRA_HEADERS_KEY = web.RequestKey("rtc_extra_headers", CIMultiDict[str])
-SETTINGS_KEY = web.AppKey("rtc_settings", CommonSettings)
-READINESS_KEY = web.AppKey("rtc_readiness", dict[str, ReadinessCheck])
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
-READINESS_TIMEOUT = 2.0
-# Background gauges (readiness, relay queue depth) are refreshed this often once scraped.
-SAMPLE_SECONDS = 5.0
-
-_CODE_BY_STATUS = {
-    400: "invalid_payload",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    429: "rate_limited",
-    503: "unavailable",
-}
-
-
-def extra_headers(request: web.Request) -> CIMultiDict[str]:
-    headers = request.get(EXTRA_HEADERS_KEY)
-    if headers is None:
-        headers = CIMultiDict()
-        request[EXTRA_HEADERS_KEY] = headers
-    return headers
-
-
-def route_label(request: web.Request) -> str:
-    """The matched route's path template (a low-cardinality label), or `unmatched`."""
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
-
-
-@web.middleware
-async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, the error envelope and request metrics, outermost of all middlewares."""
-    incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-    request[REQUEST_ID_KEY] = request_id
-    token = request_id_var.set(request_id)
-    started = request[STARTED_KEY] = time.perf_counter()
-    try:
-        try:
-            response = await handler(request)
-        except ApiError as exc:
-            response = error_response(exc.code, exc.message, status=exc.status, headers=exc.headers)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            code = _CODE_BY_STATUS.get(
-                exc.status, "invalid_payload" if exc.status < 500 else "internal"
-            )
-            response = error_response(code, exc.reason, status=exc.status)
-            if exc.status == 405 and "Allow" in exc.headers:
-                response.headers["Allow"] = exc.headers["Allow"]
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("unhandled error")
-            response = error_response("internal", "internal error", status=500)
-        if not response.prepared:
-            response.headers["X-Request-ID"] = request_id
-            response.headers["X-Content-Type-Options"] = "nosniff"
-            # JSON answers carry private data (credentials, messages): never kept by a cache.
-            if response.content_type == "application/json":
-                response.headers.setdefault("Cache-Control", "no-store")
-            for name, value in request.get(EXTRA_HEADERS_KEY, {}).items():
-                response.headers[name] = value
-        route = route_label(request)
-        labelled(HTTP_REQUESTS, request.method, route, str(response.status)).inc()
-        labelled(HTTP_LATENCY, request.method, route).observe(time.perf_counter() - started)
-        return response
-    finally:
-        request_id_var.reset(token)
-
-
-@web.middleware
-async def refuse_websocket_compression(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
-    """Handshakes without permessage-deflate, whatever the client offers.
-
-    aiohttp accepts the extension when offered (socket.io-client offers it) and engine.io gives no
-    way to refuse it; a deflate context per socket took about 90 KiB of the 123 KiB an idle
-    python-socketio websocket costs (docs/benchmarks.md), and it costs CPU on every message.
-    Node's socket.io has it off by default too. Without the offer, aiohttp answers uncompressed.
-    """
-    if "Sec-WebSocket-Extensions" in request.headers:
-        headers = request.headers.copy()
-        del headers["Sec-WebSocket-Extensions"]
-        request = request.clone(headers=headers)
-    return await handler(request)
-
-
-def cors_middleware(allowed_origins: Iterable[str], csrf_header: str) -> Any:
-    origins = frozenset(allowed_origins)
-    allow_headers = f"Authorization, Content-Type, X-Request-ID, {csrf_header}"
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        allowed = origin is not None and origin in origins
-        preflight = (
-            request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
-        )
-        if preflight:
-            if not allowed:
-                raise ApiError("forbidden", "origin not allowed")
-            response: web.StreamResponse = web.Response(status=204)
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = allow_headers
-            response.headers["Access-Control-Max-Age"] = "600"
-        else:
-            try:
-                response = await handler(request)
-            except ApiError as exc:
-                if allowed:
-                    exc.headers.update(_cors_headers(origin or ""))
-                raise
-        if allowed and not response.prepared:
-            vary = response.headers.get("Vary")
-            response.headers.update(_cors_headers(origin or ""))
-            if vary:
-                response.headers["Vary"] = f"{vary}, Origin"
-        return response
-
-    return middleware
-
-
-def _cors_headers(origin: str) -> dict[str, str]:
-    return {
-        "Access-Control-Allow-Origin": origin,
-        "Access-Control-Allow-Credentials": "true",
-        "Vary": "Origin",
-    }
 
 
 def client_ip(
@@ -232,51 +83,6 @@ async def _readyz(request: web.Request) -> web.Response:
         body = {**error_body("unavailable", "not ready: " + ", ".join(failing)), "checks": results}
         return web.json_response(body, status=503)
     return web.json_response({"status": "ready", "checks": results})
-
-
-@dataclass
-class MetricsSampling:
-    """Gauges that need I/O (readiness, the relay queue), refreshed every `SAMPLE_SECONDS`.
-
-    The loop starts at the first scrape of /metrics (a process nobody scrapes does no extra
-    work), and that first scrape waits for one pass so it never reports a default 0. Samplers
-    are added by the services (`app[SAMPLING_KEY].samplers.append(...)`); each pass is bounded
-    by `READINESS_TIMEOUT` per sampler and a failing sampler only logs.
-    """
-
-    samplers: list[Sampler] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
-    first_pass: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def sample(self) -> None:
-        async def run(sampler: Sampler) -> None:
-            try:
-                async with asyncio.timeout(READINESS_TIMEOUT * 2):
-                    await sampler()
-            except Exception as exc:  # a gauge left stale must not stop the others
-                log.warning("metrics sampler failed", extra={"error": type(exc).__name__})
-
-        await asyncio.gather(*(run(s) for s in self.samplers))
-
-    async def _loop(self) -> None:
-        while True:
-            await self.sample()
-            self.first_pass.set()
-            await asyncio.sleep(SAMPLE_SECONDS)
-
-    async def ensure_started(self) -> None:
-        if self.task is None:
-            self.task = asyncio.create_task(self._loop())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.first_pass.wait(), READINESS_TIMEOUT * 2 + 1)
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            await stop_task(self.task)
-            self.task = None
-
-
-SAMPLING_KEY = web.AppKey("rtc_metrics_sampling", MetricsSampling)
 
 
 def _readiness_sampler(app: web.Application) -> Sampler:

@@ -17,17 +17,11 @@ from rtc_common.clients import REDIS_KEY, redis_context
 from rtc_common.directory import FLAGS_KEY, directory_context
 from rtc_common.errors import ApiError, invalid_payload, unauthorized
 from rtc_common.jsonbody import read_json
+from rtc_common.keys import READINESS_KEY, extra_headers, route_label
 from rtc_common.metrics import labelled
 from rtc_common.ratelimit import RateLimiter
 from rtc_common.times import iso_ms
-from rtc_common.web import (
-    READINESS_KEY,
-    client_ip,
-    create_base_app,
-    extra_headers,
-    route_label,
-    serve_openapi,
-)
+from rtc_common.web import client_ip, create_base_app, serve_openapi
 
 from .metrics import FAILED, FALLBACK_USED, ISSUED, REQUEST_LATENCY, REQUESTS, TRANSPORT
 from .providers import (

@@ -16,10 +16,11 @@ from rtc_common.clients import REDIS_KEY, redis_context
 from rtc_common.directory import DIRECTORY_KEY, AccessCache, directory_context
 from rtc_common.errors import ApiError, invalid_payload, unavailable
 from rtc_common.jsonbody import read_json
+from rtc_common.keys import SAMPLING_KEY, extra_headers
 from rtc_common.ratelimit import RateLimiter
 from rtc_common.relay_store import QueueLimits, RelayMessage, RelayStore, queued_at_ms
 from rtc_common.times import iso_ms
-from rtc_common.web import SAMPLING_KEY, create_base_app, extra_headers, serve_openapi
+from rtc_common.web import create_base_app, serve_openapi
 
 from .metrics import (
     ACKED,

@@ -13,9 +13,11 @@ from redis.exceptions import RedisError
 from rtc_common.auth import Authenticator
 from rtc_common.clients import REDIS_KEY, redis_context
 from rtc_common.directory import DIRECTORY_KEY, AccessCache, directory_context
+from rtc_common.keys import READINESS_KEY
+from rtc_common.middlewares import refuse_websocket_compression
 from rtc_common.relay_store import RelayStore
-from rtc_common.service import stop_task
-from rtc_common.web import READINESS_KEY, create_base_app, refuse_websocket_compression
+from rtc_common.tasks import stop_task
+from rtc_common.web import create_base_app
 
 from .announcer import Announcer
 from .metrics import PUBSUB_LISTENER_UP, PUBSUB_PROBE_FAILURES, REAPED
