@@ -1,9 +1,9 @@
 """Lua scripts issued in the same event-loop turn go to Redis as one pipeline.
 
-Each redis-py call costs far more CPU in the client than in Redis (the benchmarks measured about
-200 µs per call against about 60 µs per command in a pipeline of 20; docs/benchmarks.md). Under
-load many requests reach the same await in one loop turn: their rate-limit checks and relay
-enqueues then share one round trip. Alone, a call waits one loop turn more, nothing else.
+Each redis-py call costs far more CPU in the client than in Redis, and a command in a pipeline
+far less than a call of its own (figures in docs/benchmarks.md). Under load many requests reach
+the same await in one loop turn: their rate-limit checks and relay enqueues then share one round
+trip. Alone, a call waits one loop turn more, nothing else.
 Each caller gets its own result or exception; a connection failure reaches every caller of the
 batch as the RedisError it is, so the callers' fallbacks (and 503s) work as before.
 """

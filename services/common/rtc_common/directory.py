@@ -1,8 +1,11 @@
-"""The directory: feature flags now, contacts later. MongoDB in production, Redis embedded.
+"""The directory: feature flags, contacts and the per-user RTC switch. MongoDB in production,
+Redis embedded.
 
-The backend is chosen by the scheme of DIRECTORY_URL. Reads on the hot path go through
+The backend is chosen by the scheme of DIRECTORY_URL. Flag reads on the hot path go through
 `FlagCache`, which keeps answers for FLAG_CACHE_SECONDS and, when the directory fails, serves the
-last known value for up to FLAG_STALE_MAX_SECONDS before answering 503 `unavailable`.
+last known value for up to FLAG_STALE_MAX_SECONDS before answering 503 `unavailable`; contact and
+RTC-switch answers go through `AccessCache` (cached for FLAG_CACHE_SECONDS, never an allow on
+failure).
 """
 
 from __future__ import annotations

@@ -60,8 +60,8 @@ def redact(text: str) -> str:
 class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes lines in batches: at most every `interval` seconds, at once for WARNING and up.
 
-    One write per log line was a measurable share of a request's cost (profile in
-    docs/benchmarks.md). A kill -9 can lose the last `interval` seconds of INFO lines; warnings
+    One write per log line is a measurable share of a request's cost (docs/benchmarks.md).
+    A kill -9 can lose the last `interval` seconds of INFO lines; warnings
     and errors are never held back, and a normal exit flushes everything.
     """
 

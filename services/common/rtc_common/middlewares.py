@@ -83,8 +83,8 @@ async def refuse_websocket_compression(
     """Handshakes without permessage-deflate, whatever the client offers.
 
     aiohttp accepts the extension when offered (socket.io-client offers it) and engine.io gives no
-    way to refuse it; a deflate context per socket took about 90 KiB of the 123 KiB an idle
-    python-socketio websocket costs (docs/benchmarks.md), and it costs CPU on every message.
+    way to refuse it; a deflate context is most of what an idle websocket costs in memory
+    (docs/benchmarks.md), and it costs CPU on every message.
     Node's socket.io has it off by default too. Without the offer, aiohttp answers uncompressed.
     """
     if "Sec-WebSocket-Extensions" in request.headers:
