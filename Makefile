@@ -23,12 +23,12 @@ test: bootstrap tests/node/node_modules
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 fmt: bootstrap
-	.venv/bin/ruff format services tools tests clients deploy bench
-	.venv/bin/ruff check --fix services tools tests clients deploy bench
+	.venv/bin/ruff format services tools tests clients deploy bench testing
+	.venv/bin/ruff check --fix services tools tests clients deploy bench testing
 
 lint: bootstrap
-	.venv/bin/ruff check services tools tests clients deploy bench
-	.venv/bin/ruff format --check services tools tests clients deploy bench
+	.venv/bin/ruff check services tools tests clients deploy bench testing
+	.venv/bin/ruff format --check services tools tests clients deploy bench testing
 
 type: bootstrap
 	.venv/bin/mypy

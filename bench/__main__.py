@@ -19,11 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rtc_testkit.processes import REPO_ROOT
+
 from bench import connections, ice, relay, signaling
 from bench.harness import LOAD_CPUS, SERVER_CPUS, raise_fd_limit
 from bench.modes import FULL, QUICK, progress
 from bench.report import render_markdown, render_table
-from tests.helpers import REPO_ROOT
 
 SCENARIOS = {
     "ice": ice.run,

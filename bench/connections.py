@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rtc_testkit.contract import make_token
+from rtc_testkit.processes import Process
+
 from bench.harness import (
     LOAD_CPUS,
     NODE_DIR,
@@ -29,7 +32,6 @@ from bench.harness import (
 )
 from bench.modes import Mode, progress
 from bench.signaling import signal_service_env
-from tests.helpers import Process, make_token
 
 PARALLEL = 64
 

@@ -2,7 +2,7 @@
 
 Servers run on CPU 0 and load generators on CPU 1 (`taskset`), so a generator never takes the
 servers' core; every generator reports its own CPU use to show it was not the bottleneck.
-The real-component helpers of the test suite (redis-server, nginx, service processes) are reused.
+The test kit's real components (redis-server, nginx, service processes: rtc_testkit) are reused.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rtc_common.directory import REDIS_FLAGS_KEY
-from rtcctl.local import GatewayLimits, StackPorts, render_gateway
-
-from tests.helpers import (
+from rtc_testkit.processes import (
     REPO_ROOT,
     HttpServer,
     Process,
@@ -33,6 +31,7 @@ from tests.helpers import (
     wait_for,
     write_nginx_conf,
 )
+from rtcctl.local import GatewayLimits, StackPorts, render_gateway
 
 SERVER_CPUS = os.environ.get("BENCH_SERVER_CPUS", "0")
 LOAD_CPUS = os.environ.get("BENCH_LOAD_CPUS", "1")

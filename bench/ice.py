@@ -7,6 +7,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from rtc_testkit.contract import make_token
+from rtc_testkit.stack import base_env
+
 from bench.harness import (
     BenchGateway,
     fixed_rate_summary,
@@ -19,7 +22,6 @@ from bench.harness import (
     start_redis,
 )
 from bench.modes import Mode, progress
-from tests.helpers import base_env, make_token
 
 ICE_PATH = "/api/v1/rtc/ice"
 

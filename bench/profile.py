@@ -16,10 +16,13 @@ import threading
 import uuid
 from pathlib import Path
 
+from rtc_testkit.contract import make_token
+from rtc_testkit.processes import REPO_ROOT
+from rtc_testkit.stack import base_env
+
 from bench.harness import python_server, run_node_load, run_wrk, start_redis
 from bench.relay import ENQUEUE, SCRIPT, SENDER, seed
 from bench.signaling import PAIRS, WINDOW, signal_service_env, users
-from tests.helpers import REPO_ROOT, base_env, make_token
 
 OUT = REPO_ROOT / "bench" / "results" / "profiles"
 

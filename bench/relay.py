@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from rtc_testkit.contract import make_token
+from rtc_testkit.processes import Process, RedisServer
+from rtc_testkit.stack import base_env
 
 from bench.harness import (
     LOAD_CPUS,
@@ -29,7 +32,6 @@ from bench.harness import (
     summary,
 )
 from bench.modes import Mode, progress
-from tests.helpers import Process, RedisServer, base_env, make_token
 
 SENDER = "bench-sender"
 RECIPIENTS = [f"bench-r{i}" for i in range(2000)]

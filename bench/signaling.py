@@ -12,9 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rtc_testkit.contract import make_token
+from rtc_testkit.processes import Process
+from rtc_testkit.stack import add_contacts, base_env
+
 from bench.harness import NodeServer, python_server, run_node_load, start_redis, summary
 from bench.modes import Mode, progress
-from tests.helpers import Process, add_contacts, base_env, make_token
 
 PAIRS = 4
 # The 1,000/s, and 200/s: below every server's saturation on one core of this machine,

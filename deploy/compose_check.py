@@ -1,4 +1,5 @@
-"""The checks of `make compose-test` (deploy/compose_test.sh), run with the repository's .venv.
+"""The checks of `make compose-test` (deploy/compose_test.sh), run with the repository's .venv
+(its tokens, TURN allocations and Socket.IO clients are the test kit's, rtc_testkit).
 
     compose_check.py wait --gateway URL --replicas N
     compose_check.py hardening --project NAME --replicas N
@@ -34,10 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import contextlib
-import hashlib
-import hmac
 import json
 import os
 import shlex
@@ -49,11 +46,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
-import jwt
-import socketio
 import yaml
-from aioice import stun
-from aioice.turn import create_turn_endpoint
+from rtc_testkit.contract import (
+    allocate_relay,
+    allocation_error,
+    answer,
+    candidate,
+    make_token,
+    offer,
+    relay_message,
+    turn_credentials,
+)
+from rtc_testkit.peer import Peer
 
 T = TypeVar("T")
 STARTED = time.monotonic()
@@ -87,9 +91,7 @@ def redis_cli(*commands: list[str]) -> list[str]:
 
 
 def token(wallet: str) -> str:
-    now = int(time.time())
-    claims = {"wallet": wallet, "sub": wallet, "iat": now, "exp": now + 600}
-    return jwt.encode(claims, os.environ["JWT_SECRET"], algorithm="HS256")
+    return make_token(wallet, secret=os.environ["JWT_SECRET"], expires_in=600)
 
 
 async def eventually(
@@ -316,27 +318,6 @@ def check_hardening(project: str, replicas: int) -> None:
 # --- run --------------------------------------------------------------------------------------
 
 
-def turn_credentials(secret: str, wallet: str, expiry: int) -> tuple[str, str]:
-    username = f"{expiry}:{wallet}"
-    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
-    return username, base64.b64encode(digest).decode()
-
-
-async def allocate(server: tuple[str, int], username: str, password: str) -> tuple[str, int]:
-    transport, _protocol = await create_turn_endpoint(
-        asyncio.DatagramProtocol,
-        server_addr=server,
-        username=username,
-        password=password,
-        transport="udp",
-    )
-    try:
-        relayed: tuple[str, int] = transport.get_extra_info("sockname")
-        return relayed
-    finally:
-        transport.close()
-
-
 async def check_ice(gateway: str, turn: tuple[str, int]) -> None:
     async with (
         aiohttp.ClientSession() as http,
@@ -352,109 +333,46 @@ async def check_ice(gateway: str, turn: tuple[str, int]) -> None:
     server = body["iceServers"][-1]
     say(f"ICE: {response.status}, provider coturn, urls {server['urls'][0]} ...")
     started = time.monotonic()
-    relayed = await allocate(turn, server["username"], server["credential"])
+    relayed = await allocate_relay(turn, server["username"], server["credential"])
     say(
         f"ICE: coturn allocated relay {relayed[0]}:{relayed[1]} for the issued credentials"
         f" in {1000 * (time.monotonic() - started):.0f} ms"
     )
     expiry = int(server["username"].split(":", 1)[0])
     forged = turn_credentials("not-the-secret", "0xaaa", expiry)
-    try:
-        await allocate(turn, *forged)
-    except stun.TransactionFailed as exc:
-        code = exc.response.attributes["ERROR-CODE"][0]
-        if code != 401:
-            raise CheckFailed(f"ICE: a forged credential got {code}, expected 401") from None
-        say("ICE: a credential signed with another secret is refused (401)")
-    else:
+    code = await allocation_error(turn, *forged)
+    if code is None:
         raise CheckFailed("ICE: coturn accepted a credential signed with another secret")
+    if code != 401:
+        raise CheckFailed(f"ICE: a forged credential got {code}, expected 401")
+    say("ICE: a credential signed with another secret is refused (401)")
 
 
-class Client:
-    """A python-socketio client with its own X-RTC-Test-Client header, recording what it gets."""
+class Client(Peer):
+    """A peer with its own X-RTC-Test-Client header (on the Socket.IO connection and on every
+    HTTP request of this client). A replica stopping gracefully closes its engine.io sessions:
+    socket.io-client (JS) then reconnects, python-socketio would not, so this client does what
+    the JS client does (`follow_server_close`)."""
 
     def __init__(self, wallet: str, number: int) -> None:
-        self.wallet = wallet
+        super().__init__(
+            wallet,
+            headers={CLIENT_HEADER: str(number)},
+            reconnection=True,
+            reconnection_delay=0.5,
+            follow_server_close=True,
+        )
         self.number = number
-        # On the Socket.IO connection and on every HTTP request of this client.
-        self.headers = {CLIENT_HEADER: str(number)}
-        self.events: list[tuple[str, Any]] = []
-        self.connects = 0
-        self.disconnects = 0
-        self.http: aiohttp.ClientSession | None = None
-        self.sio: socketio.AsyncClient | None = None
-        self.gateway = ""
-        self._reconnect: asyncio.Task[None] | None = None
-        self._closing: list[aiohttp.ClientSession] = []
 
-    async def connect(self, gateway: str) -> None:
-        self.gateway = gateway
-        await self._open()
-
-    async def _open(self) -> None:
-        """A new socket (and HTTP session sending this client's header), connected."""
-        old = (self.sio, self.http)
-        http = aiohttp.ClientSession(headers=self.headers)
-        sio = socketio.AsyncClient(http_session=http, reconnection=True, reconnection_delay=0.5)
-
-        @sio.on("*")
-        async def record(event: str, *args: Any) -> None:
-            self.events.append((event, args[0] if args else None))
-
-        @sio.event
-        async def connect() -> None:
-            self.connects += 1
-
-        @sio.event
-        async def disconnect(*args: Any) -> None:
-            self.disconnects += 1
-            if args and args[0] == socketio.AsyncClient.reason.SERVER_DISCONNECT:
-                # A replica stopping gracefully closes its engine.io sessions (a CLOSE packet,
-                # then the websocket). socket.io-client (JS) ignores the packet and reconnects
-                # on the transport close; python-socketio takes it as "the server disconnected
-                # me" and does not reconnect, so this client does what the JS client does.
-                self._reconnect = asyncio.create_task(self._connect_again())
-
-        try:
-            await sio.connect(
-                self.gateway,
-                headers=self.headers,
-                auth={"token": token(self.wallet)},
-                transports=["websocket"],
-                wait_timeout=5,
-            )
-        except Exception:
-            await http.close()
-            raise
-        self.sio, self.http = sio, http
-        if old[1] is not None:
-            self._closing.append(old[1])
-
-    async def _connect_again(self) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-            try:
-                await self._open()
-                return
-            except (socketio.exceptions.ConnectionError, aiohttp.ClientError, OSError):
-                continue
+    async def join(self, gateway: str) -> None:
+        await self.connect(gateway, auth={"token": token(self.wallet)})
 
     async def next_event(self, name: str, after: int = 0, within: float = 5.0) -> Any:
-        async def find() -> Any:
-            for event, data in self.events[after:]:
-                if event == name:
-                    return data
-            return None
-
-        return await eventually(f"{self.wallet} receiving {name}", find, within)
-
-    async def close(self) -> None:
-        if self.sio is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.sio.disconnect(), 3)
-        for http in [*self._closing, *([self.http] if self.http is not None else [])]:
-            await http.close()
+        try:
+            return await self.wait_event(name, after=after, timeout=within)
+        except TimeoutError:
+            what = f"{self.wallet} receiving {name}"
+            raise CheckFailed(f"timed out after {within:.0f} s: {what}") from None
 
 
 async def instances_of(*wallets: str) -> dict[str, set[str]]:
@@ -479,71 +397,33 @@ async def instance_of(wallet: str) -> set[str]:
 
 
 async def signal_exchange(a: Client, b: Client) -> None:
-    assert a.sio is not None and b.sio is not None
-    conv = ":".join(sorted((a.wallet, b.wallet)))
     run = uuid.uuid4().hex[:8]
-    mark = len(b.events)
-    ack = await a.sio.call(
-        "rtc:offer",
-        {
-            "convId": conv,
-            "to": b.wallet,
-            "sdp": {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"},
-            "signalId": f"offer-{run}",
-        },
-        timeout=5,
+    exchange = (
+        (a, b, "rtc:offer", offer(a.wallet, b.wallet, f"offer-{run}")),
+        (b, a, "rtc:answer", answer(b.wallet, a.wallet, f"answer-{run}")),
+        (a, b, "rtc:candidate", candidate(a.wallet, b.wallet, f"cand-{run}")),
     )
-    if not (isinstance(ack, dict) and ack.get("ok")):
-        raise CheckFailed(f"offer {a.wallet} -> {b.wallet}: ack {ack}")
-    offer = await b.next_event("rtc:offer", mark)
-    if offer.get("from") != a.wallet:
-        raise CheckFailed(f"offer arrived with from={offer.get('from')!r}")
-    mark = len(a.events)
-    ack = await b.sio.call(
-        "rtc:answer",
-        {
-            "convId": conv,
-            "to": a.wallet,
-            "sdp": {"type": "answer", "sdp": "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\n"},
-            "signalId": f"answer-{run}",
-        },
-        timeout=5,
-    )
-    if not (isinstance(ack, dict) and ack.get("ok")):
-        raise CheckFailed(f"answer {b.wallet} -> {a.wallet}: ack {ack}")
-    await a.next_event("rtc:answer", mark)
-    mark = len(b.events)
-    ack = await a.sio.call(
-        "rtc:candidate",
-        {
-            "convId": conv,
-            "to": b.wallet,
-            "signalId": f"cand-{run}",
-            "candidate": {
-                "candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host",
-                "sdpMid": "0",
-                "sdpMLineIndex": 0,
-            },
-        },
-        timeout=5,
-    )
-    if not (isinstance(ack, dict) and ack.get("ok")):
-        raise CheckFailed(f"candidate {a.wallet} -> {b.wallet}: ack {ack}")
-    await b.next_event("rtc:candidate", mark)
+    for sender, receiver, event, body in exchange:
+        mark = len(receiver.events)
+        ack = await sender.call(event, body)
+        if not (isinstance(ack, dict) and ack.get("ok")):
+            raise CheckFailed(f"{event} {sender.wallet} -> {receiver.wallet}: ack {ack}")
+        got = await receiver.next_event(event, mark)
+        if got.get("from") != sender.wallet:
+            raise CheckFailed(f"{event} arrived with from={got.get('from')!r}")
 
 
 async def check_relay(gateway: str, sender: Client, recipient: Client) -> None:
     message_id = f"m-{uuid.uuid4().hex[:10]}"
-    conv = ":".join(sorted((sender.wallet, recipient.wallet)))
     mark = len(recipient.events)
     async with aiohttp.ClientSession() as http:
-        body = {
-            "to": recipient.wallet,
-            "convId": conv,
-            "messageId": message_id,
-            "payload": "hello through the compose stack",
-            "force": True,
-        }
+        body = relay_message(
+            sender.wallet,
+            recipient.wallet,
+            message_id,
+            "hello through the compose stack",
+            force=True,
+        )
         headers = {**sender.headers, "Authorization": f"Bearer {token(sender.wallet)}"}
         async with http.post(
             gateway + "/api/v1/relay/enqueue", json=body, headers=headers
@@ -591,7 +471,7 @@ async def check_signaling_and_failover(gateway: str, replicas: int) -> None:
     clients = [Client(wallet, n + 1) for n, wallet in enumerate(wallets)]
     try:
         for client in clients:
-            await client.connect(gateway)
+            await client.join(gateway)
 
         async def registered() -> dict[str, set[str]] | None:
             where = await instances_of(*wallets)
@@ -617,7 +497,7 @@ async def check_signaling_and_failover(gateway: str, replicas: int) -> None:
         ]
         clients += [probe for probe, _ in probes]
         for probe, _ in probes:
-            await probe.connect(gateway)
+            await probe.join(gateway)
 
         async def probes_registered() -> dict[str, set[str]] | None:
             where = await instances_of(*(probe.wallet for probe, _ in probes))
@@ -675,7 +555,7 @@ async def check_signaling_and_failover(gateway: str, replicas: int) -> None:
         say("failover: the stopped replica's presence heartbeat is gone")
 
         async def reconnected() -> set[str] | None:
-            if a.connects <= connects_before or a.sio is None or not a.sio.connected:
+            if a.connects <= connects_before or not a.connected:
                 return None
             where = await instance_of(a.wallet)
             return where if where and inst_a not in where else None

@@ -32,39 +32,25 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import aiohttp
 import socketio
-from aiohttp import web
-from helpers import (
-    REPO_ROOT,
-    Coturn,
-    Gateway,
-    RedisServer,
-    ServiceProcess,
-    add_contacts,
-    base_env,
-    http_status,
-    make_token,
-    metric_value,
-    spread_addresses,
-)
-from rtc_common.directory import REDIS_FLAGS_KEY
-from rtcctl.local import GatewayLimits
-from twilio_stub import API_SECRET, TwilioStub
+from rtc_gateway import GatewayLimits
+from rtc_testkit.contract import conv_id, make_token, relay_message
+from rtc_testkit.peer import Peer, Peers, open_peers
+from rtc_testkit.processes import REPO_ROOT, http_status, metric_value
+from rtc_testkit.stack import Stack, StackSpec, add_contacts, start_stack_async
+from rtc_testkit.twilio import API_SECRET, TwilioStub, serve_twilio
 
 ICE_PATH = "/api/v1/rtc/ice"
 SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
@@ -74,10 +60,6 @@ IN_FLIGHT_SECONDS = 1.0
 
 def now() -> float:
     return time.monotonic()
-
-
-def conv(a: str, b: str) -> str:
-    return ":".join(sorted((a, b)))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -138,109 +120,46 @@ class FaultLog:
 # -- the stack -------------------------------------------------------------------------------
 
 
-class Stack:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.redis = RedisServer(root / "redis", appendonly=True)
-        self.coturn = Coturn(root / "coturn")
-        self.twilio = TwilioStub()
-        self.twilio_runner: web.AppRunner | None = None
-        self.ice: ServiceProcess | None = None
-        self.signals: list[ServiceProcess] = []
-        self.relay: ServiceProcess | None = None
-        self.gateway: Gateway | None = None
-
-    async def start(self) -> None:
-        await asyncio.to_thread(self.redis.start)
-        self.redis.client().hset(REDIS_FLAGS_KEY, "rtc.ice", "1")
-        await asyncio.to_thread(self.coturn.start)
-        self.twilio_runner = web.AppRunner(self.twilio.app(), access_log=None)
-        await self.twilio_runner.setup()
-        site = web.TCPSite(self.twilio_runner, "127.0.0.1", 0)
-        await site.start()
-        port = self.twilio_runner.addresses[0][1]
-        self.twilio.base_url = f"http://127.0.0.1:{port}"
-
-        common = {
-            "TURN_URIS": self.coturn.uris,
-            "LOG_LEVEL": "INFO",
-            "FLAG_CACHE_SECONDS": "5",
-        }
-        ice_env = base_env(
-            self.redis.url,
-            **common,
-            RTC_PROVIDER="twilio",
-            RTC_PROVIDER_FALLBACK="coturn",
-            **self.twilio.env(),
-            TWILIO_TIMEOUT_SECONDS="1",
-            TURN_CRED_TTL="10",  # the Twilio token is fetched again every ~5 s
-            ICE_RATE_LIMIT_PER_MIN="1000000",
-        )
-        self.ice = ServiceProcess("ice_service", self.root / "ice", ice_env, name="ice")
-        signal_env = base_env(
-            self.redis.url,
-            **common,
-            PRESENCE_HEARTBEAT_SECONDS="1",
-            PRESENCE_INSTANCE_TTL_SECONDS="4",
-        )
-        self.signals = [
-            ServiceProcess(
-                "signal_service",
-                self.root / name,
-                {**signal_env, "INSTANCE_ID": name},
-                name=name,
-            )
-            for name in ("signal1", "signal2")
-        ]
-        relay_env = base_env(
-            self.redis.url, **common, RELAY_RATE_LIMIT_PER_MIN="1000000", RELAY_MAX_QUEUE="100000"
-        )
-        self.relay = ServiceProcess("relay_service", self.root / "relay", relay_env, name="relay")
-        for process in (self.ice, *self.signals, self.relay):
-            await asyncio.to_thread(process.start)
-        self.gateway = Gateway(
-            self.root / "gateway",
-            ice=[self.ice.port],
-            signal=[p.port for p in self.signals],
-            relay=[self.relay.port],
-            limits=GatewayLimits.off(),  # every client comes from a few loopback addresses
-        )
-        await asyncio.to_thread(self.gateway.start)
-
-    def reload_gateway(self) -> None:
-        assert self.gateway is not None
-        prefix = self.gateway.log_path.parents[1]
-        subprocess.run(
-            ["nginx", "-c", str(prefix / "nginx.conf"), "-p", f"{prefix}/", "-s", "reload"],
-            check=True,
-            capture_output=True,
-            timeout=10,
-        )
-
-    async def stop(self) -> None:
-        for process in (self.gateway, self.relay, *self.signals, self.ice, self.coturn, self.redis):
-            if process is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(process.stop)
-        self.twilio.release.set()
-        if self.twilio_runner is not None:
-            await self.twilio_runner.cleanup()
+@contextlib.asynccontextmanager
+async def chaos_stack(root: Path, twilio: TwilioStub) -> AsyncIterator[Stack]:
+    """The stack under test, its ice-service on the Twilio stub first, coturn as the fallback."""
+    spec = StackSpec(
+        ice=1,
+        signal=2,
+        relay=1,
+        coturn=True,
+        redis_appendonly=True,
+        env={"LOG_LEVEL": "INFO", "FLAG_CACHE_SECONDS": "5"},
+        ice_env={
+            "RTC_PROVIDER": "twilio",
+            "RTC_PROVIDER_FALLBACK": "coturn",
+            **twilio.env(),
+            "TWILIO_TIMEOUT_SECONDS": "1",
+            "TURN_CRED_TTL": "10",  # the Twilio token is fetched again every ~5 s
+            "ICE_RATE_LIMIT_PER_MIN": "1000000",
+        },
+        signal_env={"PRESENCE_HEARTBEAT_SECONDS": "1", "PRESENCE_INSTANCE_TTL_SECONDS": "4"},
+        relay_env={"RELAY_RATE_LIMIT_PER_MIN": "1000000", "RELAY_MAX_QUEUE": "100000"},
+        gateway_limits=GatewayLimits.off(),  # every client comes from a few loopback addresses
+    )
+    async with start_stack_async(spec, root) as stack:
+        yield stack
 
 
 # -- load ------------------------------------------------------------------------------------
 
 
 class Load:
-    def __init__(self, stack: Stack, seconds: float) -> None:
+    def __init__(self, stack: Stack, twilio: TwilioStub, seconds: float) -> None:
         self.stack = stack
+        self.twilio = twilio
         self.seconds = seconds
-        assert stack.gateway is not None
         self.base = stack.gateway.url
         self.ice = IceTally()
         self.signal = SignalTally()
         self.relay = RelayTally()
         self.stopping = asyncio.Event()
-        self.clients: dict[str, Client] = {}
+        self.clients: dict[str, Peer] = {}
         self.readiness: list[dict[str, Any]] = []
         self.redis_restarts: list[float] = []
         self.presence_settled: list[float | None] = []
@@ -279,24 +198,24 @@ class Load:
 
     # Signaling ----------------------------------------------------------------------------
 
-    async def signal_pair(self, sender: Client, receiver: Client, rps: float) -> None:
+    async def signal_pair(self, sender: Peer, receiver: Peer, rps: float) -> None:
         n = 0
         next_at = now()
         while not self.stopping.is_set():
             n += 1
             signal_id = f"{sender.wallet}-{n}"
             body = {
-                "convId": conv(sender.wallet, receiver.wallet),
+                "convId": conv_id(sender.wallet, receiver.wallet),
                 "to": receiver.wallet,
                 "sdp": {"type": "offer", "sdp": SDP},
                 "signalId": signal_id,
             }
             self.signal.sent += 1
-            if not sender.sio.connected:
+            if not sender.connected:
                 outcome = "sender_disconnected"
             else:
                 try:
-                    ack = await sender.sio.call("rtc:offer", body, timeout=5)
+                    ack = await sender.call("rtc:offer", body, timeout=5)
                     if isinstance(ack, dict) and ack.get("ok"):
                         outcome = "ok"
                         self.signal.acked[signal_id] = (now(), receiver.wallet)
@@ -330,13 +249,8 @@ class Load:
         next_at = now()
         while not self.stopping.is_set():
             to = recipients[n % len(recipients)]
-            body = {
-                "to": to,
-                "convId": conv(sender, to),
-                "messageId": f"{sender}-{n}",
-                "payload": f"chaos message {n} from {sender}",
-                "force": n % 5 == 0,
-            }
+            payload = f"chaos message {n} from {sender}"
+            body = relay_message(sender, to, f"{sender}-{n}", payload, force=n % 5 == 0)
             n += 1
             task = asyncio.create_task(self.relay_send(session, token, body))
             pending.add(task)
@@ -425,7 +339,6 @@ class Load:
         last: dict[str, int] = {}
         while not self.stopping.is_set():
             for service in services:
-                assert service is not None
                 status = await asyncio.to_thread(http_status, service.url + "/readyz")
                 if last.get(service.name) != status:
                     last[service.name] = status
@@ -440,57 +353,18 @@ class Load:
                 await asyncio.wait_for(self.stopping.wait(), 0.5)
 
 
-@dataclass
-class Client:
-    wallet: str
-    address: str
-    load: Load
-    sio: socketio.AsyncClient = field(init=False)
-    session: aiohttp.ClientSession = field(init=False)
-    # (disconnected at, connected again at or None)
-    outages: list[list[float | None]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(local_addr=(self.address, 0))
-        )
-        self.sio = socketio.AsyncClient(
-            http_session=self.session,
-            reconnection=True,
-            reconnection_delay=0.2,
-            reconnection_delay_max=1,
-            randomization_factor=0.5,
-        )
-        self.sio.on("rtc:offer", self.load.on_offer)
-        self.sio.on("disconnect", self._disconnected)
-        self.sio.on("connect", self._connected)
-
-    def _disconnected(self, *_: Any) -> None:
-        self.outages.append([now(), None])
-
-    def _connected(self) -> None:
-        if self.outages and self.outages[-1][1] is None:
-            self.outages[-1][1] = now()
-
-    async def connect(self, url: str) -> None:
-        await self.sio.connect(
-            url,
-            auth={"token": make_token(self.wallet, expires_in=7200)},
-            transports=["websocket"],
-            wait_timeout=10,
-        )
-
-    def was_down_at(self, at: float) -> bool:
-        """Was this socket dropped shortly after `at`, or still reconnecting then?"""
-        for down, up in self.outages:
-            if down - IN_FLIGHT_SECONDS <= at and (up is None or at <= up):
-                return True
-        return False
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.sio.disconnect(), 5)
-        await self.session.close()
+def chaos_peer(load: Load, wallet: str, address: str) -> Peer:
+    """A client that reconnects by itself through the gateway, its offers counted by `load`."""
+    peer = Peer(
+        wallet,
+        local_addr=address,
+        reconnection=True,
+        reconnection_delay=0.2,
+        reconnection_delay_max=1,
+        randomization_factor=0.5,
+    )
+    peer.on("rtc:offer", load.on_offer)
+    return peer
 
 
 # -- faults ----------------------------------------------------------------------------------
@@ -524,7 +398,6 @@ async def run_faults(stack: Stack, load: Load, faults: FaultLog, seconds: float)
         await settle_presence(stack, load, faults, killed)
 
     async def relay_crash() -> None:
-        assert stack.relay is not None
         faults.add("relay kill -9")
         await asyncio.to_thread(stack.relay.kill)
         await asyncio.sleep(2)
@@ -533,14 +406,14 @@ async def run_faults(stack: Stack, load: Load, faults: FaultLog, seconds: float)
 
     async def reloads(count: int) -> None:
         for _ in range(count):
-            await asyncio.to_thread(stack.reload_gateway)
+            await asyncio.to_thread(stack.gateway.reload)
             faults.add("nginx -s reload")
             await asyncio.sleep(1)
 
     def twilio(mode: str, label: str, **changes: Any) -> None:
         for name, value in changes.items():
-            setattr(stack.twilio, name, value)
-        stack.twilio.mode = mode
+            setattr(load.twilio, name, value)
+        load.twilio.mode = mode
         faults.add(f"twilio {label}")
 
     schedule: list[tuple[float, Callable[[], Awaitable[None]]]] = [
@@ -584,7 +457,7 @@ async def settle_presence(stack: Stack, load: Load, faults: FaultLog, killed: fl
 
     def exact() -> bool:
         for c in load.clients.values():
-            if not c.sio.connected:
+            if not c.connected:
                 return False
             if client.hlen(f"presence:conn:{c.wallet}") != 1:
                 return False
@@ -621,97 +494,104 @@ def progress(load: Load, faults: FaultLog) -> str:
 
 async def run(seconds: float, json_path: Path, keep: bool) -> int:
     root = Path(tempfile.mkdtemp(prefix="rtc-chaos-"))
-    stack = Stack(root)
     faults = FaultLog()
     print(f"chaos: {seconds:.0f} s of load and faults; processes and logs in {root}", flush=True)
-    clients: list[Client] = []
     failed = True
     try:
-        await stack.start()
-        assert stack.gateway is not None
-        addr1, _, addr2, _ = await spread_addresses(stack.gateway)
-        load = Load(stack, seconds)
-
-        pairs = int(os.environ.get("CHAOS_SIGNAL_PAIRS", "4"))
-        signal_rps = float(os.environ.get("CHAOS_SIGNAL_RPS", "4"))  # per pair
-        ice_rps = float(os.environ.get("CHAOS_ICE_RPS", "30"))
-        relay_rps = float(os.environ.get("CHAOS_RELAY_RPS", "20"))
-
-        # Pairs across instances, in both directions.
-        senders: list[tuple[Client, Client]] = []
-        for index in range(pairs):
-            tag = uuid.uuid4().hex[:6]
-            a, b = f"0xa{index:02x}{tag}", f"0xb{index:02x}{tag}"
-            add_contacts(stack.redis, a, b)
-            first, second = (addr1, addr2) if index % 2 == 0 else (addr2, addr1)
-            sender, receiver = Client(a, first, load), Client(b, second, load)
-            for client in (sender, receiver):
-                await client.connect(stack.gateway.url)
-                clients.append(client)
-                load.clients[client.wallet] = client
-            senders.append((sender, receiver))
-        relay_senders = [f"0x5e{n:02x}" for n in range(4)]
-        relay_recipients = ["0xaa01", "0xaa02"]
-        for s in relay_senders:
-            for r in relay_recipients:
-                add_contacts(stack.redis, s, r)
-
-        load.started = faults.started = now()
-        connector = aiohttp.TCPConnector(limit=200)
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            ice_workers = 4
-            tasks = [
-                *(
-                    asyncio.create_task(load.ice_worker(session, i, ice_rps / ice_workers))
-                    for i in range(ice_workers)
-                ),
-                *(asyncio.create_task(load.signal_pair(s, r, signal_rps)) for s, r in senders),
-                *(
-                    asyncio.create_task(
-                        load.relay_sender(
-                            session, s, relay_recipients, relay_rps / len(relay_senders)
-                        )
-                    )
-                    for s in relay_senders
-                ),
-                *(asyncio.create_task(load.relay_puller(session, r)) for r in relay_recipients),
-                asyncio.create_task(load.readiness_monitor()),
-            ]
-            fault_task = asyncio.create_task(run_faults(stack, load, faults, seconds))
-            every = float(os.environ.get("CHAOS_PROGRESS_SECONDS", "10"))
-            end = load.started + seconds
-            while now() < end:
-                await asyncio.sleep(min(every, max(0.0, end - now())))
-                print(progress(load, faults), flush=True)
-            load.stopping.set()
-            await fault_task
-            print("load stopped; waiting for in-flight work and draining the relay", flush=True)
-            await asyncio.gather(*tasks)
-            for r in relay_recipients:
-                await load.relay_drain(session, r)
-            # Signals still on their way: wait until every acked one arrived, or 5 s.
-            deadline = now() + 5
-            while now() < deadline and set(load.signal.acked) - set(load.signal.delivered):
-                await asyncio.sleep(0.05)
-            fallback_total = metric_value(
-                stack.ice.url if stack.ice else "", "rtc_ratelimit_fallback_total", 'scope="ice"'
-            )
-        summary = summarize(load, faults, seconds, fallback_total)
-        failed = bool(summary["verdict"]["failures"])
-        print_summary(summary)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"summary written to {json_path}")
+        async with (
+            serve_twilio() as twilio,
+            chaos_stack(root, twilio) as stack,
+            open_peers() as peers,
+        ):
+            failed = await run_load(stack, twilio, peers, faults, seconds, json_path)
     finally:
-        for client in clients:
-            await client.close()
-        await stack.stop()
         if keep or failed:
             print(f"logs kept in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
     return 1 if failed else 0
+
+
+async def run_load(
+    stack: Stack,
+    twilio: TwilioStub,
+    peers: Peers,
+    faults: FaultLog,
+    seconds: float,
+    json_path: Path,
+) -> bool:
+    """The load and the faults on a started stack; True when the run failed."""
+    addr1, _, addr2, _ = await stack.gateway.spread_addresses()
+    load = Load(stack, twilio, seconds)
+
+    pairs = int(os.environ.get("CHAOS_SIGNAL_PAIRS", "4"))
+    signal_rps = float(os.environ.get("CHAOS_SIGNAL_RPS", "4"))  # per pair
+    ice_rps = float(os.environ.get("CHAOS_ICE_RPS", "30"))
+    relay_rps = float(os.environ.get("CHAOS_RELAY_RPS", "20"))
+
+    # Pairs across instances, in both directions.
+    senders: list[tuple[Peer, Peer]] = []
+    for index in range(pairs):
+        tag = uuid.uuid4().hex[:6]
+        a, b = f"0xa{index:02x}{tag}", f"0xb{index:02x}{tag}"
+        add_contacts(stack.redis, a, b)
+        first, second = (addr1, addr2) if index % 2 == 0 else (addr2, addr1)
+        sender, receiver = chaos_peer(load, a, first), chaos_peer(load, b, second)
+        for client in (sender, receiver):
+            peers.made.append(client)
+            auth = {"token": make_token(client.wallet, expires_in=7200)}
+            await client.connect(stack.gateway.url, auth=auth, wait_timeout=10)
+            load.clients[client.wallet] = client
+        senders.append((sender, receiver))
+    relay_senders = [f"0x5e{n:02x}" for n in range(4)]
+    relay_recipients = ["0xaa01", "0xaa02"]
+    for s in relay_senders:
+        for r in relay_recipients:
+            add_contacts(stack.redis, s, r)
+
+    load.started = faults.started = now()
+    connector = aiohttp.TCPConnector(limit=200)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        ice_workers = 4
+        tasks = [
+            *(
+                asyncio.create_task(load.ice_worker(session, i, ice_rps / ice_workers))
+                for i in range(ice_workers)
+            ),
+            *(asyncio.create_task(load.signal_pair(s, r, signal_rps)) for s, r in senders),
+            *(
+                asyncio.create_task(
+                    load.relay_sender(session, s, relay_recipients, relay_rps / len(relay_senders))
+                )
+                for s in relay_senders
+            ),
+            *(asyncio.create_task(load.relay_puller(session, r)) for r in relay_recipients),
+            asyncio.create_task(load.readiness_monitor()),
+        ]
+        fault_task = asyncio.create_task(run_faults(stack, load, faults, seconds))
+        every = float(os.environ.get("CHAOS_PROGRESS_SECONDS", "10"))
+        end = load.started + seconds
+        while now() < end:
+            await asyncio.sleep(min(every, max(0.0, end - now())))
+            print(progress(load, faults), flush=True)
+        load.stopping.set()
+        await fault_task
+        print("load stopped; waiting for in-flight work and draining the relay", flush=True)
+        await asyncio.gather(*tasks)
+        for r in relay_recipients:
+            await load.relay_drain(session, r)
+        # Signals still on their way: wait until every acked one arrived, or 5 s.
+        deadline = now() + 5
+        while now() < deadline and set(load.signal.acked) - set(load.signal.delivered):
+            await asyncio.sleep(0.05)
+        fallback_total = metric_value(stack.ice.url, "rtc_ratelimit_fallback_total", 'scope="ice"')
+    summary = summarize(load, faults, seconds, fallback_total)
+    print_summary(summary)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"summary written to {json_path}")
+    return bool(summary["verdict"]["failures"])
 
 
 def summarize(
@@ -724,7 +604,7 @@ def summarize(
     lost_signals: list[str] = []
     for signal_id in undelivered:
         acked_at, receiver = sig.acked[signal_id]
-        if load.clients[receiver].was_down_at(acked_at):
+        if load.clients[receiver].was_down_at(acked_at, IN_FLIGHT_SECONDS):
             in_flight_to_dropped.append(signal_id)
         else:
             lost_signals.append(signal_id)
@@ -799,7 +679,7 @@ def summarize(
 
 
 def stack_twilio_calls(load: Load) -> dict[str, int]:
-    statuses = Counter(str(r.status) for r in load.stack.twilio.requests)
+    statuses = Counter(str(r.status) for r in load.twilio.requests)
     return dict(statuses)
 
 

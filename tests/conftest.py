@@ -6,14 +6,15 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from helpers import Coturn, RedisServer, ServiceProcess, base_env, signal_env
 from ice_service.app import create_app
 from ice_service.settings import IceSettings
 from relay_service.app import create_app as create_relay_app
 from relay_service.settings import RelaySettings
-from rtc_common.directory import REDIS_FLAGS_KEY
 from rtc_common.settings import load_settings
-from twilio_stub import TwilioStub
+from rtc_testkit.peer import Peers, open_peers
+from rtc_testkit.processes import Coturn, ProcessGroup, RedisServer, ServiceProcess
+from rtc_testkit.stack import base_env, set_flag, signal_env
+from rtc_testkit.twilio import TwilioStub
 
 IceClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 RelayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -46,13 +47,9 @@ async def twilio(aiohttp_server: Any) -> AsyncIterator[TwilioStub]:
     stub.release.set()
 
 
-def enable_flag(server: RedisServer, key: str = "rtc.ice", enabled: bool = True) -> None:
-    server.client().hset(REDIS_FLAGS_KEY, key, "1" if enabled else "0")
-
-
 @pytest.fixture
 def ice_env(redis_server: RedisServer) -> dict[str, str]:
-    enable_flag(redis_server)
+    set_flag(redis_server)
     return base_env(redis_server.url)
 
 
@@ -73,24 +70,28 @@ def signal_cluster(
     tmp_path: Path, redis_server: RedisServer
 ) -> Iterator[Callable[..., list[ServiceProcess]]]:
     """Start N signal-service processes on the test redis: `signal_cluster(2, **env_overrides)`."""
-    started: list[ServiceProcess] = []
+    with ProcessGroup() as group:
 
-    def start(count: int = 2, **overrides: str) -> list[ServiceProcess]:
-        env = signal_env(redis_server.url, **overrides)
-        batch = []
-        for _ in range(count):
-            name = f"signal{len(started) + 1}"
-            process = ServiceProcess(
-                "signal_service", tmp_path / name, {**env, "INSTANCE_ID": name}, name=name
-            )
-            started.append(process)
-            process.start()
-            batch.append(process)
-        return batch
+        def start(count: int = 2, **overrides: str) -> list[ServiceProcess]:
+            env = signal_env(redis_server.url, **overrides)
+            batch = []
+            for _ in range(count):
+                name = f"signal{len(group.processes) + 1}"
+                process = ServiceProcess(
+                    "signal_service", tmp_path / name, {**env, "INSTANCE_ID": name}, name=name
+                )
+                batch.append(group.start(process))
+            return batch
 
-    yield start
-    for process in started:
-        process.stop()
+        yield start
+
+
+@pytest.fixture
+async def peers() -> AsyncIterator[Peers]:
+    """Socket.IO test peers (`peers(wallet)`, `await peers.connect(url, wallet)`), all closed at
+    the end of the test."""
+    async with open_peers() as made:
+        yield made
 
 
 @pytest.fixture

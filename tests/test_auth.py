@@ -24,11 +24,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from helpers import JWT_SECRET, make_token
 from jwt.warnings import InsecureKeyLengthWarning
 from rtc_common.auth import IDENTITY_KEY, allow_anonymous, get_identity
 from rtc_common.settings import CommonSettings, SettingsError, load_settings
 from rtc_common.web import SETTINGS_KEY, client_ip, create_base_app
+from rtc_testkit.contract import JWT_SECRET, make_token
 
 ORIGIN = "https://app.example.com"
 WHOAMI = "/api/v1/rtc/whoami"
@@ -276,7 +276,9 @@ async def test_sub_fallback_and_wallet_claim(bare: BareFactory) -> None:
     # With a custom claim, `wallet` is just another claim; `sub` is still the fallback.
     response = await custom.get(WHOAMI, headers=bearer(make_token("0xabc", sub="0xdef")))
     assert (await response.json())["wallet"] == "0xdef"
-    response = await custom.get(WHOAMI, headers=bearer(make_token("0xabc")))
+    # A `wallet` claim and no `sub` (make_token writes both).
+    only_wallet = jwt.encode({"wallet": "0xabc", "exp": int(time.time()) + 600}, JWT_SECRET)
+    response = await custom.get(WHOAMI, headers=bearer(only_wallet))
     body = await assert_error(response, 401, "unauthorized")
     assert "wallet" in body["message"]
 

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.helpers import REPO_ROOT
+from rtc_testkit.processes import REPO_ROOT
 
 RESULTS = sorted((REPO_ROOT / "bench" / "results").glob("*.json"))
 

@@ -32,25 +32,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import (
-    JWT_SECRET,
-    NODE_DIR,
+from helpers import NODE_DIR
+from rtc_testkit.contract import JWT_SECRET, TURN_SECRET, make_token, new_wallet
+from rtc_testkit.processes import (
     REPO_ROOT,
-    TURN_SECRET,
-    Coturn,
-    Gateway,
     Process,
-    RedisServer,
     ServiceProcess,
-    add_contacts,
-    base_env,
     http_status,
-    make_token,
     metric_value,
-    signal_env,
     wait_for,
 )
-from rtc_common.directory import REDIS_FLAGS_KEY
+from rtc_testkit.stack import StackSpec, start_stack
 
 CHROMIUM = Path(os.environ.get("RTC_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts" / "browser-e2e"
@@ -189,40 +181,15 @@ def test_browser_rtc_over_turn_then_relay_fallback(tmp_path: Path) -> None:
         old.unlink()
     with network_namespace() as ns:
         root = tmp_path / "stack"
-        components: list[Process] = []
-        try:
-
-            def start(component: Any) -> Any:
-                in_namespace(component, ns)
-                components.append(component)
-                component.start()
-                return component
-
-            redis = start(RedisServer(root / "redis"))
-            redis.client().hset(REDIS_FLAGS_KEY, "rtc.ice", "1")
-            coturn = start(Coturn(root / "coturn"))
-            ice = start(
-                ServiceProcess(
-                    "ice_service", root / "ice", base_env(redis.url, TURN_URIS=coturn.uris)
-                )
-            )
-            sig = start(
-                ServiceProcess(
-                    "signal_service",
-                    root / "signal",
-                    {**signal_env(redis.url), "INSTANCE_ID": "browser-signal"},
-                )
-            )
-            relay = start(ServiceProcess("relay_service", root / "relay", base_env(redis.url)))
-            gateway = start(
-                Gateway(root / "gateway", ice=[ice.port], signal=[sig.port], relay=[relay.port])
-            )
+        spec = StackSpec(ice=1, signal=1, relay=1, coturn=True)
+        with start_stack(spec, root, prepare=lambda p: in_namespace(p, ns)) as stack:
+            ice, gateway = stack.ice, stack.gateway
             assert http_status(gateway.url + "/demo/") == 200
             assert http_status(gateway.url + "/demo/vendor/socket.io.esm.min.js") == 200
             stack_seconds = time.monotonic() - started
 
-            a, b = "0x" + uuid.uuid4().hex[:10], "0x" + uuid.uuid4().hex[:10]
-            add_contacts(redis, a, b)
+            a, b = new_wallet(), new_wallet()
+            stack.add_contacts(a, b)
             token_a, token_b = make_token(a), make_token(b)
             result = run_driver(
                 ns,
@@ -295,6 +262,3 @@ def test_browser_rtc_over_turn_then_relay_fallback(tmp_path: Path) -> None:
                 f"stack {stack_seconds:.1f} s, browser {result['timings']}, "
                 f"total {time.monotonic() - started:.1f} s"
             )
-        finally:
-            for component in reversed(components):
-                component.stop()

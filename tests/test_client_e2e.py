@@ -13,93 +13,52 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import (
+from rtc_client import Delivery, IncomingMessage, ManualClock, RtcClient
+from rtc_testkit.contract import (
     JWT_SECRET,
     TURN_SECRET,
-    Coturn,
-    Gateway,
-    ProcessGroup,
-    RedisServer,
-    ServiceProcess,
-    access_entries,
-    add_contacts,
     allocation_error,
-    base_env,
     make_token,
-    metric_value,
-    signal_env,
-    spread_addresses,
+    new_wallet,
     turn_credentials,
+)
+from rtc_testkit.processes import (
+    Gateway,
+    ServiceProcess,
+    metric_value,
+    until,
     wait_for,
     wait_for_async,
 )
-from rtc_client import Delivery, IncomingMessage, ManualClock, RtcClient
-from rtc_common.directory import REDIS_FLAGS_KEY
+from rtc_testkit.stack import Stack, StackSpec, add_contacts, base_env, start_stack
 
 TTL = 60  # short credentials: the SDK's refresh falls due at 0.7 x 60 s (driven by its clock)
 RELAY_PORTS = range(49160, 49201)  # coturn's relay port range (tools/rtcctl/local.py)
 
 
-@dataclass
-class Stack:
-    redis: RedisServer
-    coturn: Coturn
-    ice: ServiceProcess
-    signals: list[ServiceProcess]
-    relay: ServiceProcess
-    gateway: Gateway
-    secrets: set[str] = field(default_factory=set)
+# Every secret and credential this module's runs hand out: none may reach a log.
+SECRETS_SEEN = {JWT_SECRET, TURN_SECRET}
 
-    def remember(self, *values: str | None) -> None:
-        self.secrets.update(v for v in values if v)
+
+def remember(*values: str | None) -> None:
+    SECRETS_SEEN.update(v for v in values if v)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("client-e2e")
-    with ProcessGroup() as group:
-        redis = group.start(RedisServer(root / "redis"))
-        redis.client().hset(REDIS_FLAGS_KEY, "rtc.ice", "1")
-        coturn = group.start(Coturn(root / "coturn"))
-        ice = ServiceProcess(
-            "ice_service",
-            root / "ice",
-            base_env(redis.url, TURN_URIS=coturn.uris, TURN_CRED_TTL=str(TTL)),
-        )
-        group.start(ice)
-        signals = []
-        for name in ("e2e-signal1", "e2e-signal2"):
-            process = ServiceProcess(
-                "signal_service",
-                root / name,
-                {**signal_env(redis.url), "INSTANCE_ID": name},
-                name=name,
-            )
-            group.start(process)
-            signals.append(process)
-        relay = group.start(ServiceProcess("relay_service", root / "relay", base_env(redis.url)))
-        gateway = Gateway(
-            root / "gateway",
-            ice=[ice.port],
-            signal=[p.port for p in signals],
-            relay=[relay.port],
-        )
-        group.start(gateway)
-        yield Stack(redis, coturn, ice, signals, relay, gateway, {JWT_SECRET, TURN_SECRET})
+    spec = StackSpec(
+        ice=1, signal=2, relay=1, coturn=True, ice_env={"TURN_CRED_TTL": str(TTL)}, name="e2e-"
+    )
+    with start_stack(spec, tmp_path_factory.mktemp("client-e2e")) as stack:
+        yield stack
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def new_wallet() -> str:
-    return "0x" + uuid.uuid4().hex[:12]
 
 
 class Clients:
@@ -113,7 +72,7 @@ class Clients:
         self, wallet: str, addr: str, *, base_url: str | None = None, **kwargs: Any
     ) -> RtcClient:
         token = make_token(wallet)
-        self.stack.remember(token)
+        remember(token)
         client = RtcClient(
             base_url or self.stack.gateway.url,
             token,
@@ -125,7 +84,7 @@ class Clients:
         self.made.append(client)
         await client.start()
         assert client.ice is not None
-        self.stack.remember(*(s.credential for s in client.ice.ice_servers))
+        remember(*(s.credential for s in client.ice.ice_servers))
         return client
 
 
@@ -149,15 +108,6 @@ def queue_length(stack: Stack, wallet: str) -> int:
     return int(stack.redis.client().xlen(f"relay:q:{wallet}"))
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "it") -> None:
-    """Wait (on the event loop, so the SDK keeps running) until `predicate()` holds."""
-
-    async def check() -> bool:
-        return predicate()
-
-    await wait_for_async(check, timeout, what=what)
-
-
 def relay_port_of(pc: Any) -> int:
     """The local relayed port of the nominated ICE pair (aioice internals, like the SDK)."""
     pair = pc.sctp.transport.transport._connection._nominated[1]
@@ -176,7 +126,7 @@ async def test_rtc_then_relay_fallback_then_offline_pull(
     stack: Stack, clients: Clients, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="rtc_client")
-    addr_a, up_a, addr_b, up_b = await spread_addresses(stack.gateway)
+    addr_a, up_a, addr_b, up_b = await stack.gateway.spread_addresses()
     assert {up_a, up_b} == {f"127.0.0.1:{p.port}" for p in stack.signals}
     a, b = new_wallet(), new_wallet()
     add_contacts(stack.redis, a, b)
@@ -251,7 +201,7 @@ async def test_rtc_then_relay_fallback_then_offline_pull(
     def websockets_logged() -> bool:
         used = {
             (e["remote"], e["upstream"])
-            for e in access_entries(stack.gateway)
+            for e in stack.gateway.access_entries()
             if e["path"] == "/socket.io/" and e["status"] == 101
         }
         return {(addr_a, up_a), (addr_b, up_b)} <= used
@@ -266,9 +216,9 @@ async def test_rtc_then_relay_fallback_then_offline_pull(
         "signal": "".join(p.log_text() for p in stack.signals),
         "gateway": stack.gateway.access_log.read_text(),
     }
-    assert len(stack.secrets) >= 6
+    assert len(SECRETS_SEEN) >= 6
     for name, text in logs.items():
-        for secret in stack.secrets:
+        for secret in SECRETS_SEEN:
             assert secret not in text, f"a secret in the {name} log"
     print(
         f"\nrtc first message {rtc_seconds:.2f} s; fallback {fallback_seconds:.2f} s; "
@@ -282,7 +232,7 @@ async def test_rtc_then_relay_fallback_then_offline_pull(
 async def test_ice_refresh_at_70_percent_rebuilds_with_fresh_credentials(
     stack: Stack, clients: Clients
 ) -> None:
-    addr_a, _, addr_b, _ = await spread_addresses(stack.gateway)
+    addr_a, _, addr_b, _ = await stack.gateway.spread_addresses()
     a, b = new_wallet(), new_wallet()
     add_contacts(stack.redis, a, b)
     clock = ManualClock(start=1000.0)
@@ -316,7 +266,7 @@ async def test_ice_refresh_at_70_percent_rebuilds_with_fresh_credentials(
     assert metric_value(stack.ice.url, "rtc_ice_issued_total", 'provider="coturn"') == issued + 3
     new_username = fresh.turn_usernames[0]
     assert int(new_username.split(":")[0]) > int(old_username.split(":")[0])
-    stack.remember(*(s.credential for s in fresh.ice_servers))
+    remember(*(s.credential for s in fresh.ice_servers))
     # The next refresh is scheduled at 70 % of the new ttl.
     await until(lambda: clock.pending() == [fresh.refresh_at], what="timer re-armed")
     assert fresh.refresh_at == pytest.approx(clock.now() + 0.7 * TTL)
@@ -369,7 +319,7 @@ async def test_ice_refresh_in_real_time_and_expired_credentials_refused(
     )
     gateway.start()
     try:
-        addr_a, _, addr_b, _ = await spread_addresses(gateway)
+        addr_a, _, addr_b, _ = await gateway.spread_addresses()
         a, b = new_wallet(), new_wallet()
         add_contacts(stack.redis, a, b)
         alice = await clients.start(a, addr_a, base_url=gateway.url)

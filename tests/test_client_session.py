@@ -21,28 +21,16 @@ import hmac
 import json
 import os
 import shutil
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import socketio
-from helpers import (
-    NODE_DIR,
-    Gateway,
-    ProcessGroup,
-    RedisServer,
-    ServiceProcess,
-    add_contacts,
-    base_env,
-    free_port,
-    make_token,
-    metric_value,
-    signal_env,
-    wait_for_async,
-)
+from helpers import NODE_DIR
 from rtc_client import RtcClient, RtcClientError
+from rtc_testkit.contract import make_token, new_wallet
+from rtc_testkit.peer import Peer
+from rtc_testkit.processes import metric_value, wait_for_async
+from rtc_testkit.stack import Stack, StackSpec, add_contacts, start_stack
 
 PSEUDONYM_KEY = "client-session-test-pseudonym-key-0123456789abcdef"
 # Fast retries for the reconnect-loop test (the SDK's and the control's alike).
@@ -50,37 +38,16 @@ RETRY_DELAY, RETRY_DELAY_MAX = 0.1, 0.3
 UNAUTHORIZED = 'event="connect",outcome="unauthorized"'
 
 
-@dataclass
-class Stack:
-    redis: RedisServer
-    signal: ServiceProcess
-    relay: ServiceProcess
-    gateway: Gateway
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("client-session")
-    with ProcessGroup() as group:
-        redis = group.start(RedisServer(root / "redis"))
-        env = {
-            **signal_env(redis.url),
-            "INSTANCE_ID": "session-signal",
-            "SIGNAL_MAX_SOCKETS_PER_WALLET": "1",
-            "LOG_PSEUDONYM_KEY": PSEUDONYM_KEY,
-        }
-        signal = group.start(ServiceProcess("signal_service", root / "signal", env))
-        relay = group.start(ServiceProcess("relay_service", root / "relay", base_env(redis.url)))
-        # No ice-service: every client here has `rtc` off.
-        gateway = Gateway(
-            root / "gateway", ice=[free_port()], signal=[signal.port], relay=[relay.port]
-        )
-        group.start(gateway)
-        yield Stack(redis, signal, relay, gateway)
-
-
-def new_wallet() -> str:
-    return "0x" + uuid.uuid4().hex[:12]
+    # No ice-service: every client here has `rtc` off.
+    spec = StackSpec(
+        signal=1,
+        relay=1,
+        signal_env={"SIGNAL_MAX_SOCKETS_PER_WALLET": "1", "LOG_PSEUDONYM_KEY": PSEUDONYM_KEY},
+    )
+    with start_stack(spec, tmp_path_factory.mktemp("client-session")) as stack:
+        yield stack
 
 
 def wallet_hash(wallet: str) -> str:
@@ -143,7 +110,7 @@ async def gateway_down(stack: Stack) -> AsyncIterator[None]:
         await asyncio.to_thread(stack.gateway.start)
 
 
-async def hold_slot(stack: Stack, wallet: str) -> socketio.AsyncClient:
+async def hold_slot(stack: Stack, wallet: str) -> Peer:
     """A socket of `wallet` straight to signal-service: the wallet's only slot is taken."""
 
     async def previous_gone() -> bool:
@@ -152,11 +119,7 @@ async def hold_slot(stack: Stack, wallet: str) -> socketio.AsyncClient:
 
     # The dropped socket must be gone on the server first, or the holder is the one refused.
     await wait_for_async(previous_gone, 10, what="the dropped socket's disconnect line")
-    holder = socketio.AsyncClient(reconnection=False)
-    await holder.connect(
-        stack.signal.url, auth={"token": make_token(wallet)}, transports=["websocket"]
-    )
-    return holder
+    return await Peer(wallet).connect(stack.signal.url)
 
 
 # -- Python SDK ---------------------------------------------------------------------------------
@@ -226,15 +189,16 @@ async def test_refused_reconnect_stops_the_retry_loop(stack: Stack) -> None:
     wallet's slot is taken and the refusal ends the session instead of a loop of refusals."""
     a, c = new_wallet(), new_wallet()
     client = sdk(stack, a, reconnection_delay=RETRY_DELAY, reconnection_delay_max=RETRY_DELAY_MAX)
-    control = socketio.AsyncClient(
-        reconnection=True, reconnection_delay=RETRY_DELAY, reconnection_delay_max=RETRY_DELAY_MAX
+    control = Peer(
+        c,
+        reconnection=True,
+        reconnection_delay=RETRY_DELAY,
+        reconnection_delay_max=RETRY_DELAY_MAX,
     )
-    holders: list[socketio.AsyncClient] = []
+    holders: list[Peer] = []
     try:
         await client.start()
-        await control.connect(
-            stack.gateway.url, auth={"token": make_token(c)}, transports=["websocket"]
-        )
+        await control.connect(stack.gateway.url)
         async with gateway_down(stack):
 
             async def retrying() -> bool:
@@ -255,9 +219,9 @@ async def test_refused_reconnect_stops_the_retry_loop(stack: Stack) -> None:
     finally:
         if not stack.gateway.running:
             await asyncio.to_thread(stack.gateway.start)
-        await control.shutdown()
+        await control.close()
         for holder in holders:
-            await holder.disconnect()
+            await holder.close()
         await client.close()
 
 
@@ -375,7 +339,7 @@ async def test_web_sdk_refused_reconnect_ends_the_session(
     page = await NodeClient.start(stack.gateway.url, make_token(a))
     node_clients.append(page)
     await page.next("started")
-    holder: socketio.AsyncClient | None = None
+    holder: Peer | None = None
     try:
         async with gateway_down(stack):
             dropped = await page.next("connection")
@@ -390,4 +354,4 @@ async def test_web_sdk_refused_reconnect_ends_the_session(
         assert connects(stack, a) == ["ok", "ok", "too_many_connections"]  # page, holder, page
     finally:
         if holder is not None:
-            await holder.disconnect()
+            await holder.close()

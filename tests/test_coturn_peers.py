@@ -28,7 +28,8 @@ from aioice.turn import (
     TurnClientTcpProtocol,
     TurnClientUdpProtocol,
 )
-from helpers import REPO_ROOT, TURN_SECRET, Coturn, Process, turn_credentials, wait_for
+from rtc_testkit.contract import TURN_SECRET, turn_credentials
+from rtc_testkit.processes import REPO_ROOT, Coturn, Process, ProcessGroup, free_port, wait_for
 from rtcctl.local import turnserver_conf
 
 COTURN_DIR = REPO_ROOT / "deploy" / "coturn"
@@ -165,7 +166,7 @@ class ImageCoturn(Process):
     def __init__(self, workdir: Path, host: str = "127.0.0.1", **env: str):
         workdir.mkdir(parents=True, exist_ok=True)
         self.host = host
-        self.port = free_port6() if ":" in host else _free_port4()
+        self.port = free_port6() if ":" in host else free_port()
         settings = {
             "TURN_PORT": str(self.port),
             "TURN_LISTENING_IP": host,
@@ -197,25 +198,15 @@ class ImageCoturn(Process):
         wait_for(listening, what=self.name)
 
 
-def _free_port4() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def image_coturn(tmp_path: Path) -> Iterator[Callable[..., ImageCoturn]]:
-    started: list[ImageCoturn] = []
+    with ProcessGroup() as group:
 
-    def start(host: str = "127.0.0.1", **env: str) -> ImageCoturn:
-        server = ImageCoturn(tmp_path / f"coturn{len(started)}", host, **env)
-        started.append(server)
-        server.start()
-        return server
+        def start(host: str = "127.0.0.1", **env: str) -> ImageCoturn:
+            workdir = tmp_path / f"coturn{len(group.processes)}"
+            return group.start(ImageCoturn(workdir, host, **env))
 
-    yield start
-    for server in started:
-        server.stop()
+        yield start
 
 
 @pytest.fixture

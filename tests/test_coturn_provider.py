@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from aioice import stun
 from conftest import IceClientFactory
-from helpers import Coturn, allocate_relay, make_token, turn_credentials
+from rtc_testkit.contract import allocate_relay, make_token, turn_credentials
+from rtc_testkit.processes import Coturn
 
 
 async def fetch_ice(ice_client: IceClientFactory, coturn: Coturn, wallet: str = "0xAbC") -> Any:

@@ -20,15 +20,8 @@ import jwt
 import pytest
 import redis
 from bson import ObjectId
-from conftest import IceClientFactory, enable_flag
-from helpers import (
-    JWT_SECRET,
-    RedisServer,
-    directory_settings,
-    make_token,
-    opened,
-    wait_for_async,
-)
+from conftest import IceClientFactory
+from helpers import directory_settings, opened
 from mockupdb import MockupDB, OpMsg
 from prometheus_client import REGISTRY
 from pymongo.errors import OperationFailure
@@ -40,6 +33,9 @@ from rtc_common.directory import (
     RedisDirectory,
 )
 from rtc_common.errors import ApiError
+from rtc_testkit.contract import JWT_SECRET, make_token
+from rtc_testkit.processes import RedisServer, wait_for_async
+from rtc_testkit.stack import set_flag
 
 T = TypeVar("T")
 
@@ -135,7 +131,7 @@ async def test_redis_directory_get_set_list(redis_server: RedisServer) -> None:
         assert await directory.get_flag("rtc.ice") is False
         assert raw.hget(REDIS_FLAGS_KEY, "rtc.ice") == b"0"
 
-        enable_flag(redis_server, "beta.feature")  # written by another client
+        set_flag(redis_server, "beta.feature")  # written by another client
         assert await directory.list_flags() == {"rtc.ice": False, "beta.feature": True}
         assert await directory.get_flag("not.there") is None
 
@@ -292,7 +288,7 @@ async def flag_backend(kind: str, request: pytest.FixtureRequest) -> AsyncIterat
         async with opened(directory_settings(REDIS_URL=redis_server.url)) as directory:
             yield Backend(
                 directory,
-                lambda key, enabled: enable_flag(redis_server, key, enabled=enabled),
+                lambda key, enabled: set_flag(redis_server, key, enabled=enabled),
                 hget_calls,
                 kill_redis,
             )
@@ -440,7 +436,7 @@ def assert_envelope(body: dict[str, Any], code: str) -> None:
 async def test_ice_follows_the_redis_flag(
     ice_client: IceClientFactory, redis_server: RedisServer
 ) -> None:
-    enable_flag(redis_server, enabled=False)
+    set_flag(redis_server, enabled=False)
     client = await ice_client(FLAG_CACHE_SECONDS="0.5", ICE_RATE_LIMIT_PER_MIN="10000")
     refused = await client.get(ICE_PATH, headers=bearer())
     assert refused.status == 403
@@ -450,22 +446,22 @@ async def test_ice_follows_the_redis_flag(
     async def status_is(expected: int) -> bool:
         return (await client.get(ICE_PATH, headers=bearer())).status == expected
 
-    enable_flag(redis_server, enabled=True)
+    set_flag(redis_server, enabled=True)
     await wait_for_async(lambda: status_is(200), timeout=5, what="ICE after enabling rtc.ice")
     body = await (await client.get(ICE_PATH, headers=bearer())).json()
     assert body["provider"] == "coturn" and body["iceServers"]
 
-    enable_flag(redis_server, enabled=False)
+    set_flag(redis_server, enabled=False)
     await wait_for_async(lambda: status_is(403), timeout=5, what="403 after disabling rtc.ice")
 
 
 async def test_ice_flag_answer_is_cached(
     ice_client: IceClientFactory, redis_server: RedisServer
 ) -> None:
-    enable_flag(redis_server, enabled=False)
+    set_flag(redis_server, enabled=False)
     client = await ice_client(FLAG_CACHE_SECONDS="300")
     assert (await client.get(ICE_PATH, headers=bearer())).status == 403
-    enable_flag(redis_server, enabled=True)
+    set_flag(redis_server, enabled=True)
     assert (await client.get(ICE_PATH, headers=bearer())).status == 403  # within the window
 
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from helpers import RedisServer
 from mockupdb import MockupDB, OpMsg, go
 from rtc_common.directory import REDIS_FLAGS_KEY
+from rtc_testkit.processes import RedisServer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "directory_init.py"
 

@@ -21,20 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import (
-    JWT_SECRET,
-    TURN_SECRET,
-    Coturn,
-    Gateway,
-    RedisServer,
-    ServiceProcess,
-    base_env,
-    signal_env,
-)
 from rtc_common.directory import REDIS_FLAGS_KEY
+from rtc_testkit.contract import JWT_SECRET, TURN_SECRET
+from rtc_testkit.processes import Coturn, Gateway, RedisServer, ServiceProcess
+from rtc_testkit.stack import StackSpec, start_stack
+from rtc_testkit.twilio import ACCOUNT_SID, API_KEY, API_SECRET, TwilioStub
 from rtcctl.doctor import Result, render, resolve_target, skew_verdict
-from rtcctl.local import StackPorts
-from twilio_stub import ACCOUNT_SID, API_KEY, API_SECRET, TwilioStub
 
 RTCCTL = str(Path(sys.executable).parent / "rtcctl")
 WRONG_TURN_SECRET = "not-the-coturn-secret-0123456789"
@@ -56,59 +48,20 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("doctor")
-    started: list[Any] = []
-    try:
-        redis = RedisServer(root / "redis")
-        started.append(redis)
-        redis.start()
-        coturn = Coturn(root / "coturn")
-        started.append(coturn)
-        coturn.start()
-        # FLAG_CACHE_SECONDS=0: the flag test's change is seen by ice-service at once.
-        env = base_env(redis.url, TURN_URIS=coturn.uris, FLAG_CACHE_SECONDS="0")
-        redis.client().hset(REDIS_FLAGS_KEY, "rtc.ice", "1")
-
-        def service(module: str, name: str, service_env: dict[str, str]) -> ServiceProcess:
-            # Made and started one at a time: a port is picked only once the previous one is
-            # held by its process (two picks in a row may return the same free port).
-            process = ServiceProcess(module, root / name, service_env, name=name)
-            started.append(process)
-            process.start()
-            return process
-
-        ice = service("ice_service", "ice", env)
-        signals = [
-            service("signal_service", name, {**signal_env(redis.url), "INSTANCE_ID": name})
-            for name in ("signal1", "signal2")
-        ]
-        relay = service("relay_service", "relay", env)
-        gateway = Gateway(
-            root / "gateway",
-            ice=[ice.port],
-            signal=[s.port for s in signals],
-            relay=[relay.port],
-        )
-        started.append(gateway)
-        gateway.start()
-        for process in started:
+    # FLAG_CACHE_SECONDS=0: the flag test's change is seen by ice-service at once.
+    no_flag_cache = {"FLAG_CACHE_SECONDS": "0"}
+    spec = StackSpec(
+        ice=1, signal=2, relay=1, coturn=True, ice_env=no_flag_cache, relay_env=no_flag_cache
+    )
+    with start_stack(spec, root) as started:
+        for process in started.group.processes:
             process.ensure_alive()  # each answered its own readiness probe, none exited since
-
+        env = started.env("ice")
         run_dir = root / "run"
         run_dir.mkdir()
         (run_dir / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-        ports = StackPorts(
-            gateway=gateway.port,
-            redis=redis.port,
-            turn=coturn.port,
-            ice=[ice.port],
-            signal=[s.port for s in signals],
-            relay=[relay.port],
-        )
-        (run_dir / "stack.json").write_text(json.dumps(asdict(ports)))
-        yield Stack(run_dir, env, redis, coturn, gateway, signals)
-    finally:
-        for process in reversed(started):
-            process.stop()
+        (run_dir / "stack.json").write_text(json.dumps(asdict(started.ports())))
+        yield Stack(run_dir, env, started.redis, started.coturn, started.gateway, started.signals)
 
 
 def doctor_env(**overrides: str) -> dict[str, str]:

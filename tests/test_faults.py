@@ -17,13 +17,10 @@ deadlines.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,92 +28,42 @@ import aiohttp
 import pytest
 import socketio
 from aiohttp.test_utils import TestClient
-from conftest import IceClientFactory, enable_flag
-from helpers import (
-    Gateway,
-    RedisServer,
-    ServiceProcess,
-    add_contacts,
-    base_env,
-    free_port,
-    http_status,
-    make_token,
-    signal_env,
-    spread_addresses,
-    wait_for,
-    wait_for_async,
-)
+from conftest import IceClientFactory
 from ice_service.app import ISSUER_KEY
 from ice_service.providers import TwilioProvider
 from relay_service.app import create_app as create_relay_app
 from relay_service.settings import RelaySettings
 from rtc_common.settings import load_settings
-from rtcctl.local import GatewayLimits
-from twilio_stub import TwilioStub
+from rtc_gateway import GatewayLimits
+from rtc_testkit.contract import FakeClock, bearer, conv_id, make_token, offer
+from rtc_testkit.peer import Peer, Peers, open_peers
+from rtc_testkit.processes import (
+    Gateway,
+    RedisServer,
+    ServiceProcess,
+    free_port,
+    http_status,
+    until,
+    wait_for,
+)
+from rtc_testkit.stack import Stack, StackSpec, add_contacts, base_env, signal_env, start_stack
+from rtc_testkit.twilio import TwilioStub
 
 ICE = "/api/v1/rtc/ice"
-SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
-
-
-def bearer(wallet: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {make_token(wallet)}"}
-
-
-def conv(a: str, b: str) -> str:
-    return ":".join(sorted((a, b)))
-
-
-def offer(sender: str, to: str, signal_id: str) -> dict[str, Any]:
-    return {
-        "convId": conv(sender, to),
-        "to": to,
-        "sdp": {"type": "offer", "sdp": SDP},
-        "signalId": signal_id,
-    }
-
-
-def nginx_reload(gateway: Gateway) -> None:
-    prefix = gateway.log_path.parents[1]
-    subprocess.run(
-        ["nginx", "-c", str(prefix / "nginx.conf"), "-p", f"{prefix}/", "-s", "reload"],
-        check=True,
-        capture_output=True,
-        timeout=10,
-    )
-
-
-async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    async def holds() -> bool:
-        return check()
-
-    await wait_for_async(holds, timeout, what)
-
-
-def worker_pids(gateway: Gateway) -> set[int]:
-    assert gateway.proc is not None
-    children = Path(f"/proc/{gateway.proc.pid}/task/{gateway.proc.pid}/children")
-    return {int(pid) for pid in children.read_text().split()}
 
 
 # --- 1. gateway reload during ICE load ------------------------------------------------------
 
 
 @pytest.fixture
-def ice_gateway(tmp_path: Path, redis_server: RedisServer) -> Iterator[Gateway]:
-    enable_flag(redis_server)
-    ice = ServiceProcess(
-        "ice_service",
-        tmp_path / "ice",
-        base_env(redis_server.url, ICE_RATE_LIMIT_PER_MIN="1000000", LOG_LEVEL="WARNING"),
+def ice_gateway(tmp_path: Path) -> Iterator[Gateway]:
+    spec = StackSpec(
+        ice=1,
+        ice_env={"ICE_RATE_LIMIT_PER_MIN": "1000000", "LOG_LEVEL": "WARNING"},
+        gateway_limits=GatewayLimits.off(),
     )
-    ice.start()
-    gateway = Gateway(tmp_path / "gateway", ice=[ice.port], limits=GatewayLimits.off())
-    try:
-        gateway.start()
-        yield gateway
-    finally:
-        gateway.stop()
-        ice.stop()
+    with start_stack(spec, tmp_path) as stack:
+        yield stack.gateway
 
 
 async def test_gateway_reload_under_ice_load_fails_nothing(ice_gateway: Gateway) -> None:
@@ -140,13 +87,13 @@ async def test_gateway_reload_under_ice_load_fails_nothing(ice_gateway: Gateway)
         workers = [asyncio.create_task(worker(session, token)) for token in tokens]
         try:
             for _ in range(reloads):
-                before = worker_pids(ice_gateway)
+                before = ice_gateway.worker_pids()
                 seen = len(outcomes)
-                await asyncio.to_thread(nginx_reload, ice_gateway)
+                await asyncio.to_thread(ice_gateway.reload)
 
                 # The new workers are up and the old ones have finished their requests.
                 def replaced(old: set[int] = before) -> bool:
-                    now = worker_pids(ice_gateway)
+                    now = ice_gateway.worker_pids()
                     return bool(now) and not now & old
 
                 await asyncio.to_thread(wait_for, replaced, 10, "nginx workers replaced")
@@ -163,112 +110,61 @@ async def test_gateway_reload_under_ice_load_fails_nothing(ice_gateway: Gateway)
 # --- 2. signaling: Redis restart, then an instance killed, under load -------------------------
 
 
-@dataclass
-class Client:
-    wallet: str
-    address: str
-    delivered: dict[str, float] = field(default_factory=dict)
-    outages: list[list[float | None]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(local_addr=(self.address, 0))
-        )
-        self.sio = socketio.AsyncClient(
-            http_session=self.session,
-            reconnection=True,
-            reconnection_delay=0.1,
-            reconnection_delay_max=0.5,
-        )
-
-        @self.sio.on("rtc:offer")
-        async def on_offer(data: Any) -> None:
-            self.delivered.setdefault(data["signalId"], time.monotonic())
-
-        @self.sio.event
-        async def disconnect(*_: Any) -> None:
-            self.outages.append([time.monotonic(), None])
-
-        @self.sio.event
-        async def connect() -> None:
-            if self.outages and self.outages[-1][1] is None:
-                self.outages[-1][1] = time.monotonic()
-
-    async def connect(self, url: str) -> None:
-        await self.sio.connect(
-            url, auth={"token": make_token(self.wallet)}, transports=["websocket"], wait_timeout=5
-        )
-
-    def dropped_around(self, at: float) -> bool:
-        """Was this socket dropped within 1 s after `at`, or still reconnecting at `at`?"""
-        return any(down - 1.0 <= at and (up is None or at <= up) for down, up in self.outages)
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.sio.disconnect(), 5)
-        await self.session.close()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    made: list[Client] = []
-    yield made
-    await asyncio.gather(*(c.close() for c in made))
+def arrivals(peer: Peer) -> dict[str, float]:
+    """signalId -> when the peer first received that rtc:offer."""
+    first: dict[str, float] = {}
+    peer.on("rtc:offer", lambda data: first.setdefault(data["signalId"], time.monotonic()))
+    return first
 
 
 async def test_signals_survive_redis_restart_and_instance_kill(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    signal_cluster: Any,
-    clients: list[Client],
+    tmp_path: Path, peers: Peers
 ) -> None:
-    s1, s2 = signal_cluster(2)
-    gateway = Gateway(
-        tmp_path / "gateway",
-        ice=[free_port()],
-        signal=[s1.port, s2.port],
-        limits=GatewayLimits.off(),
-    )
-    gateway.start()
-    try:
-        await _signals_under_faults(redis_server, gateway, [s1, s2], clients)
-    finally:
-        gateway.stop()
+    spec = StackSpec(signal=2, gateway_limits=GatewayLimits.off())
+    with start_stack(spec, tmp_path) as stack:
+        await _signals_under_faults(stack, peers)
 
 
-async def _signals_under_faults(
-    redis_server: RedisServer,
-    gateway: Gateway,
-    signals: list[ServiceProcess],
-    clients: list[Client],
-) -> None:
-    addr1, up1, addr2, _ = await spread_addresses(gateway)
+async def _signals_under_faults(stack: Stack, peers: Peers) -> None:
+    redis_server, gateway, signals = stack.redis, stack.gateway, stack.signals
+    addr1, up1, addr2, _ = await gateway.spread_addresses()
     first = next(s for s in signals if up1.endswith(f":{s.port}"))
-    pairs: list[tuple[Client, Client]] = []
+    pairs: list[tuple[Peer, Peer]] = []
+    delivered: dict[str, dict[str, float]] = {}
     for index in range(4):
         tag = uuid.uuid4().hex[:6]
         a, b = f"0xa{index}{tag}", f"0xb{index}{tag}"
         add_contacts(redis_server, a, b)
         near, far = (addr1, addr2) if index % 2 == 0 else (addr2, addr1)
-        sender, receiver = Client(a, near), Client(b, far)
-        clients.extend((sender, receiver))
+        sender, receiver = (
+            peers(
+                wallet,
+                local_addr=addr,
+                reconnection=True,
+                reconnection_delay=0.1,
+                reconnection_delay_max=0.5,
+            )
+            for wallet, addr in ((a, near), (b, far))
+        )
         for client in (sender, receiver):
+            delivered[client.wallet] = arrivals(client)
             await client.connect(gateway.url)
         pairs.append((sender, receiver))
+    clients = peers.made
 
-    acked: dict[str, tuple[float, Client]] = {}
+    acked: dict[str, tuple[float, Peer]] = {}
     outcomes: dict[str, int] = {}
     stop = asyncio.Event()
 
-    async def send(sender: Client, receiver: Client) -> None:
+    async def send(sender: Peer, receiver: Peer) -> None:
         n = 0
         while not stop.is_set():
             n += 1
             signal_id = f"{sender.wallet}-{n}"
             outcome = "disconnected"
-            if sender.sio.connected:
+            if sender.connected:
                 try:
-                    ack = await sender.sio.call(
+                    ack = await sender.call(
                         "rtc:offer", offer(sender.wallet, receiver.wallet, signal_id), timeout=3
                     )
                     outcome = "ok" if ack.get("ok") else str(ack.get("error"))
@@ -305,7 +201,7 @@ async def _signals_under_faults(
         survivor = next(s for s in signals if s is not first)
 
         def presence_exact() -> bool:
-            return all(c.sio.connected for c in clients) and all(
+            return all(c.connected for c in clients) and all(
                 raw.hlen(f"presence:conn:{c.wallet}") == 1 for c in clients
             )
 
@@ -322,12 +218,12 @@ async def _signals_under_faults(
         await asyncio.gather(*senders)
 
     def all_arrived() -> bool:
-        return all(sid in r.delivered or r.dropped_around(t) for sid, (t, r) in acked.items())
+        return all(sid in delivered[r.wallet] or r.was_down_at(t) for sid, (t, r) in acked.items())
 
     await until(all_arrived, 5, "acked signals delivered")
-    in_flight = [sid for sid, (t, r) in acked.items() if sid not in r.delivered]
+    in_flight = [sid for sid, (_, r) in acked.items() if sid not in delivered[r.wallet]]
     print(f"outcomes {outcomes}; acked {len(acked)}; in flight to a dropped socket {in_flight}")
-    assert all(acked[sid][1].dropped_around(acked[sid][0]) for sid in in_flight)
+    assert all(acked[sid][1].was_down_at(acked[sid][0]) for sid in in_flight)
     assert len(in_flight) <= 8, in_flight  # a short window, not a stream of losses
     assert outcomes["ok"] == len(acked)
 
@@ -352,7 +248,7 @@ async def test_mongo_unreachable_is_unavailable_never_an_allow(
 
     relay_settings = load_settings(RelaySettings, base_env(redis_server.url, DIRECTORY_URL=closed))
     relay: TestClient[Any, Any] = await aiohttp_client(create_relay_app(relay_settings))
-    body = {"to": b, "convId": conv(a, b), "messageId": "m-1", "payload": "hi"}
+    body = {"to": b, "convId": conv_id(a, b), "messageId": "m-1", "payload": "hi"}
     async with relay.post("/api/v1/relay/enqueue", json=body, headers=bearer(a)) as response:
         assert response.status == 503, await response.text()
         assert (await response.json())["error"] == "unavailable"
@@ -364,19 +260,11 @@ async def test_mongo_unreachable_is_unavailable_never_an_allow(
     signal.start()
     try:
         assert http_status(signal.url + "/readyz") == 503
-        peers = []
-        for wallet in (a, b):
-            sio = socketio.AsyncClient(reconnection=False)
-            await sio.connect(
-                signal.url, auth={"token": make_token(wallet)}, transports=["websocket"]
-            )
-            peers.append(sio)
-        try:
-            ack = await peers[0].call("rtc:offer", offer(a, b, "mongo-down-1"), timeout=10)
+        async with open_peers() as peers:
+            sender = await peers.connect(signal.url, a)
+            await peers.connect(signal.url, b)
+            ack = await sender.call("rtc:offer", offer(a, b, "mongo-down-1"), timeout=10)
             assert ack == {"ok": False, "error": "unavailable", "signalId": "mongo-down-1"}
-        finally:
-            for sio in peers:
-                await sio.disconnect()
     finally:
         signal.stop()
     log = signal.log_text()
@@ -385,14 +273,6 @@ async def test_mongo_unreachable_is_unavailable_never_an_allow(
 
 
 # --- 4. Twilio: the circuit opens, the fallback answers, Twilio comes back ------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_twilio_breaker_falls_back_then_recovers(

@@ -13,20 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aioice.turn import create_turn_endpoint
-from helpers import (
-    JWT_SECRET,
-    TURN_SECRET,
-    Coturn,
-    Gateway,
-    ProcessGroup,
-    RedisServer,
-    ServiceProcess,
-    base_env,
-    entrypoint_render,
-    make_token,
-    nginx_test,
-)
+from helpers import entrypoint_render, nginx_test
 from rtc_common.directory import REDIS_FLAGS_KEY
+from rtc_testkit.contract import JWT_SECRET, TURN_SECRET, make_token
+from rtc_testkit.processes import Coturn, Gateway, ProcessGroup, RedisServer, ServiceProcess
+from rtc_testkit.stack import base_env
 from rtcctl.local import StackPorts, render_gateway
 
 PATHS = ["/api/v1/rtc/ice", "/api/rtc/ice", "/api/rtc/v1/ice"]
@@ -198,7 +189,7 @@ def test_affinity_key_is_rendered(tmp_path: Path) -> None:
 def test_image_entrypoint_affinity_key(
     tmp_path: Path, value: str | None, rendered: str | None
 ) -> None:
-    """gateway/docker-entrypoint.sh renders GATEWAY_AFFINITY_KEY, or refuses it before nginx."""
+    """The image's entrypoint renders GATEWAY_AFFINITY_KEY, or refuses it before nginx."""
     done = entrypoint_render(tmp_path, {} if value is None else {"GATEWAY_AFFINITY_KEY": value})
     if rendered is None:
         assert done.returncode == 64, done.stderr

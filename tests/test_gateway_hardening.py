@@ -1,7 +1,7 @@
-"""The gateway's edge, through real nginx rendered by both renderers (rtcctl's and the image's
-entrypoint): the client address behind a load balancer (GATEWAY_REAL_IP_FROM), the headers every
-proxied location sends (Socket.IO included), the demo page's headers and switch (GATEWAY_DEMO),
-and JSON answers to requests nginx cannot parse.
+"""The gateway's edge, through real nginx configured both ways (rtcctl's local stack and the
+image's entrypoint, one renderer: rtc_gateway): the client address behind a load balancer
+(GATEWAY_REAL_IP_FROM), the headers every proxied location sends (Socket.IO included), the demo
+page's headers and switch (GATEWAY_DEMO), and JSON answers to requests nginx cannot parse.
 
 The upstream is a small in-process aiohttp app that records the headers it is sent.
 """
@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import socket
+import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from helpers import (
-    REPO_ROOT,
-    Gateway,
-    HttpServer,
-    ProcessGroup,
-    access_entries,
-    free_port,
-    wait_for,
-)
+from rtc_testkit.processes import REPO_ROOT, Gateway, HttpServer, ProcessGroup, free_port, wait_for
 from rtcctl.local import GATEWAY_TEMPLATE, WEB_ROOT, GatewayLimits
 
 SPOOFED = {"X-Forwarded-For": "198.51.100.66", "X-Real-IP": "198.51.100.66"}
@@ -77,8 +70,8 @@ async def recorder() -> AsyncIterator[Recorder]:
 
 
 class ImageGateway(HttpServer):
-    """gateway/docker-entrypoint.sh itself (the image's), exec'ing the real nginx on a free port;
-    no re-resolving loop."""
+    """gateway/entrypoint.py itself (the image's, run as the image runs it: no site-packages),
+    exec'ing the real nginx on a free port; no re-resolving loop."""
 
     def __init__(self, workdir: Path, upstream_port: int, env: Mapping[str, str]):
         workdir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +93,7 @@ class ImageGateway(HttpServer):
         }
         super().__init__(
             f"image-gateway:{self.port}",
-            ["sh", str(REPO_ROOT / "gateway" / "docker-entrypoint.sh")],
+            [sys.executable, "-S", str(REPO_ROOT / "gateway" / "entrypoint.py")],
             workdir / "gateway.log",
             full,
         )
@@ -166,7 +159,7 @@ async def test_real_ip_from_a_trusted_balancer(
     await fetch(api, headers={"X-Forwarded-For": "198.51.100.66, 203.0.113.8"})
     assert recorder.last("/api/v1/rtc/probe")["X-Forwarded-For"] == "203.0.113.8"
     wait_for(
-        lambda: {"203.0.113.7", "203.0.113.8"} <= {e["remote"] for e in access_entries(gw)},
+        lambda: {"203.0.113.7", "203.0.113.8"} <= {e["remote"] for e in gw.access_entries()},
         5,
         what="the real client addresses in the access log",
     )

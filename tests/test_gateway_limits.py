@@ -19,18 +19,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import (
-    Gateway,
-    ProcessGroup,
-    RedisServer,
-    ServiceProcess,
-    base_env,
-    entrypoint_render,
-    free_port,
-    make_token,
-    nginx_test,
-)
+from helpers import entrypoint_render, nginx_test
 from rtc_common.directory import REDIS_FLAGS_KEY
+from rtc_gateway import GatewayConfigError
+from rtc_testkit.contract import make_token
+from rtc_testkit.processes import Gateway, ProcessGroup, RedisServer, ServiceProcess, free_port
+from rtc_testkit.stack import base_env
 from rtcctl.local import WEB_ROOT, GatewayLimits, StackPorts, render_gateway
 
 OPENAPI = "/api/v1/rtc/openapi.json"  # public, proxied to ice-service, no Redis budget
@@ -296,7 +290,7 @@ async def test_json_depth_limit(gateway: GatewayFactory, path: str) -> None:
     assert_envelope(status, body, 400, "invalid_payload")
 
 
-# -- configuration: the local stack (Python) and the image (shell) render the same ----------
+# -- configuration: the local stack and the image's entrypoint render the same -------------
 
 
 LIMIT_LINES = (
@@ -318,6 +312,45 @@ def limit_lines(conf: str) -> list[str]:
     return [line.strip() for line in conf.splitlines() if line.strip().startswith(LIMIT_LINES)]
 
 
+def render_both(tmp_path: Path, env: dict[str, str]) -> tuple[str, str]:
+    """nginx.conf of the local stack's renderer (what `rtcctl local prepare` does with `env`)
+    and of the image's entrypoint, for the same environment; the image's listen address,
+    workers and web root set to the local stack's. GATEWAY_DEMO unset is on in the local stack,
+    off in the image: the local stack's default is checked, then set to the image's."""
+    port = free_port()
+    limits = GatewayLimits.from_env(env)
+    if not env.get("GATEWAY_DEMO", "").strip():
+        assert limits.demo
+        limits = dataclasses.replace(limits, demo=False)
+    run_dir = tmp_path / "image"
+    local = render_gateway(run_dir, StackPorts(gateway=port), limits=limits)
+    done = entrypoint_render(
+        run_dir,
+        {
+            **env,
+            "GATEWAY_LISTEN": f"127.0.0.1:{port}",
+            "GATEWAY_WORKERS": "1",
+            "GATEWAY_WEB_ROOT": str(WEB_ROOT.resolve()),
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    return local, (run_dir / "nginx.conf").read_text()
+
+
+def assert_same_conf(local: str, image: str) -> None:
+    """The whole config, but for the upstream servers (the local stack's ports on 127.0.0.1;
+    the image's resolved names, here marked down)."""
+
+    def split(conf: str) -> tuple[list[str], list[str]]:
+        servers = [line for line in conf.splitlines() if re.match(r" *server [^{]*;", line)]
+        return [line for line in conf.splitlines() if line not in servers], servers
+
+    (local_rest, local_servers), (image_rest, image_servers) = split(local), split(image)
+    assert local_rest == image_rest
+    assert len(local_servers) == 4 and all(" 127.0.0.1:" in line for line in local_servers)
+    assert len(image_servers) == 3 and all(" down;" in line for line in image_servers)
+
+
 @pytest.mark.parametrize(
     "env",
     [
@@ -335,51 +368,47 @@ def limit_lines(conf: str) -> list[str]:
             "GATEWAY_CLIENT_BODY_TIMEOUT": "2s",
             "GATEWAY_SEND_TIMEOUT": "1m",
         },
+        {
+            "GATEWAY_RATE_LIMIT": "1000000",
+            "GATEWAY_RATE_BURST": " 0100 ",
+            "GATEWAY_CONN_LIMIT": "007",
+            "GATEWAY_MAX_BODY_SIZE": "1234567K",
+            "GATEWAY_RELAY_MAX_BODY_SIZE": "9999999",
+            "GATEWAY_MAX_HEADER_SIZE": "1M",
+            "GATEWAY_CLIENT_HEADER_TIMEOUT": "9999999MS",
+            "GATEWAY_CLIENT_BODY_TIMEOUT": "30",
+            "GATEWAY_SEND_TIMEOUT": "2M",
+        },
         {"GATEWAY_REAL_IP_FROM": " 10.0.0.0/8, 192.168.1.7,,2001:DB8::/32 ", "GATEWAY_DEMO": "on"},
         {"GATEWAY_REAL_IP_FROM": "127.0.0.1", "GATEWAY_DEMO": "FALSE"},
         {"GATEWAY_REAL_IP_FROM": "", "GATEWAY_DEMO": "1"},
+        {"GATEWAY_DEMO": " "},
     ],
-    ids=["defaults", "off", "zero", "custom", "real-ip", "real-ip-demo-off", "empty-demo-1"],
+    ids=[
+        "defaults",
+        "off",
+        "zero",
+        "custom",
+        "bounds-and-case",
+        "real-ip",
+        "real-ip-demo-off",
+        "empty-demo-1",
+        "blank-demo",
+    ],
 )
-def test_local_and_image_render_the_same_limits(tmp_path: Path, env: dict[str, str]) -> None:
-    """The whole config, but for what only one renderer knows (the upstream servers) and the
-    default of GATEWAY_DEMO (on in the local stack, off in the image)."""
-    port = free_port()
-    limits = GatewayLimits.from_env(env)
-    if "GATEWAY_DEMO" not in env:
-        assert limits.demo
-        limits = dataclasses.replace(limits, demo=False)
-    run_dir = tmp_path / "image"
-    local = render_gateway(run_dir, StackPorts(gateway=port), limits=limits)
-    done = entrypoint_render(
-        run_dir,
-        {
-            **env,
-            "GATEWAY_LISTEN": f"127.0.0.1:{port}",
-            "GATEWAY_WORKERS": "1",
-            "GATEWAY_WEB_ROOT": str(WEB_ROOT.resolve()),
-        },
-    )
-    assert done.returncode == 0, done.stderr
-    image = (run_dir / "nginx.conf").read_text()
-    assert limit_lines(local) == limit_lines(image)
-
-    def comparable(conf: str) -> list[str]:
-        return [
-            line
-            for line in conf.splitlines()
-            if line.strip() and not re.match(r" *server [^{]*;", line)
-        ]
-
-    assert comparable(local) == comparable(image)
+def test_local_and_image_render_the_same_conf(tmp_path: Path, env: dict[str, str]) -> None:
+    local, image = render_both(tmp_path, env)
+    assert_same_conf(local, image)
     real_ip = [e.strip().lower() for e in env.get("GATEWAY_REAL_IP_FROM", "").split(",")]
     expected = [f"set_real_ip_from {e};" for e in real_ip if e]
     assert [line for line in limit_lines(image) if "set_real_ip_from" in line] == expected
     assert ("real_ip_header X-Forwarded-For;" in image) == bool(expected)
     assert ("real_ip_recursive on;" in image) == bool(expected)
-    assert "{{" not in local.replace("{{...}}", "") and "{{" not in image.replace("{{...}}", "")
+    assert "{{" not in image.replace("{{...}}", "")
     off = env.get("GATEWAY_RATE_LIMIT", "").lower() in ("off", "0")
-    assert ('default "";' in local) == off
+    assert ('default "";' in image) == off
+    # Numbers as nginx reads them, units in lower case.
+    assert all(line == line.lower() for line in limit_lines(image) if "_size" in line)
     # nginx itself accepts the rendered config.
     check = nginx_test(tmp_path, local)
     assert check.returncode == 0, check.stderr
@@ -390,13 +419,24 @@ def test_local_and_image_render_the_same_limits(tmp_path: Path, env: dict[str, s
     [
         ("GATEWAY_RATE_LIMIT", "5;x"),
         ("GATEWAY_RATE_LIMIT", "-1"),
+        ("GATEWAY_RATE_LIMIT", "5000000"),
+        ("GATEWAY_RATE_LIMIT", "1000001"),
+        ("GATEWAY_RATE_LIMIT", "00"),
+        ("GATEWAY_RATE_LIMIT", "\u0665"),  # a digit to str.isdigit, not to nginx
         ("GATEWAY_CONN_LIMIT", "many"),
+        ("GATEWAY_CONN_LIMIT", "12345678"),
         ("GATEWAY_RATE_BURST", "off"),
         ("GATEWAY_RATE_BURST", "0"),
+        ("GATEWAY_RATE_BURST", "1000001"),
         ("GATEWAY_MAX_BODY_SIZE", "0k"),
         ("GATEWAY_MAX_BODY_SIZE", "1g"),
+        ("GATEWAY_MAX_BODY_SIZE", "12345678k"),
+        ("GATEWAY_MAX_BODY_SIZE", "01k"),
+        ("GATEWAY_RELAY_MAX_BODY_SIZE", "1 m"),
         ("GATEWAY_MAX_HEADER_SIZE", "8k; deny all"),
         ("GATEWAY_SEND_TIMEOUT", "1h"),
+        ("GATEWAY_SEND_TIMEOUT", "12345678s"),
+        ("GATEWAY_CLIENT_HEADER_TIMEOUT", "0s"),
         ("GATEWAY_CLIENT_BODY_TIMEOUT", "s"),
         ("GATEWAY_DEMO", "maybe"),
         ("GATEWAY_REAL_IP_FROM", "10.0.0.1/8"),  # host bits: a mistyped mask trusts more
@@ -424,12 +464,52 @@ def test_local_and_image_render_the_same_limits(tmp_path: Path, env: dict[str, s
     ],
 )
 def test_malformed_limits_are_refused_by_both(tmp_path: Path, variable: str, value: str) -> None:
-    with pytest.raises(ValueError, match=variable):
+    """Refused by the local stack and by the image (exit 64, before nginx), with one message
+    that names the variable."""
+    with pytest.raises(GatewayConfigError, match=variable) as refused:
         GatewayLimits.from_env({variable: value})
+    assert refused.value.variable == variable
     done = entrypoint_render(tmp_path, {variable: value})
     assert done.returncode == 64, done.stderr
-    assert variable in done.stderr
+    assert done.stderr.splitlines() == [f"gateway: {refused.value}"]
     assert not (tmp_path / "nginx.conf").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GATEWAY_WORKERS", "2; daemon on"),
+        ("GATEWAY_WORKERS", "0"),
+        ("GATEWAY_LISTEN", "8080 ssl"),
+        ("GATEWAY_LISTEN", "70000"),
+        ("GATEWAY_LISTEN", "127.0.0.1:8080;"),
+        ("GATEWAY_RESOLVE_SECONDS", "soon"),
+        ("GATEWAY_RESOLVE_SECONDS", "-1"),
+        ("GATEWAY_RUN_DIR", "/tmp/gw; include /etc/passwd"),
+        ("GATEWAY_WEB_ROOT", "/srv/$host"),
+        ("ICE_UPSTREAM", "ice-service"),
+        ("SIGNAL_UPSTREAM", "signal-service:8201 backup"),
+        ("RELAY_UPSTREAM", "relay-service:0"),
+    ],
+)
+def test_malformed_image_settings_are_refused(tmp_path: Path, variable: str, value: str) -> None:
+    """What only the image reads from its environment is checked as strictly (it is pasted into
+    the config too); the local stack passes its own values, through the same checks."""
+    done = entrypoint_render(tmp_path, {variable: value})
+    assert done.returncode == 64, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"gateway: {variable} must be ") and line.endswith(f"got: {value!r}")
+    assert not (tmp_path / "nginx.conf").exists()
+
+
+def test_local_renderer_checks_what_it_pastes(tmp_path: Path) -> None:
+    ports = StackPorts(gateway=free_port())
+    with pytest.raises(GatewayConfigError, match="GATEWAY_RUN_DIR"):
+        render_gateway(tmp_path / "a b", ports)
+    with pytest.raises(GatewayConfigError, match="GATEWAY_WEB_ROOT"):
+        render_gateway(tmp_path, ports, web_root=tmp_path / "web;")
+    with pytest.raises(GatewayConfigError, match="GATEWAY_WORKERS"):
+        render_gateway(tmp_path, ports, workers=0)
 
 
 @pytest.mark.parametrize(
@@ -451,16 +531,10 @@ def test_malformed_limits_are_refused_by_both(tmp_path: Path, variable: str, val
     ],
 )
 def test_real_ip_from_accepted_by_both(tmp_path: Path, value: str) -> None:
-    """Both renderers accept the same addresses and networks, rendered as given (lower case)."""
-    env = {"GATEWAY_REAL_IP_FROM": value, "GATEWAY_DEMO": "true"}
-    local = render_gateway(
-        tmp_path, StackPorts(gateway=free_port()), limits=GatewayLimits.from_env(env)
-    )
-    done = entrypoint_render(tmp_path / "image", env)
-    assert done.returncode == 0, done.stderr
-    image = (tmp_path / "image" / "nginx.conf").read_text()
+    """Both accept the same addresses and networks, rendered as given (lower case)."""
+    local, image = render_both(tmp_path, {"GATEWAY_REAL_IP_FROM": value, "GATEWAY_DEMO": "true"})
     assert f"    set_real_ip_from {value.lower()};" in local.splitlines()
-    assert limit_lines(local) == limit_lines(image)
+    assert_same_conf(local, image)
     check = nginx_test(tmp_path, local)
     assert check.returncode == 0, check.stderr
 

@@ -25,8 +25,8 @@ from rtc_common.errors import ApiError
 from rtc_common.logs import BufferedLineHandler, JsonFormatter, redact
 from rtc_common.ratelimit import RateLimiter
 from rtc_common.settings import CommonSettings, load_settings
-
-from tests.helpers import JWT_SECRET, RedisServer, make_token, wait_for
+from rtc_testkit.contract import JWT_SECRET, make_token
+from rtc_testkit.processes import RedisServer, wait_for
 
 
 def verifier() -> JwtVerifier:

@@ -11,11 +11,13 @@ from typing import Any
 import jsonschema
 import pytest
 from conftest import IceClientFactory
-from helpers import JWT_SECRET, app_routes, documented_routes, make_token
+from helpers import app_routes, documented_routes
 from ice_service.app import create_app
 from ice_service.settings import IceSettings
 from prometheus_client import REGISTRY
 from rtc_common.settings import load_settings
+from rtc_testkit.contract import JWT_SECRET, make_token
+from rtc_testkit.stack import set_flag
 
 OPENAPI = json.loads(
     (Path(__file__).resolve().parents[1] / "services/ice/ice_service/openapi.json").read_text()
@@ -105,9 +107,7 @@ async def test_anonymous_when_allowed(ice_client: IceClientFactory) -> None:
 
 
 async def test_feature_flag_disabled(ice_client: IceClientFactory, redis_server: Any) -> None:
-    from conftest import enable_flag
-
-    enable_flag(redis_server, enabled=False)
+    set_flag(redis_server, enabled=False)
     client = await ice_client()
     response = await client.get("/api/v1/rtc/ice", headers=bearer())
     assert response.status == 403

@@ -1,6 +1,6 @@
 """A full end-to-end run, then every log line of every process is scanned for secrets.
 
-The stack: redis, coturn, a Twilio stand-in (tests/twilio_stub.py, in this process), two
+The stack: redis, coturn, a Twilio stand-in (rtc_testkit.twilio, in this process), two
 ice-services (Twilio with coturn as the fallback; coturn), signal-service, relay-service and the
 nginx gateway, all at LOG_LEVEL=DEBUG. The run: ICE from Twilio and from coturn (Bearer and
 cookie auth), a TURN allocation, offer/answer/candidate between two sockets, relay
@@ -13,85 +13,39 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import re
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import socketio
-from aioice.turn import create_turn_endpoint
-from helpers import (
-    JWT_SECRET,
-    TURN_SECRET,
-    Coturn,
-    Gateway,
-    RedisServer,
-    ServiceProcess,
-    add_contacts,
-    base_env,
-    make_token,
-    signal_env,
-    wait_for_async,
-)
-from rtc_common.directory import REDIS_FLAGS_KEY
-from twilio_stub import TwilioStub
+from rtc_testkit.contract import JWT_SECRET, TURN_SECRET, allocate_relay, make_token
+from rtc_testkit.peer import open_peers
+from rtc_testkit.stack import StackSpec, start_stack_async
+from rtc_testkit.twilio import TwilioStub
 
 A, B = "0xa5ca11", "0xb5ca11"
 FORGED_SECRET = "forged-secret-0123456789abcdef-0123"
 JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}")
 
 
-async def test_no_secret_in_any_log_of_a_full_run(tmp_path: Path, aiohttp_server: Any) -> None:
-    stub = TwilioStub()
-    server = await aiohttp_server(stub.app())
-    stub.base_url = str(server.make_url("/")).rstrip("/")
+async def test_no_secret_in_any_log_of_a_full_run(tmp_path: Path, twilio: TwilioStub) -> None:
+    stub = twilio
     seen: set[str] = {JWT_SECRET, TURN_SECRET, stub.api_secret}
     seen.add(base64.b64encode(f"{stub.api_key}:{stub.api_secret}".encode()).decode())
-    started: list[Any] = []
-    sockets: list[socketio.AsyncClient] = []
-    try:
-        redis = RedisServer(tmp_path / "redis")
-        redis.start()
-        started.append(redis)
-        redis.client().hset(REDIS_FLAGS_KEY, "rtc.ice", "1")
-        add_contacts(redis, A, B)
-        coturn = Coturn(tmp_path / "coturn")
-        coturn.start()
-        started.append(coturn)
-        common = {"LOG_LEVEL": "DEBUG", "ALLOWED_ORIGINS": "http://app.example"}
-        ice = ServiceProcess(
-            "ice_service",
-            tmp_path / "ice",
-            base_env(
-                redis.url,
-                RTC_PROVIDER="twilio",
-                RTC_PROVIDER_FALLBACK="coturn",
-                **stub.env(),
-                TURN_URIS=coturn.uris,
-                **common,
-            ),
-        )
+    spec = StackSpec(
+        ice=1,
+        signal=1,
+        relay=1,
+        coturn=True,
+        env={"LOG_LEVEL": "DEBUG", "ALLOWED_ORIGINS": "http://app.example"},
+        ice_env={"RTC_PROVIDER": "twilio", "RTC_PROVIDER_FALLBACK": "coturn", **stub.env()},
+        contacts=((A, B),),
+    )
+    async with start_stack_async(spec, tmp_path) as stack, open_peers() as peers:
+        gateway, coturn = stack.gateway, stack.coturn
         # A second ice-service on coturn only, asked directly (the Twilio token above is reused
         # while half its life remains, so the fallback would not be reached through the first).
-        ice_coturn = ServiceProcess(
-            "ice_service",
-            tmp_path / "ice-coturn",
-            base_env(redis.url, TURN_URIS=coturn.uris, **common),
-        )
-        signal = ServiceProcess(
-            "signal_service", tmp_path / "signal", signal_env(redis.url, **common)
-        )
-        relay = ServiceProcess("relay_service", tmp_path / "relay", base_env(redis.url, **common))
-        for process in (ice, ice_coturn, signal, relay):
-            # Started without blocking the loop: the stub answers on this loop meanwhile.
-            await asyncio.to_thread(process.start)
-            started.append(process)
-        gateway = Gateway(
-            tmp_path / "gateway", ice=[ice.port], signal=[signal.port], relay=[relay.port]
-        )
-        await asyncio.to_thread(gateway.start)
-        started.append(gateway)
+        ice_coturn = await asyncio.to_thread(stack.start_service, "ice", "ice-coturn", stack.env())
 
         def token(wallet: str, **kwargs: Any) -> str:
             value = make_token(wallet, **kwargs)
@@ -123,14 +77,7 @@ async def test_no_secret_in_any_log_of_a_full_run(tmp_path: Path, aiohttp_server
                 body = await resp.json()
             assert body["provider"] == "coturn", body
             turn = body["iceServers"][-1]
-            transport, _ = await create_turn_endpoint(
-                asyncio.DatagramProtocol,
-                server_addr=("127.0.0.1", coturn.port),
-                username=turn["username"],
-                password=turn["credential"],
-                transport="udp",
-            )
-            transport.close()
+            await allocate_relay(coturn, turn["username"], turn["credential"])
             seen.add(turn["credential"])
             for issued in stub.issued:
                 seen.update((issued.username, issued.credential))
@@ -140,21 +87,10 @@ async def test_no_secret_in_any_log_of_a_full_run(tmp_path: Path, aiohttp_server
             assert status == 204
 
             # Signaling between two sockets, and the relay with its push.
-            received: list[tuple[str, Any]] = []
-            for wallet in (A, B):
-                sio = socketio.AsyncClient(reconnection=False)
-                sockets.append(sio)
-
-                @sio.on("*")
-                async def record(event: str, data: Any = None) -> None:
-                    received.append((event, data))
-
-                await sio.connect(
-                    gateway.url,
-                    auth={"token": token(wallet)},
-                    transports=["websocket"],
-                    wait_timeout=5,
-                )
+            sockets = [
+                await peers.connect(gateway.url, wallet, auth={"token": token(wallet)})
+                for wallet in (A, B)
+            ]
             conv = f"{A}:{B}"
             sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
             for event, data in (
@@ -172,10 +108,7 @@ async def test_no_secret_in_any_log_of_a_full_run(tmp_path: Path, aiohttp_server
             )
             assert status == 202, body
 
-            async def pushed() -> bool:
-                return any(event == "relay:message" for event, _ in received)
-
-            await wait_for_async(pushed, 5, what="relay:message push")
+            await sockets[1].wait_event("relay:message")
             status, body = await call("GET", "/api/v1/relay/pull", headers=bearer(B))
             assert [m["messageId"] for m in body["messages"]] == ["m1"]
             ack = await sockets[1].call("relay:ack", {"ids": [body["messages"][0]["id"]]})
@@ -190,20 +123,7 @@ async def test_no_secret_in_any_log_of_a_full_run(tmp_path: Path, aiohttp_server
                 assert status == 401
             status, _ = await call("GET", f"/api/v1/rtc/ice?token={token(A)}&credential=x")
             assert status == 401
-            refused = socketio.AsyncClient(reconnection=False)
-            with contextlib.suppress(socketio.exceptions.ConnectionError):
-                await refused.connect(
-                    gateway.url,
-                    auth={"token": token(A, expires_in=-30)},
-                    transports=["websocket"],
-                    wait_timeout=5,
-                )
-    finally:
-        for sio in sockets:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(sio.disconnect(), 5)
-        for component in reversed(started):
-            await asyncio.to_thread(component.stop)
+            await peers().try_connect(gateway.url, auth={"token": token(A, expires_in=-30)})
 
     logs = {
         str(path.relative_to(tmp_path)): path.read_text(errors="replace")

@@ -24,25 +24,21 @@ from typing import Any
 
 import aiohttp
 import pytest
-import socketio
 import yaml
-from conftest import enable_flag
-from helpers import (
-    Gateway,
+from rtc_gateway import GatewayLimits
+from rtc_testkit.contract import make_token, offer
+from rtc_testkit.peer import open_peers
+from rtc_testkit.processes import (
     HttpServer,
-    Process,
     RedisServer,
     ServiceProcess,
-    add_contacts,
-    base_env,
     free_port,
-    make_token,
-    signal_env,
     wait_for,
     wait_for_async,
 )
-from rtcctl.local import GatewayLimits, StackPorts, prepare, render_prometheus
-from twilio_stub import TwilioStub
+from rtc_testkit.stack import StackSpec, start_stack_async
+from rtc_testkit.twilio import TwilioStub
+from rtcctl.local import StackPorts, prepare, render_prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -358,24 +354,11 @@ async def phase_relay_age(driver: Driver) -> None:
 
 async def phase_signaling(gateway: str) -> None:
     """Two sockets, an offer between them: sockets, events, presence and latency series."""
-    clients = [socketio.AsyncClient(reconnection=False) for _ in range(2)]
-    try:
-        for client, wallet in zip(clients, (ALICE, BOB), strict=True):
-            await client.connect(
-                gateway, auth={"token": make_token(wallet)}, transports=["websocket"]
-            )
-        offer = {
-            "convId": ":".join(sorted([ALICE, BOB])),
-            "to": BOB,
-            "sdp": {"type": "offer", "sdp": "v=0\r\n"},
-            "signalId": uuid.uuid4().hex,
-        }
-        ack = await clients[0].call("rtc:offer", offer, timeout=5)
+    async with open_peers() as peers:
+        alice = await peers.connect(gateway, ALICE)
+        await peers.connect(gateway, BOB)
+        ack = await alice.call("rtc:offer", offer(ALICE, BOB, uuid.uuid4().hex))
         assert ack["ok"] is True, ack
-    finally:
-        for client in clients:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), 5)
 
 
 async def phase_relay_store_memory(driver: Driver, redis: RedisServer) -> None:
@@ -445,63 +428,31 @@ def test_short_rules_keep_the_expressions(tmp_path: Path) -> None:
 
 @needs_prometheus
 @pytest.mark.timeout(300)
-async def test_alerts_fire_and_clear_on_scraped_data(tmp_path: Path, aiohttp_server: Any) -> None:
-    stub = TwilioStub()
-    stub_server = await aiohttp_server(stub.app())
-    stub.base_url = str(stub_server.make_url("/")).rstrip("/")
-
-    redis = RedisServer(tmp_path / "redis")
-    processes: list[Process] = [redis]
-    try:
-        redis.start()
-        enable_flag(redis)
-        add_contacts(redis, ALICE, BOB)
-        common = {
+async def test_alerts_fire_and_clear_on_scraped_data(tmp_path: Path, twilio: TwilioStub) -> None:
+    stub = twilio
+    spec = StackSpec(
+        ice=1,
+        signal=2,
+        relay=1,
+        ice_env={
             "ICE_RATE_LIMIT_PER_MIN": "100000",
             "TELEMETRY_RATE_LIMIT_PER_MIN": "100000",
             "FLAG_CACHE_SECONDS": "0.2",
-        }
-        ice = ServiceProcess(
-            "ice_service",
-            tmp_path / "ice",
-            base_env(
-                redis.url,
-                **common,
-                RTC_PROVIDER="twilio",
-                **stub.env(),
-                TWILIO_TIMEOUT_SECONDS="2",
-                TURN_CRED_TTL="10",  # a token is reused for 5 s, then fetched again
-            ),
-        )
-        signals = [
-            ServiceProcess(
-                "signal_service",
-                tmp_path / name,
-                {**signal_env(redis.url), "INSTANCE_ID": name},
-                name=name,
-            )
-            for name in ("signal1", "signal2")
-        ]
-        relay = ServiceProcess(
-            "relay_service", tmp_path / "relay", base_env(redis.url, RELAY_TTL_SECONDS="30")
-        )
-        services = [ice, *signals, relay]
-        for service in services:
-            processes.append(service)
-            service.start()
-        gateway = Gateway(
-            tmp_path / "gateway",
-            ice=[ice.port],
-            signal=[s.port for s in signals],
-            relay=[relay.port],
-            limits=GatewayLimits.off(),  # all the traffic comes from one address
-        )
-        processes.append(gateway)
-        gateway.start()
+            "RTC_PROVIDER": "twilio",
+            **stub.env(),
+            "TWILIO_TIMEOUT_SECONDS": "2",
+            "TURN_CRED_TTL": "10",  # a token is reused for 5 s, then fetched again
+        },
+        relay_env={"RELAY_TTL_SECONDS": "30"},
+        contacts=((ALICE, BOB),),
+        gateway_limits=GatewayLimits.off(),  # all the traffic comes from one address
+    )
+    async with start_stack_async(spec, tmp_path) as stack:
+        redis, ice, signals, relay = stack.redis, stack.ice, stack.signals, stack.relay
+        gateway, services = stack.gateway, stack.services
         ports = StackPorts(ice=[ice.port], signal=[s.port for s in signals], relay=[relay.port])
         prometheus = Prometheus(tmp_path / "prometheus", ports, short_rules(tmp_path / "rules.yml"))
-        processes.append(prometheus)
-        prometheus.start()
+        await asyncio.to_thread(stack.start, prometheus)
         started = time.time()
 
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
@@ -563,6 +514,3 @@ async def test_alerts_fire_and_clear_on_scraped_data(tmp_path: Path, aiohttp_ser
             text = service.log_text()
             for secret in (ALICE, BOB, "eyJ", stub.api_secret, "Traceback"):
                 assert secret not in text, f"{secret[:8]} in the log of {service.name}"
-    finally:
-        for process in reversed(processes):
-            process.stop()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from aioice.turn import create_turn_endpoint
-from helpers import REPO_ROOT, http_status, wait_for
+from rtc_testkit.processes import REPO_ROOT, http_status, wait_for
 
 README = REPO_ROOT / "README.md"
 

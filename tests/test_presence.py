@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -23,22 +22,8 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-import socketio
-from helpers import (
-    JWT_SECRET,
-    REPO_ROOT,
-    RedisServer,
-    ServiceProcess,
-    add_contacts,
-    directory_settings,
-    make_token,
-    metric_value,
-    opened,
-    signal_env,
-    wait_for_async,
-)
+from helpers import directory_settings, opened
 from mockupdb import MockupDB, OpMsg
-from rtc_common.auth import conv_id
 from rtc_common.directory import (
     REDIS_CONTACTS_PREFIX,
     REDIS_RTC_DISABLED_KEY,
@@ -48,6 +33,16 @@ from rtc_common.directory import (
 )
 from rtc_common.errors import ApiError
 from rtc_common.settings import load_settings
+from rtc_testkit.contract import JWT_SECRET, FakeClock, offer
+from rtc_testkit.peer import Peers
+from rtc_testkit.processes import (
+    REPO_ROOT,
+    RedisServer,
+    ServiceProcess,
+    metric_value,
+    wait_for_async,
+)
+from rtc_testkit.stack import add_contacts, signal_env
 from signal_service.settings import SignalSettings
 
 T = TypeVar("T")
@@ -60,72 +55,6 @@ RTCCTL = REPO_ROOT / ".venv" / "bin" / "rtcctl"
 # The test cluster's presence timing (helpers.signal_env): TTL 2 s + heartbeat 0.5 s.
 OFFLINE_BOUND_SECONDS = 6.0
 RECOVERY_BOUND_SECONDS = 15.0
-
-
-# --- Socket.IO clients ------------------------------------------------------------------------
-
-
-class Peer:
-    """One socket of a wallet: every received event is logged and queued by name."""
-
-    def __init__(self, wallet: str) -> None:
-        self.wallet = wallet
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.log: list[tuple[str, Any]] = []
-        self._queues: defaultdict[str, asyncio.Queue[Any]] = defaultdict(asyncio.Queue)
-        self.disconnected = asyncio.Event()
-        self.sio.on("*", self._on_event)
-        self.sio.on("disconnect", self._on_disconnect)
-
-    async def _on_event(self, event: str, data: Any = None) -> None:
-        self.log.append((event, data))
-        self._queues[event].put_nowait(data)
-
-    async def _on_disconnect(self, reason: Any = None) -> None:
-        self.disconnected.set()
-
-    async def connect(self, server: ServiceProcess) -> Peer:
-        await asyncio.wait_for(
-            self.sio.connect(
-                server.url,
-                auth={"token": make_token(self.wallet)},
-                transports=["websocket"],
-                wait_timeout=5,
-            ),
-            timeout=10,
-        )
-        return self
-
-    async def next(self, event: str, timeout: float = 5.0) -> Any:
-        """The next `event` this socket received (waits for it up to `timeout`)."""
-        return await asyncio.wait_for(self._queues[event].get(), timeout)
-
-    def received(self, event: str) -> list[Any]:
-        return [data for name, data in self.log if name == event]
-
-    async def call(self, event: str, data: Any, timeout: float = 5.0) -> Any:
-        return await self.sio.call(event, data, timeout=timeout)
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.sio.disconnect(), timeout=5)
-
-
-class Peers:
-    def __init__(self) -> None:
-        self.all: list[Peer] = []
-
-    async def connect(self, wallet: str, server: ServiceProcess) -> Peer:
-        peer = Peer(wallet)
-        self.all.append(peer)
-        return await peer.connect(server)
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    made = Peers()
-    yield made
-    await asyncio.gather(*(peer.close() for peer in made.all))
 
 
 @pytest.fixture
@@ -159,15 +88,6 @@ async def readyz(server: ServiceProcess) -> tuple[int, dict[str, Any]]:
         return response.status, await response.json()
 
 
-def offer(sender: str, to: str, signal_id: str) -> dict[str, Any]:
-    return {
-        "convId": conv_id(sender, to),
-        "to": to,
-        "sdp": {"type": "offer", "sdp": "v=0\r\n"},
-        "signalId": signal_id,
-    }
-
-
 # --- 1. presence events across instances ------------------------------------------------------
 
 
@@ -180,27 +100,27 @@ async def test_presence_updates_across_instances(
     add_contacts(redis_server, a, d)  # D: the barrier contact of A
     add_contacts(redis_server, c, d)  # and of C; C is not B's contact
 
-    alice = await peers.connect(a, s1)
+    alice = await peers.connect(s1.url, a)
     assert await alice.next("presence:snapshot") == {"online": []}
-    carol = await peers.connect(c, s2)
+    carol = await peers.connect(s2.url, c)
     assert await carol.next("presence:snapshot") == {"online": []}
 
     # B's first socket (instance 2): A hears it, B gets its snapshot.
     before = time.time()
-    bob1 = await peers.connect(b, s2)
+    bob1 = await peers.connect(s2.url, b)
     assert await bob1.next("presence:snapshot") == {"online": [a]}
     came = await alice.next("presence:update")
     assert_presence_update(came, b, True)
     assert before - 0.01 <= datetime.fromisoformat(came["at"][:-1] + "+00:00").timestamp()
 
     # Barrier: D comes online; it is the next thing C hears (nothing about B came before it).
-    dave = await peers.connect(d, s1)
+    dave = await peers.connect(s1.url, d)
     assert sorted((await dave.next("presence:snapshot"))["online"]) == [a, c]
     assert_presence_update(await carol.next("presence:update"), d, True)
     assert_presence_update(await alice.next("presence:update"), d, True)
 
     # B's second device, on the other instance: a snapshot, but no new online event for A.
-    bob2 = await peers.connect(b, s1)
+    bob2 = await peers.connect(s1.url, b)
     assert await bob2.next("presence:snapshot") == {"online": [a]}
     assert await aredis.hlen(f"presence:conn:{b}") == 2
     await dave.close()
@@ -214,7 +134,7 @@ async def test_presence_updates_across_instances(
         return int(await aredis.hlen(f"presence:conn:{b}")) == 1
 
     await wait_for_async(one_bob_socket, timeout=5, what="bob1 unregistered")
-    dave = await peers.connect(d, s2)
+    dave = await peers.connect(s2.url, d)
     assert_presence_update(await alice.next("presence:update"), d, True)  # not B offline
     assert_presence_update(await carol.next("presence:update"), d, True)
 
@@ -240,7 +160,7 @@ async def test_presence_updates_across_instances(
         update(d, True),
         update(d, False),
     ]
-    for event, data in carol.log:  # not even a legacy event mentions B
+    for event, data in carol.events:  # not even a legacy event mentions B
         assert b not in str(data), (event, data)
     assert not await aredis.exists(f"presence:conn:{b}")
 
@@ -258,18 +178,18 @@ async def test_legacy_presence_events(
     add_contacts(redis_server, a, b)
     counted = [metric_value(s.url, "rtc_legacy_events_total", 'event="presence"') for s in (s1, s2)]
 
-    alice = await peers.connect(a, s1)
+    alice = await peers.connect(s1.url, a)
     await alice.next("presence:snapshot")
-    bob = await peers.connect(b, s2)
+    bob = await peers.connect(s2.url, b)
     assert_presence_update(await alice.next("presence:update"), b, True)
     await bob.close()
     assert_presence_update(await alice.next("presence:update"), b, False)
     # Barrier: B back online; everything about the two earlier changes has arrived by then.
-    bob = await peers.connect(b, s2)
+    bob = await peers.connect(s2.url, b)
     assert_presence_update(await alice.next("presence:update"), b, True)
 
-    heard = [(event, data) for event, data in alice.log if event != "presence:update"]
-    updates = [event for event, _ in alice.log if event == "presence:update"]
+    heard = [(event, data) for event, data in alice.events if event != "presence:update"]
+    updates = [event for event, _ in alice.events if event == "presence:update"]
     assert updates == ["presence:update"] * 3
 
     def legacy_counts() -> list[float]:
@@ -288,7 +208,7 @@ async def test_legacy_presence_events(
         assert after[1] - counted[1] == 3
         assert after[0] == counted[0]  # A came online with no contact online: nothing sent
         # Each legacy pair follows its presence:update, in order.
-        sequence = [event for event, _ in alice.log if event != "presence:snapshot"]
+        sequence = [event for event, _ in alice.events if event != "presence:snapshot"]
         assert sequence[:6] == [
             "presence:update", "presence", "user_connected",
             "presence:update", "presence", "user_disconnected",
@@ -323,9 +243,9 @@ async def test_instance_killed_reports_offline_within_bound(
     s1, s2 = signal_cluster(2)
     a, b = "0xa3", "0xb3"
     add_contacts(redis_server, a, b)
-    alice = await peers.connect(a, s1)
+    alice = await peers.connect(s1.url, a)
     await alice.next("presence:snapshot")
-    bob = await peers.connect(b, s2)
+    bob = await peers.connect(s2.url, b)
     assert_presence_update(await alice.next("presence:update"), b, True)
     assert await aredis.sismember("presence:instances", "signal2")
 
@@ -363,9 +283,9 @@ async def test_disconnect_while_redis_is_down_is_settled_when_it_returns(
             server.start()
         a, b = "0xa9", "0xb9"
         add_contacts(store, a, b)
-        alice = await peers.connect(a, servers[0])
+        alice = await peers.connect(servers[0].url, a)
         await alice.next("presence:snapshot")
-        bob = await peers.connect(b, servers[1])
+        bob = await peers.connect(servers[1].url, b)
         assert_presence_update(await alice.next("presence:update"), b, True)
 
         store.kill()
@@ -393,9 +313,9 @@ async def test_redis_restart_readiness_and_recovery(
     a, b, e = "0xa4", "0xb4", "0xe4"
     add_contacts(redis_server, a, b)
     add_contacts(redis_server, a, e)
-    alice = await peers.connect(a, s1)
-    erin = await peers.connect(e, s1)
-    bob = await peers.connect(b, s2)
+    alice = await peers.connect(s1.url, a)
+    erin = await peers.connect(s1.url, e)
+    bob = await peers.connect(s2.url, b)
     for peer in (alice, erin, bob):
         await peer.next("presence:snapshot")
 
@@ -507,9 +427,9 @@ async def test_graceful_stop_disconnects_and_reports_offline(
     s1, s2 = signal_cluster(2)
     a, b = "0xa6", "0xb6"
     add_contacts(redis_server, a, b)
-    alice = await peers.connect(a, s1)
+    alice = await peers.connect(s1.url, a)
     await alice.next("presence:snapshot")
-    bob = await peers.connect(b, s2)
+    bob = await peers.connect(s2.url, b)
     assert_presence_update(await alice.next("presence:update"), b, True)
 
     stopping_at = time.monotonic()
@@ -689,14 +609,6 @@ async def test_mongo_directory_contacts_and_rtc_switch(mongo: MockupDB) -> None:
             {"wallet": {"$in": [b, "0xc7"]}, "contact": a},
         ]
         assert contacts == [b]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_access_cache_caches_within_ttl_and_never_allows_on_failure(

@@ -16,8 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import IceClientFactory, enable_flag
-from helpers import RedisServer, ServiceProcess, base_env, make_token, wait_for_async
+from conftest import IceClientFactory
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from rtc_common.auth import allow_anonymous
@@ -26,6 +25,9 @@ from rtc_common.errors import ApiError
 from rtc_common.ratelimit import RateLimiter
 from rtc_common.settings import CommonSettings, load_settings
 from rtc_common.web import SETTINGS_KEY, client_ip, create_base_app, extra_headers
+from rtc_testkit.contract import make_token
+from rtc_testkit.processes import RedisServer, ServiceProcess, wait_for_async
+from rtc_testkit.stack import base_env, set_flag
 
 ICE = "/api/v1/rtc/ice"
 LIMITED = "/api/v1/rtc/limited"
@@ -210,7 +212,7 @@ async def test_bare_app_headers_and_429_envelope(
 
 @pytest.fixture
 def ice_processes(redis_server: RedisServer, tmp_path: Path) -> Iterator[list[ServiceProcess]]:
-    enable_flag(redis_server)
+    set_flag(redis_server)
     env = base_env(redis_server.url)
     processes = [
         ServiceProcess("ice_service", tmp_path / "ice", env, name=f"ice-{i}") for i in range(2)
@@ -297,7 +299,7 @@ async def test_redis_down_falls_back_per_process_then_recovers(
     assert "redis" in (await ready.json())["message"]
 
     redis_server.start()  # same port, empty data (and an empty script cache)
-    enable_flag(redis_server)
+    set_flag(redis_server)
     probes = iter(range(1000))
     recovered_wallet = ""
 

@@ -23,19 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import pytest
-import socketio
 from aiohttp.test_utils import TestClient
-from helpers import (
-    RedisServer,
-    ServiceProcess,
-    add_contacts,
-    app_routes,
-    base_env,
-    documented_routes,
-    make_token,
-    wait_for_async,
-)
+from helpers import app_routes, documented_routes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDictProxy
@@ -43,6 +32,10 @@ from prometheus_client import REGISTRY
 from relay_service.app import create_app
 from relay_service.settings import RelaySettings
 from rtc_common.settings import load_settings
+from rtc_testkit.contract import bearer, conv_id, make_token, relay_message
+from rtc_testkit.peer import Peers
+from rtc_testkit.processes import RedisServer, ServiceProcess, wait_for_async
+from rtc_testkit.stack import add_contacts, base_env
 
 OPENAPI = json.loads(
     (Path(__file__).resolve().parents[1] / "services/relay/relay_service/openapi.json").read_text()
@@ -71,24 +64,6 @@ RelayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def conv(a: str, b: str) -> str:
-    return ":".join(sorted((a, b)))
-
-
-def bearer(wallet: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {make_token(wallet)}"}
-
-
-def message(sender: str, to: str, message_id: str, payload: str = "hi", **extra: Any) -> Any:
-    return {
-        "to": to,
-        "convId": conv(sender, to),
-        "messageId": message_id,
-        "payload": payload,
-        **extra,
-    }
 
 
 def with_components(schema: dict[str, Any]) -> dict[str, Any]:
@@ -204,40 +179,6 @@ def enqueued_metric(result: str, forced: str) -> float:
 # -- fixtures --------------------------------------------------------------------------------
 
 
-@dataclass
-class Socket:
-    client: socketio.AsyncClient
-    pushed: asyncio.Queue[dict[str, Any]]
-
-
-async def connect_socket(url: str, wallet: str, opened: list[socketio.AsyncClient]) -> Socket:
-    client = socketio.AsyncClient(reconnection=False)
-    pushed: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def on_relay_message(data: dict[str, Any]) -> None:
-        pushed.put_nowait(data)
-
-    client.on("relay:message", on_relay_message)
-    opened.append(client)
-    await client.connect(
-        url, transports=["websocket"], auth={"token": make_token(wallet)}, wait_timeout=10
-    )
-    return Socket(client, pushed)
-
-
-@pytest.fixture
-async def sockets() -> Any:
-    opened: list[socketio.AsyncClient] = []
-
-    async def make(url: str, wallet: str) -> Socket:
-        return await connect_socket(url, wallet, opened)
-
-    yield make
-    for client in opened:
-        if client.connected:
-            await client.disconnect()
-
-
 # -- 1. enqueue, duplicate, force, order, pull, ack, aliases, OpenAPI -------------------------
 
 
@@ -248,7 +189,7 @@ async def test_enqueue_pull_ack_round_trip(
     add_contacts(redis_server, C, B)
     client = await relay_client()
 
-    first = await enqueue(client, A, message(A, B, "m-1", "hello"))
+    first = await enqueue(client, A, relay_message(A, B, "m-1", "hello"))
     assert first.status == 202, first.body
     jsonschema.validate(first.body, schema("Enqueued"))
     assert first.body["ok"] is True
@@ -262,7 +203,7 @@ async def test_enqueue_pull_ack_round_trip(
     assert abs(queued.replace(tzinfo=UTC).timestamp() - time.time()) < 30
 
     # The same sender and messageId again (even with another payload): the first id, 200.
-    again = await enqueue(client, A, message(A, B, "m-1", "changed"))
+    again = await enqueue(client, A, relay_message(A, B, "m-1", "changed"))
     assert again.status == 200, again.body
     assert again.body["id"] == first.body["id"]
     assert again.body["duplicate"] is True
@@ -272,11 +213,11 @@ async def test_enqueue_pull_ack_round_trip(
     # force: true is echoed and counted; a repeat reports the stored value.
     stored_forced = enqueued_metric("stored", "true")
     duplicate_forced = enqueued_metric("duplicate", "true")
-    forced = await enqueue(client, C, message(C, B, "f-1", "forced one", force=True))
+    forced = await enqueue(client, C, relay_message(C, B, "f-1", "forced one", force=True))
     assert forced.status == 202, forced.body
     assert forced.body["forced"] is True
     assert enqueued_metric("stored", "true") == stored_forced + 1
-    forced_again = await enqueue(client, C, message(C, B, "f-1", "forced one", force=False))
+    forced_again = await enqueue(client, C, relay_message(C, B, "f-1", "forced one", force=False))
     assert forced_again.status == 200
     assert forced_again.body["forced"] is True and forced_again.body["duplicate"] is True
     assert enqueued_metric("stored", "true") == stored_forced + 1
@@ -285,7 +226,9 @@ async def test_enqueue_pull_ack_round_trip(
     # Interleaved senders, one through the legacy alias: pulled oldest first.
     ids = [first.body["id"], forced.body["id"]]
     for sender, message_id, prefix in [(A, "m-2", V1), (C, "c-2", LEGACY), (A, "m-3", V1)]:
-        reply = await enqueue(client, sender, message(sender, B, message_id, message_id), prefix)
+        reply = await enqueue(
+            client, sender, relay_message(sender, B, message_id, message_id), prefix
+        )
         assert reply.status == 202, reply.body
         ids.append(reply.body["id"])
     assert ids == sorted(ids, key=id_key) and len(set(ids)) == 5
@@ -305,13 +248,13 @@ async def test_enqueue_pull_ack_round_trip(
     assert messages[0] == {
         "id": first.body["id"],
         "from": A,
-        "convId": conv(A, B),
+        "convId": conv_id(A, B),
         "messageId": "m-1",
         "payload": "hello",  # the first payload: the repeat stored nothing
         "queuedAt": first.body["queuedAt"],
         "forced": False,
     }
-    assert messages[1]["forced"] is True and messages[1]["convId"] == conv(B, C)
+    assert messages[1]["forced"] is True and messages[1]["convId"] == conv_id(B, C)
     assert all(not m["forced"] for m in messages[2:])
     # Pulling does not consume: at-least-once until acked.
     assert [m["id"] for m in (await pull(client, B, 2)).body["messages"]] == ids[:2]
@@ -339,7 +282,7 @@ async def test_openapi_matches_routes(relay_client: RelayFactory) -> None:
     # A well-formed request (force included) is valid under the documented request schema.
     request_schema = OPENAPI["paths"]["/api/v1/relay/enqueue"]["post"]["requestBody"]
     jsonschema.validate(
-        message(A, B, "x", force=True),
+        relay_message(A, B, "x", force=True),
         with_components(request_schema["content"]["application/json"]["schema"]),
     )
 
@@ -352,21 +295,21 @@ async def test_online_push_across_instances(
     relay_client: RelayFactory,
     redis_server: RedisServer,
     relay_redis: RedisServer,
-    sockets: Callable[[str, str], Awaitable[Socket]],
+    peers: Peers,
 ) -> None:
     add_contacts(redis_server, A, B)
     add_contacts(redis_server, C, A)
     first_instance, second_instance = signal_cluster(2, RELAY_REDIS_URL=relay_redis.url)
     client = await relay_client()
 
-    phone = await sockets(second_instance.url, B)  # B's sockets on both instances
-    laptop = await sockets(first_instance.url, B)
-    bystander = await sockets(second_instance.url, C)
+    phone = await peers.connect(second_instance.url, B)  # B's sockets on both instances
+    laptop = await peers.connect(first_instance.url, B)
+    bystander = await peers.connect(second_instance.url, C)
 
-    sent = await enqueue(client, A, message(A, B, "push-1", "over the socket", force=True))
+    sent = await enqueue(client, A, relay_message(A, B, "push-1", "over the socket", force=True))
     assert sent.status == 202, sent.body
-    pushed = await asyncio.wait_for(phone.pushed.get(), timeout=10)
-    on_laptop = await asyncio.wait_for(laptop.pushed.get(), timeout=10)
+    pushed = await phone.next("relay:message", 10)
+    on_laptop = await laptop.next("relay:message", 10)
     jsonschema.validate(pushed, schema("RelayMessage"))
     assert pushed == on_laptop
 
@@ -375,16 +318,12 @@ async def test_online_push_across_instances(
     assert pushed["id"] == sent.body["id"] and pushed["from"] == A and pushed["forced"] is True
 
     # Someone else's ack through the socket touches nothing; B's own acks it.
-    assert await bystander.client.call("relay:ack", {"ids": [pushed["id"]]}, timeout=10) == {
-        "acked": 0
-    }
-    assert bystander.pushed.empty()
-    assert await phone.client.call("relay:ack", {"ids": [pushed["id"]]}, timeout=10) == {"acked": 1}
+    assert await bystander.call("relay:ack", {"ids": [pushed["id"]]}, timeout=10) == {"acked": 0}
+    assert not bystander.unread("relay:message")
+    assert await phone.call("relay:ack", {"ids": [pushed["id"]]}, timeout=10) == {"acked": 1}
     assert await pulled(client, B) == []
     assert queue_length(relay_redis, B) == 0
-    assert await laptop.client.call("relay:ack", {"ids": [pushed["id"]]}, timeout=10) == {
-        "acked": 0
-    }
+    assert await laptop.call("relay:ack", {"ids": [pushed["id"]]}, timeout=10) == {"acked": 0}
 
 
 def pushed_metric() -> float:
@@ -396,33 +335,33 @@ async def test_pushes_leave_in_stored_order_and_are_counted(
     relay_client: RelayFactory,
     redis_server: RedisServer,
     relay_redis: RedisServer,
-    sockets: Callable[[str, str], Awaitable[Socket]],
+    peers: Peers,
 ) -> None:
     """Pushes leave after the answer, batched: one per stored message, in the order of the 202s."""
     add_contacts(redis_server, A, B)
     (instance,) = signal_cluster(1, RELAY_REDIS_URL=relay_redis.url)
     client = await relay_client()
-    phone = await sockets(instance.url, B)
+    phone = await peers.connect(instance.url, B)
     pushed_before = pushed_metric()
 
     # Concurrent enqueues share batches (limiter, store, publish); then one at a time.
     burst = await asyncio.gather(
-        *(enqueue(client, A, message(A, B, f"burst-{i}")) for i in range(40))
+        *(enqueue(client, A, relay_message(A, B, f"burst-{i}")) for i in range(40))
     )
     assert all(reply.status == 202 for reply in burst), [r.body for r in burst]
     for i in range(5):
-        assert (await enqueue(client, A, message(A, B, f"single-{i}"))).status == 202
-    duplicate = await enqueue(client, A, message(A, B, "single-0"))
+        assert (await enqueue(client, A, relay_message(A, B, f"single-{i}"))).status == 202
+    duplicate = await enqueue(client, A, relay_message(A, B, "single-0"))
     assert duplicate.status == 200  # a duplicate is not pushed again
 
-    received = [await asyncio.wait_for(phone.pushed.get(), timeout=10) for _ in range(45)]
+    received = [await phone.next("relay:message", 10) for _ in range(45)]
     # Concurrent requests have no order between them; each stored message is pushed once.
     assert sorted(m["id"] for m in received[:40]) == sorted(reply.body["id"] for reply in burst)
     # A message stored after another's 202 is pushed after it.
     assert [m["messageId"] for m in received[40:]] == [f"single-{i}" for i in range(5)]
     assert pushed_metric() - pushed_before == 45
     assert sorted(m["id"] for m in await pulled(client, B)) == sorted(m["id"] for m in received)
-    assert phone.pushed.empty()
+    assert not phone.unread("relay:message")
 
 
 # -- 3. offline recipient --------------------------------------------------------------------
@@ -433,7 +372,7 @@ async def test_offline_recipient_pulls_later(
     relay_client: RelayFactory,
     redis_server: RedisServer,
     relay_redis: RedisServer,
-    sockets: Callable[[str, str], Awaitable[Socket]],
+    peers: Peers,
 ) -> None:
     add_contacts(redis_server, A, B)
     (instance,) = signal_cluster(1, RELAY_REDIS_URL=relay_redis.url)
@@ -441,15 +380,15 @@ async def test_offline_recipient_pulls_later(
 
     sent = []
     for n in range(3):
-        reply = await enqueue(client, A, message(A, B, f"offline-{n}", f"payload {n}"))
+        reply = await enqueue(client, A, relay_message(A, B, f"offline-{n}", f"payload {n}"))
         assert reply.status == 202, reply.body  # stored although nobody listens
         sent.append(reply.body["id"])
 
-    socket = await sockets(instance.url, B)
+    socket = await peers.connect(instance.url, B)
     waiting = await pulled(client, B)
     assert [m["id"] for m in waiting] == sent
     assert [m["payload"] for m in waiting] == ["payload 0", "payload 1", "payload 2"]
-    assert await socket.client.call("relay:ack", {"ids": sent[:1]}, timeout=10) == {"acked": 1}
+    assert await socket.call("relay:ack", {"ids": sent[:1]}, timeout=10) == {"acked": 1}
     assert (await ack(client, B, sent)).body == {"acked": 2}
     assert await pulled(client, B) == []
     assert queue_length(relay_redis, B) == 0
@@ -466,7 +405,7 @@ async def test_authorization(
     client = await relay_client()
     ids = []
     for n in range(2):
-        reply = await enqueue(client, A, message(A, B, f"secret-{n}", "for B only"))
+        reply = await enqueue(client, A, relay_message(A, B, f"secret-{n}", "for B only"))
         assert reply.status == 202
         ids.append(reply.body["id"])
 
@@ -480,7 +419,7 @@ async def test_authorization(
 
     # Not contacts, or contacts in one direction only: forbidden and nothing stored.
     for sender, to in [(C, B), (B, C), (D, B), (B, D)]:
-        refused = await enqueue(client, sender, message(sender, to, "nope"))
+        refused = await enqueue(client, sender, relay_message(sender, to, "nope"))
         assert_error(refused, 403, "forbidden")
     assert queue_length(relay_redis, B) == 2
     assert queue_length(relay_redis, C) == 0 and queue_length(relay_redis, D) == 0
@@ -491,7 +430,7 @@ async def test_authorization(
     wrong_key = {"Authorization": f"Bearer {make_token(A, secret='another-secret-' * 3)}"}
     for headers in [{}, {"Authorization": "Bearer junk"}, expired, wrong_key]:
         for method, path, body in [
-            ("POST", f"{V1}/enqueue", message(A, B, "anon")),
+            ("POST", f"{V1}/enqueue", relay_message(A, B, "anon")),
             ("GET", f"{V1}/pull", _UNSET),
             ("POST", f"{LEGACY}/ack", {"ids": ids}),
         ]:
@@ -529,7 +468,7 @@ async def test_payload_limit_counts_utf8_bytes(
     ]
     stored = 0
     for n, (payload, status) in enumerate(cases):
-        reply = await enqueue(client, A, message(A, B, f"size-{n}", payload))
+        reply = await enqueue(client, A, relay_message(A, B, f"size-{n}", payload))
         if status == 202:
             assert reply.status == 202, (len(payload), reply.body)
             stored += 1
@@ -537,7 +476,7 @@ async def test_payload_limit_counts_utf8_bytes(
             assert_error(reply, 413, "payload_too_large")
     assert queue_length(relay_redis, B) == stored
     # A body far over the limit is refused whole, with the same envelope.
-    huge = await enqueue(client, A, message(A, B, "huge", "x" * 2_000_000))
+    huge = await enqueue(client, A, relay_message(A, B, "huge", "x" * 2_000_000))
     assert_error(huge, 413, "payload_too_large")
     assert queue_length(relay_redis, B) == stored
 
@@ -550,21 +489,21 @@ async def test_queue_full_evicts_nothing(
     client = await relay_client(RELAY_MAX_QUEUE="3", RELAY_MAX_SENDER_SHARE="1")
     ids = []
     for n in range(3):
-        reply = await enqueue(client, A, message(A, B, f"q-{n}"))
+        reply = await enqueue(client, A, relay_message(A, B, f"q-{n}"))
         assert reply.status == 202
         ids.append(reply.body["id"])
     for sender in (A, C):
-        full = await enqueue(client, sender, message(sender, B, "q-over"))
+        full = await enqueue(client, sender, relay_message(sender, B, "q-over"))
         assert_error(full, 507, "queue_full")
     # A repeat of a stored message is still answered as such.
-    repeat = await enqueue(client, A, message(A, B, "q-0"))
+    repeat = await enqueue(client, A, relay_message(A, B, "q-0"))
     assert repeat.status == 200 and repeat.body["id"] == ids[0]
     assert [m["messageId"] for m in await pulled(client, B)] == ["q-0", "q-1", "q-2"]
     # Other recipients' queues are not affected.
-    assert (await enqueue(client, B, message(B, A, "to-a"))).status == 202
+    assert (await enqueue(client, B, relay_message(B, A, "to-a"))).status == 202
     # The refused messageId was not remembered: once there is room, it is stored.
     assert (await ack(client, B, ids[:1])).body == {"acked": 1}
-    retry = await enqueue(client, A, message(A, B, "q-over"))
+    retry = await enqueue(client, A, relay_message(A, B, "q-over"))
     assert retry.status == 202 and "duplicate" not in retry.body
     assert [m["messageId"] for m in await pulled(client, B)] == ["q-1", "q-2", "q-over"]
 
@@ -576,15 +515,15 @@ async def test_rate_limit_per_sender(
     add_contacts(redis_server, C, B)
     client = await relay_client(RELAY_RATE_LIMIT_PER_MIN="2")
     for n in range(2):
-        assert (await enqueue(client, A, message(A, B, f"r-{n}"))).status == 202
-    limited = await enqueue(client, A, message(A, B, "r-2"))
+        assert (await enqueue(client, A, relay_message(A, B, f"r-{n}"))).status == 202
+    limited = await enqueue(client, A, relay_message(A, B, "r-2"))
     assert_error(limited, 429, "rate_limited")
     assert 1 <= int(limited.headers["Retry-After"]) <= 60
     assert limited.headers["RateLimit-Limit"] == "2"
     assert limited.headers["RateLimit-Remaining"] == "0"
     assert queue_length(relay_redis, B) == 2
     # Per sender: C has its own budget.
-    assert (await enqueue(client, C, message(C, B, "r-c"))).status == 202
+    assert (await enqueue(client, C, relay_message(C, B, "r-c"))).status == 202
     assert [m["messageId"] for m in await pulled(client, B)] == ["r-0", "r-1", "r-c"]
 
 
@@ -593,7 +532,7 @@ async def test_ttl_expires_message_and_idempotency_key(
 ) -> None:
     add_contacts(redis_server, A, B)
     client = await relay_client(RELAY_TTL_SECONDS="1")
-    first = await enqueue(client, A, message(A, B, "short-lived"))
+    first = await enqueue(client, A, relay_message(A, B, "short-lived"))
     assert first.status == 202
     idem_key = f"relay:idem:{A}:short-lived"
     assert relay_redis.client().exists(idem_key) == 1
@@ -609,7 +548,7 @@ async def test_ttl_expires_message_and_idempotency_key(
 
     await wait_for_async(key_expired, timeout=10, what="the idempotency key to expire")
     # The messageId is new again: stored under a new id, not answered as a duplicate.
-    again = await enqueue(client, A, message(A, B, "short-lived"))
+    again = await enqueue(client, A, relay_message(A, B, "short-lived"))
     assert again.status == 202, again.body
     assert "duplicate" not in again.body
     assert id_key(again.body["id"]) > id_key(first.body["id"])
@@ -620,7 +559,7 @@ async def test_invalid_enqueue(
 ) -> None:
     add_contacts(redis_server, A, B)
     client = await relay_client()
-    valid = message(A, B, "m")
+    valid = relay_message(A, B, "m")
 
     def without(field: str) -> dict[str, Any]:
         return {k: v for k, v in valid.items() if k != field}
@@ -649,11 +588,11 @@ async def test_invalid_enqueue(
         ("force a number", {**valid, "force": 1}),
         ("convId reversed", {**valid, "convId": f"{B}:{A}"}),
         ("convId not normalized", {**valid, "convId": f"{A.upper()}:{B}".replace("0X", "0x")}),
-        ("convId of another pair", {**valid, "convId": conv(A, C)}),
-        ("convId with a third part", {**valid, "convId": conv(A, B) + ":x"}),
+        ("convId of another pair", {**valid, "convId": conv_id(A, C)}),
+        ("convId with a third part", {**valid, "convId": conv_id(A, B) + ":x"}),
         ("to the sender", {**valid, "to": A, "convId": f"{A}:{A}"}),
-        ("to not a wallet", {**valid, "to": "b:ob", "convId": conv(A, "b:ob")}),
-        ("to empty", {**valid, "to": "", "convId": conv(A, "")}),
+        ("to not a wallet", {**valid, "to": "b:ob", "convId": conv_id(A, "b:ob")}),
+        ("to empty", {**valid, "to": "", "convId": conv_id(A, "")}),
         ("messageId over 128", {**valid, "messageId": "m" * 129}),
         ("messageId empty", {**valid, "messageId": ""}),
         ("messageId lone surrogate", {**valid, "messageId": "\udc00"}),
@@ -707,7 +646,7 @@ async def test_invalid_pull_and_ack(relay_client: RelayFactory, redis_server: Re
     for limit in ("1", "100", "007"):
         assert (await pull(client, B, limit)).status == 200
 
-    stored = await enqueue(client, A, message(A, B, "keep"))
+    stored = await enqueue(client, A, relay_message(A, B, "keep"))
     bad_bodies: list[Any] = [
         {"ids": "1-1"},
         {"ids": None},
@@ -749,13 +688,13 @@ async def test_store_down_is_unavailable_then_recovers(
 ) -> None:
     add_contacts(redis_server, A, B)
     client = await relay_client()
-    before = await enqueue(client, A, message(A, B, "before-crash"))
+    before = await enqueue(client, A, relay_message(A, B, "before-crash"))
     assert before.status == 202
     assert (await client.get("/readyz")).status == 200
 
     relay_redis.kill()
     for _ in range(3):  # retries with the same messageId: never a 2xx while nothing is stored
-        down = await enqueue(client, A, message(A, B, "during-outage", "must not be lost"))
+        down = await enqueue(client, A, relay_message(A, B, "during-outage", "must not be lost"))
         assert_error(down, 503, "unavailable")
     assert_error(await pull(client, B), 503, "unavailable")
     assert_error(await ack(client, B, [before.body["id"]]), 503, "unavailable")
@@ -774,9 +713,9 @@ async def test_store_down_is_unavailable_then_recovers(
         return (await client.get("/readyz")).status == 200
 
     await wait_for_async(ready_again, timeout=15, what="relay-service ready again")
-    retried = await enqueue(client, A, message(A, B, "during-outage", "must not be lost"))
+    retried = await enqueue(client, A, relay_message(A, B, "during-outage", "must not be lost"))
     assert retried.status == 202, retried.body
-    repeat = await enqueue(client, A, message(A, B, "during-outage", "must not be lost"))
+    repeat = await enqueue(client, A, relay_message(A, B, "during-outage", "must not be lost"))
     assert repeat.status == 200 and repeat.body["id"] == retried.body["id"]
     messages = await pulled(client, B)
     # What was acknowledged before the kill survived it; the retried message is there once.
@@ -811,7 +750,7 @@ _fieldish = st.sampled_from(["to", "convId", "messageId", "payload", "force", "i
 near_valid = st.fixed_dictionaries(
     {
         "to": st.sampled_from([B, "0xB0B", " 0xb0b "]),
-        "convId": st.just(conv(A, B)),
+        "convId": st.just(conv_id(A, B)),
         "messageId": st.uuids().map(str) | _text,
         "payload": st.text(_chars, max_size=20) | _text | _huge,
     },
@@ -825,7 +764,7 @@ enqueue_bodies = st.one_of(
         {},
         optional={
             "to": st.sampled_from([B, A, C, "0xB0B", "", "b:ob"]) | json_values,
-            "convId": st.sampled_from([conv(A, B), f"{B}:{A}", conv(A, C)]) | json_values,
+            "convId": st.sampled_from([conv_id(A, B), f"{B}:{A}", conv_id(A, C)]) | json_values,
             "messageId": _text | json_values,
             "payload": _text | _huge | json_values,
             "force": st.booleans() | json_values,

@@ -20,7 +20,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import RedisServer, ServiceProcess, add_contacts, base_env, make_token, wait_for_async
+from rtc_testkit.contract import make_token, relay_message
+from rtc_testkit.processes import RedisServer, ServiceProcess, wait_for_async
+from rtc_testkit.stack import add_contacts, base_env
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -38,10 +40,6 @@ class Tally:
     duplicate_answers: int = 0
     failed_attempts: int = 0
     gave_up: set[str] = field(default_factory=set)
-
-
-def conv(a: str, b: str) -> str:
-    return ":".join(sorted((a, b)))
 
 
 async def send_one(
@@ -84,13 +82,10 @@ async def sender_load(
         while not queue.empty():
             index = queue.get_nowait()
             to = RECIPIENTS[index % len(RECIPIENTS)]
-            body = {
-                "to": to,
-                "convId": conv(sender, to),
-                "messageId": f"{run}-{sender}-{index}",
-                "payload": f"message {index} from {sender}",
-                "force": index % 3 == 0,
-            }
+            payload = f"message {index} from {sender}"
+            body = relay_message(
+                sender, to, f"{run}-{sender}-{index}", payload, force=index % 3 == 0
+            )
             await send_one(session, f"{base}/api/v1/relay/enqueue", token, body, tally)
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY_PER_SENDER)))

@@ -4,7 +4,9 @@ relay messages and errors are private and must not be kept by a browser or proxy
 from __future__ import annotations
 
 from conftest import IceClientFactory, RelayFactory
-from helpers import RedisServer, add_contacts, make_token
+from rtc_testkit.contract import make_token
+from rtc_testkit.processes import RedisServer
+from rtc_testkit.stack import add_contacts
 
 
 def bearer(wallet: str) -> dict[str, str]:

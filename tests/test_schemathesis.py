@@ -10,23 +10,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
-from helpers import (
-    Gateway,
-    ProcessGroup,
-    RedisServer,
-    ServiceProcess,
-    add_contacts,
-    base_env,
-    make_token,
-)
 from hypothesis import HealthCheck, given, settings
-from rtc_common.directory import REDIS_FLAGS_KEY
-from rtcctl.local import GatewayLimits
+from rtc_gateway import GatewayLimits
+from rtc_testkit.contract import make_token
+from rtc_testkit.processes import Gateway
+from rtc_testkit.stack import StackSpec, start_stack
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 EXAMPLES = 25  # per operation
@@ -35,22 +27,16 @@ A, B = "0xa11ce5c4e3a", "0xb0b5c4e3a"
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("schemathesis")
-    with ProcessGroup() as group:
-        redis = group.start(RedisServer(root / "redis"))
-        redis.client().hset(REDIS_FLAGS_KEY, "rtc.ice", "1")
-        add_contacts(redis, A, B)
-        env = base_env(redis.url, ALLOWED_ORIGINS="http://app.example")
-        ice = ServiceProcess("ice_service", root / "ice", env)
-        relay = ServiceProcess("relay_service", root / "relay", env)
-        for process in (ice, relay):
-            group.start(process)
-        # The services are under test here, not the gateway's per-address limits.
-        gw = Gateway(
-            root / "gateway", ice=[ice.port], relay=[relay.port], limits=GatewayLimits.off()
-        )
-        group.start(gw)
-        yield gw
+    # The services are under test here, not the gateway's per-address limits.
+    spec = StackSpec(
+        ice=1,
+        relay=1,
+        env={"ALLOWED_ORIGINS": "http://app.example"},
+        contacts=((A, B),),
+        gateway_limits=GatewayLimits.off(),
+    )
+    with start_stack(spec, tmp_path_factory.mktemp("schemathesis")) as stack:
+        yield stack.gateway
 
 
 def operations(gateway: Gateway, document: str) -> list[Any]:

@@ -8,34 +8,21 @@ real request or a real Socket.IO handshake.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import json
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
-import socketio
-from helpers import (
-    JWT_SECRET,
-    Gateway,
-    ProcessGroup,
-    RedisServer,
-    ServiceProcess,
-    add_contacts,
-    base_env,
-    make_token,
-    signal_env,
-)
 from jwt.warnings import InsecureKeyLengthWarning
-from rtc_common.directory import REDIS_FLAGS_KEY
-from rtcctl.local import GatewayLimits
+from rtc_gateway import GatewayLimits
+from rtc_testkit.contract import JWT_SECRET, make_token, new_wallet
+from rtc_testkit.peer import Peers
+from rtc_testkit.stack import Stack, StackSpec, start_stack
 
 OLD_SECRET = "jwt-secret-being-retired-0123456789abcdef"
 ORIGIN = "http://app.example"
@@ -43,53 +30,24 @@ EVIL = "http://evil.example"
 V1_ONLY = r"^/api/v1/(?:relay|signal|rtc)(?:/.*)?$"
 
 
-@dataclass
-class Stack:
-    redis: RedisServer
-    ice: ServiceProcess
-    relay: ServiceProcess
-    signal: ServiceProcess
-    gateway: Gateway
-
-    def contacts(self, a: str, b: str) -> None:
-        add_contacts(self.redis, a, b)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("security")
-    with ProcessGroup() as group:
-        redis = group.start(RedisServer(root / "redis"))
-        redis.client().hset(REDIS_FLAGS_KEY, "rtc.ice", "1")
-        common = {
+    spec = StackSpec(
+        ice=1,
+        signal=1,
+        relay=1,
+        env={
             "JWT_SECRET_PREVIOUS": OLD_SECRET,
             "ALLOWED_ORIGINS": ORIGIN,
             "BEARER_ROUTE_WHITELIST": V1_ONLY,
-        }
-        ice = ServiceProcess(
-            "ice_service", root / "ice", base_env(redis.url, ICE_ALLOW_ANONYMOUS="true", **common)
-        )
-        relay = ServiceProcess("relay_service", root / "relay", base_env(redis.url, **common))
-        signal = ServiceProcess(
-            "signal_service", root / "signal", signal_env(redis.url, INSTANCE_ID="sec1", **common)
-        )
-        for process in (ice, relay, signal):
-            group.start(process)
-        # The per-address rate and connection limits have their own tests (test_gateway_limits);
-        # here a fast run sends more than their burst from one address.
-        gateway = Gateway(
-            root / "gateway",
-            ice=[ice.port],
-            signal=[signal.port],
-            relay=[relay.port],
-            limits=GatewayLimits.off(),
-        )
-        group.start(gateway)
-        yield Stack(redis, ice, relay, signal, gateway)
-
-
-def new_wallet() -> str:
-    return "0x" + uuid.uuid4().hex[:16]
+        },
+        ice_env={"ICE_ALLOW_ANONYMOUS": "true"},
+        # The per-address rate and connection limits have their own tests
+        # (test_gateway_limits); here a fast run sends more than their burst from one address.
+        gateway_limits=GatewayLimits.off(),
+    )
+    with start_stack(spec, tmp_path_factory.mktemp("security")) as stack:
+        yield stack
 
 
 def b64url(data: bytes) -> str:
@@ -165,7 +123,7 @@ def body_for(stack: Stack, name: str, wallet: str) -> Any:
         return {"ids": ["1-0"]}
     if name == "relay_enqueue":
         peer = new_wallet()
-        stack.contacts(wallet, peer)
+        stack.add_contacts(wallet, peer)
         return {
             "to": peer,
             "convId": ":".join(sorted((wallet, peer))),
@@ -175,58 +133,18 @@ def body_for(stack: Stack, name: str, wallet: str) -> Any:
     return None
 
 
-class Socket:
-    def __init__(self) -> None:
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.connect_errors: list[Any] = []
-
-        @self.sio.event
-        async def connect_error(data: Any = None) -> None:
-            self.connect_errors.append(data)
-
-    async def connect(
-        self, url: str, *, auth: Any = None, headers: dict[str, str] | None = None
-    ) -> str | None:
-        """None when connected, else the refusal's code (`refused` without a Socket.IO one)."""
-        try:
-            # A copy: python-engineio deletes the Cookie header from the dict it is given.
-            await self.sio.connect(
-                url,
-                auth=auth,
-                headers=dict(headers or {}),
-                transports=["websocket"],
-                wait_timeout=5,
-            )
-        except socketio.exceptions.ConnectionError:
-            # python-socketio hands the whole CONNECT_ERROR payload: {message, data: {error}}.
-            last = self.connect_errors[-1] if self.connect_errors else None
-            if isinstance(last, dict) and isinstance(last.get("data"), dict):
-                return str(last["data"]["error"])
-            return "refused"
-        return None
-
-    async def close(self) -> None:
-        with contextlib.suppress(TimeoutError, socketio.exceptions.SocketIOError):
-            await asyncio.wait_for(self.sio.disconnect(), 5)
-
-
-@pytest.fixture
-async def sockets() -> AsyncIterator[list[Socket]]:
-    made: list[Socket] = []
-    yield made
-    await asyncio.gather(*(s.close() for s in made))
-
-
-def new_socket(made: list[Socket]) -> Socket:
-    made.append(Socket())
-    return made[-1]
+async def handshake(
+    peers: Peers, url: str, *, auth: Any = None, headers: dict[str, str] | None = None
+) -> str | None:
+    """A new socket's handshake (no auth unless given): None when connected, else the code."""
+    return await peers().try_connect(url, auth=auth, headers=headers)
 
 
 # -- expired / forged / none / rotated keys, on every route and the socket ------------------
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_token_matrix(stack: Stack, sockets: list[Socket], kind: str) -> None:
+async def test_token_matrix(stack: Stack, peers: Peers, kind: str) -> None:
     outcomes: dict[str, Any] = {}
     for name, method, path, ok in http_endpoints(stack, "unused"):
         wallet = new_wallet()
@@ -246,30 +164,26 @@ async def test_token_matrix(stack: Stack, sockets: list[Socket], kind: str) -> N
                 body,
             )
     wallet = new_wallet()
-    refusal = await new_socket(sockets).connect(
-        stack.gateway.url, auth={"token": tokens(wallet)[kind]}
-    )
+    refusal = await handshake(peers, stack.gateway.url, auth={"token": tokens(wallet)[kind]})
     outcomes["socket"] = refusal is None if kind in ACCEPTED else refusal == "unauthorized"
     assert all(v is True for v in outcomes.values()), outcomes
 
 
-async def test_no_credentials(stack: Stack, sockets: list[Socket]) -> None:
+async def test_no_credentials(stack: Stack, peers: Peers) -> None:
     for name, method, path, _ in http_endpoints(stack, "unused"):
         status, _, body = await request(stack, method, path, body=body_for(stack, name, "0xa"))
         if name == "ice":  # anonymous ICE is on in this stack: credentials for `anon`
             assert status == 200 and body["iceServers"][-1]["username"].endswith(":anon")
         else:
             assert (status, body["error"]) == (401, "unauthorized"), name
-    assert await new_socket(sockets).connect(stack.gateway.url) == "unauthorized"
-    assert await new_socket(sockets).connect(stack.gateway.url, auth={"token": 42}) == (
-        "unauthorized"
-    )
+    assert await handshake(peers, stack.gateway.url) == "unauthorized"
+    assert await handshake(peers, stack.gateway.url, auth={"token": 42}) == ("unauthorized")
 
 
 # -- CSRF: cookie auth needs the double-submit header (HTTP) or an allowed Origin (socket) ----
 
 
-async def test_csrf_on_every_route_and_the_socket(stack: Stack, sockets: list[Socket]) -> None:
+async def test_csrf_on_every_route_and_the_socket(stack: Stack, peers: Peers) -> None:
     for name, method, path, ok in http_endpoints(stack, "unused"):
         wallet = new_wallet()
         cookies = {"access_token": make_token(wallet), "csrf_token": "csrf-abc"}
@@ -296,13 +210,12 @@ async def test_csrf_on_every_route_and_the_socket(stack: Stack, sockets: list[So
 
     cookie = {"Cookie": f"access_token={make_token(new_wallet())}"}
     url = stack.gateway.url
-    assert await new_socket(sockets).connect(url, headers=cookie) == "csrf_failed"
+    assert await handshake(peers, url, headers=cookie) == "csrf_failed"
     # A foreign page: engine.io refuses the origin before any Socket.IO packet.
-    assert await new_socket(sockets).connect(url, headers={**cookie, "Origin": EVIL}) == "refused"
-    browser = new_socket(sockets)
-    assert await browser.connect(url, headers={**cookie, "Origin": ORIGIN}) is None, (
-        browser.connect_errors
-    )
+    assert await handshake(peers, url, headers={**cookie, "Origin": EVIL}) == "refused"
+    browser = peers()
+    refusal = await browser.try_connect(url, auth=None, headers={**cookie, "Origin": ORIGIN})
+    assert refusal is None, browser.connect_errors
 
 
 # -- CORS preflight from an unknown origin --------------------------------------------------
@@ -403,9 +316,9 @@ async def test_spoofed_forwarded_for_from_a_non_gateway_peer(stack: Stack) -> No
 # -- one user reading or acking another's relay queue ----------------------------------------
 
 
-async def test_relay_queue_is_private(stack: Stack, sockets: list[Socket]) -> None:
+async def test_relay_queue_is_private(stack: Stack, peers: Peers) -> None:
     a, b, c = new_wallet(), new_wallet(), new_wallet()
-    stack.contacts(a, b)
+    stack.add_contacts(a, b)
 
     def bearer(wallet: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {make_token(wallet)}"}
@@ -434,9 +347,9 @@ async def test_relay_queue_is_private(stack: Stack, sockets: list[Socket]) -> No
             stack, "POST", "/api/v1/relay/ack", body={"ids": ids}, headers=bearer(intruder)
         )
         assert body == {"acked": 0}
-        socket = new_socket(sockets)
-        assert await socket.connect(stack.gateway.url, auth={"token": make_token(intruder)}) is None
-        assert await socket.sio.call("relay:ack", {"ids": ids}, timeout=5) == {"acked": 0}
+        socket = peers(intruder)
+        assert await socket.try_connect(stack.gateway.url) is None
+        assert await socket.call("relay:ack", {"ids": ids}) == {"acked": 0}
     # A `from`/`wallet` in the body or query never selects a queue.
     _, _, body = await request(
         stack, "GET", f"/api/v1/relay/pull?wallet={b}&to={b}", headers=bearer(c)

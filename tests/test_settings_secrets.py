@@ -23,18 +23,7 @@ import jwt
 import pytest
 import redis
 from aiohttp.test_utils import TestClient
-from conftest import IceClientFactory, enable_flag
-from helpers import (
-    JWT_SECRET,
-    Process,
-    RedisServer,
-    ServiceProcess,
-    base_env,
-    free_port,
-    http_status,
-    make_token,
-    wait_for,
-)
+from conftest import IceClientFactory
 from ice_service.settings import IceSettings
 from mockupdb import MockupDB, OpMsg
 from pymongo import AsyncMongoClient
@@ -44,8 +33,18 @@ from rtc_common.auth import JwtVerifier
 from rtc_common.directory import MongoDirectory
 from rtc_common.errors import ApiError
 from rtc_common.settings import CommonSettings, SettingsError, load_settings
+from rtc_testkit.contract import JWT_SECRET, make_token
+from rtc_testkit.processes import (
+    Process,
+    RedisServer,
+    ServiceProcess,
+    free_port,
+    http_status,
+    wait_for,
+)
+from rtc_testkit.stack import base_env, set_flag
+from rtc_testkit.twilio import API_SECRET, TwilioStub
 from rtcctl.local import StackPorts, prepare, read_env_file
-from twilio_stub import API_SECRET, TwilioStub
 
 RTCCTL = Path(sys.executable).with_name("rtcctl")
 ICE = "/api/v1/rtc/ice"
@@ -139,7 +138,7 @@ def warnings_in(text: str) -> list[dict[str, Any]]:
 def test_startup_warnings_and_keyed_wallet_hash_in_a_service_process(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    enable_flag(redis_server)
+    set_flag(redis_server)
     bare = ServiceProcess("ice_service", tmp_path / "bare", base_env(redis_server.url))
     bare.start()
     try:

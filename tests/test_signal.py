@@ -9,40 +9,41 @@ deadline, and "nothing was forwarded" is proven by a later signal that arrives f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
-import socketio
-from helpers import (
-    NODE_DIR,
-    Gateway,
-    ProcessGroup,
+from helpers import NODE_DIR
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rtc_testkit.contract import (
+    CANDIDATE,
+    SDP_ANSWER,
+    SDP_OFFER,
+    answer,
+    candidate,
+    conv_id,
+    make_token,
+    new_wallet,
+    offer,
+    sid,
+)
+from rtc_testkit.peer import SIGNAL_EVENTS, Peer, Peers
+from rtc_testkit.processes import (
     RedisServer,
     ServiceProcess,
-    access_entries,
-    add_contacts,
-    free_port,
     http_status,
-    make_token,
     metric_value,
-    signal_env,
-    spread_addresses,
     wait_for,
     wait_for_async,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from rtc_testkit.stack import Stack, StackSpec, add_contacts, start_stack
 
 Cluster = Callable[..., list[ServiceProcess]]
 ORIGIN = "http://app.example"
-SIGNAL_EVENTS = ("rtc:offer", "rtc:answer", "rtc:candidate", "signal")
 RTC_DISABLED_KEY = "rtc:rtc_disabled"
 MAX_SDP = 65536  # SIGNAL_MAX_SDP_BYTES default
 MAX_CANDIDATE = 2048
@@ -51,189 +52,9 @@ LEGACY_WARNING = {
     "event": "signal",
     "use": "rtc:offer|rtc:answer|rtc:candidate",
 }
-SDP_OFFER = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
-SDP_ANSWER = "v=0\r\no=- 7 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
-CANDIDATE = "candidate:842163049 1 udp 1677729535 127.0.0.1 50000 typ host"
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def new_wallet() -> str:
-    return "0x" + uuid.uuid4().hex[:20]
-
-
-def conv(a: str, b: str) -> str:
-    """The canonical convId, computed here independently of the service's code."""
-    return ":".join(sorted((a.lower(), b.lower())))
-
-
-def offer(
-    sender: str, to: str, signal_id: str | None = None, sdp: str = SDP_OFFER
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "convId": conv(sender, to),
-        "to": to,
-        "sdp": {"type": "offer", "sdp": sdp},
-    }
-    if signal_id is not None:
-        body["signalId"] = signal_id
-    return body
-
-
-def answer(sender: str, to: str, signal_id: str | None = None) -> dict[str, Any]:
-    body = offer(sender, to, signal_id, SDP_ANSWER)
-    body["sdp"]["type"] = "answer"
-    return body
-
-
-def candidate(
-    sender: str,
-    to: str,
-    signal_id: str | None = None,
-    text: str = CANDIDATE,
-    sdp_mid: str | None = "0",
-    index: int | None = 0,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "convId": conv(sender, to),
-        "to": to,
-        "candidate": {"candidate": text, "sdpMid": sdp_mid, "sdpMLineIndex": index},
-    }
-    if signal_id is not None:
-        body["signalId"] = signal_id
-    return body
-
-
-TOKEN: Any = object()  # Peer.connect's default auth: {"token": <a valid JWT of the wallet>}
-
-
-def sid(tag: str = "s") -> str:
-    return f"{tag}-{uuid.uuid4().hex[:12]}"
-
-
-@dataclass
-class Peer:
-    """A python-socketio client that records every event it receives, in order."""
-
-    wallet: str
-    http_session: aiohttp.ClientSession | None = field(default=None, repr=False)
-    events: list[tuple[str, Any]] = field(default_factory=list, repr=False)
-    connect_errors: list[Any] = field(default_factory=list, repr=False)
-
-    def __post_init__(self) -> None:
-        kwargs: dict[str, Any] = {"reconnection": False}
-        if self.http_session is not None:
-            kwargs["http_session"] = self.http_session
-        self.sio = socketio.AsyncClient(**kwargs)
-
-        @self.sio.on("*")
-        async def record(event: str, *args: Any) -> None:
-            self.events.append((event, args[0] if args else None))
-
-        @self.sio.event
-        async def connect_error(data: Any = None) -> None:
-            self.connect_errors.append(data)
-
-    async def connect(
-        self,
-        url: str,
-        *,
-        auth: Any = TOKEN,
-        rtc: bool | None = None,
-        headers: dict[str, str] | None = None,
-        transports: list[str] | None = None,
-    ) -> None:
-        if auth is TOKEN:
-            auth = {"token": make_token(self.wallet)}
-            if rtc is not None:
-                auth["rtc"] = rtc
-        await self.sio.connect(
-            url,
-            auth=auth,
-            headers=headers or {},
-            transports=transports or ["websocket"],
-            wait_timeout=5,
-        )
-
-    async def refused(self, url: str, **kwargs: Any) -> Any:
-        """Connect, expect a refusal, and return what the connect_error handler received."""
-        with pytest.raises(socketio.exceptions.ConnectionError):
-            await self.connect(url, **kwargs)
-        assert self.connect_errors, "refused without a connect_error event"
-        return self.connect_errors[-1]
-
-    async def call(self, event: str, data: Any) -> Any:
-        return await self.sio.call(event, data, timeout=5)
-
-    async def emit(self, event: str, data: Any) -> None:
-        await self.sio.emit(event, data)
-
-    def received(self, event: str | tuple[str, ...]) -> list[Any]:
-        names = (event,) if isinstance(event, str) else event
-        return [data for name, data in self.events if name in names]
-
-    def signals(self) -> list[tuple[str, Any]]:
-        """What was forwarded to this peer (signaling events only; presence is ignored)."""
-        return [(name, data) for name, data in self.events if name in SIGNAL_EVENTS]
-
-    async def wait_event(
-        self, event: str, match: Callable[[Any], bool] = lambda _: True, timeout: float = 5.0
-    ) -> Any:
-        found: list[Any] = []
-
-        async def arrived() -> bool:
-            found[:] = [d for d in self.received(event) if match(d)]
-            return bool(found)
-
-        await wait_for_async(arrived, timeout, what=f"{event} at {self.wallet}")
-        return found[0]
-
-    async def wait_signal(self, event: str, signal_id: str) -> Any:
-        return await self.wait_event(
-            event, lambda d: isinstance(d, dict) and d.get("signalId") == signal_id
-        )
-
-    async def close(self) -> None:
-        # Bounded: a client whose server is gone must not hang the teardown.
-        with contextlib.suppress(TimeoutError, socketio.exceptions.SocketIOError):
-            await asyncio.wait_for(self.sio.disconnect(), 5)
-        if self.http_session is not None:
-            await self.http_session.close()
-
-
-PeerFactory = Callable[..., Peer]
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[PeerFactory]:
-    async with peer_factory() as make:
-        yield make
-
-
-@contextlib.asynccontextmanager
-async def peer_factory() -> AsyncIterator[PeerFactory]:
-    """Makes Peers (optionally bound to a local address); closes them all at the end."""
-    made: list[Peer] = []
-
-    def make(wallet: str | None = None, local_addr: str | None = None) -> Peer:
-        session = None
-        if local_addr is not None:
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(local_addr=(local_addr, 0))
-            )
-        peer = Peer(wallet or new_wallet(), session)
-        made.append(peer)
-        return peer
-
-    yield make
-    await asyncio.gather(*(peer.close() for peer in made))
-
-
-async def connected(make: PeerFactory, url: str, wallet: str | None = None, **kwargs: Any) -> Peer:
-    peer = make(wallet)
-    await peer.connect(url, **kwargs)
-    return peer
 
 
 async def round_trip(sender: Peer, receiver: Peer, event: str = "rtc:candidate") -> Any:
@@ -257,42 +78,22 @@ def only_marker(receiver: Peer, marker: Any) -> None:
 # -- the shared stack: redis, two signal-service instances, the gateway -----------------------
 
 
-@dataclass
-class Stack:
-    redis: RedisServer
-    signals: list[ServiceProcess]
-    gateway: Gateway
-
-    def contacts(self, a: str, b: str) -> None:
-        add_contacts(self.redis, a, b)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("signal-stack")
-    with ProcessGroup() as group:
-        redis = group.start(RedisServer(root / "redis"))
-        # A high rate so that only the rate-limit test (its own cluster) is ever limited.
-        env = signal_env(redis.url, SIGNAL_RATE_PER_SEC="100000", ALLOWED_ORIGINS=ORIGIN)
-        signals = []
-        for name in ("stack-signal1", "stack-signal2"):
-            process = ServiceProcess(
-                "signal_service", root / name, {**env, "INSTANCE_ID": name}, name=name
-            )
-            group.start(process)
-            signals.append(process)
-        # Nothing listens on the ice upstream: only /socket.io/ is used here.
-        gateway = group.start(
-            Gateway(root / "gateway", ice=[free_port()], signal=[p.port for p in signals])
-        )
-        yield Stack(redis, signals, gateway)
+    # A high rate so that only the rate-limit test (its own cluster) is ever limited. Nothing
+    # listens on the ice upstream: only /socket.io/ is used here.
+    spec = StackSpec(
+        signal=2, env={"SIGNAL_RATE_PER_SEC": "100000", "ALLOWED_ORIGINS": ORIGIN}, name="stack-"
+    )
+    with start_stack(spec, tmp_path_factory.mktemp("signal-stack")) as stack:
+        yield stack
 
 
 # -- 1. two users on different instances ------------------------------------------------------
 
 
 async def test_offer_answer_candidates_across_instances(
-    signal_cluster: Cluster, redis_server: RedisServer, peers: PeerFactory
+    signal_cluster: Cluster, redis_server: RedisServer, peers: Peers
 ) -> None:
     s1, s2 = signal_cluster(2)
     a, b = new_wallet(), new_wallet()
@@ -300,16 +101,16 @@ async def test_offer_answer_candidates_across_instances(
     # A's token carries the wallet in upper case: the server normalizes it.
     alice = peers(a)
     await alice.connect(s1.url, auth={"token": make_token("0x" + a[2:].upper())})
-    bob = await connected(peers, s2.url, b)
+    bob = await peers.connect(s2.url, b)
     assert metric_value(s1.url, "rtc_signal_sockets") == 1
     assert metric_value(s2.url, "rtc_signal_sockets") == 1
-    conv_id = conv(a, b)
+    expected_conv = conv_id(a, b)
 
     ack = await alice.call("rtc:offer", offer(a, "0x" + b[2:].upper(), "offer-1"))
     assert ack == {"ok": True, "signalId": "offer-1"}
     got = await bob.wait_signal("rtc:offer", "offer-1")
     assert got == {
-        "convId": conv_id,
+        "convId": expected_conv,
         "to": b,
         "from": a,
         "sdp": {"type": "offer", "sdp": SDP_OFFER},
@@ -320,7 +121,7 @@ async def test_offer_answer_candidates_across_instances(
     assert ack == {"ok": True, "signalId": "answer-1"}
     got = await alice.wait_signal("rtc:answer", "answer-1")
     assert got == {
-        "convId": conv_id,
+        "convId": expected_conv,
         "to": a,
         "from": b,
         "sdp": {"type": "answer", "sdp": SDP_ANSWER},
@@ -339,12 +140,12 @@ async def test_offer_answer_candidates_across_instances(
     ack = await bob.call("rtc:candidate", candidate(b, a, "cand-b"))
     assert ack == {"ok": True, "signalId": "cand-b"}
     got_back = await alice.wait_signal("rtc:candidate", "cand-b")
-    assert got_back["from"] == b and got_back["convId"] == conv_id
+    assert got_back["from"] == b and got_back["convId"] == expected_conv
 
     forwarded = bob.signals()
     assert [name for name, _ in forwarded] == ["rtc:offer", "rtc:candidate", "rtc:candidate"]
     assert forwarded[1][1] == {
-        "convId": conv_id,
+        "convId": expected_conv,
         "to": b,
         "from": a,
         "candidate": {"candidate": CANDIDATE, "sdpMid": "0", "sdpMLineIndex": 0},
@@ -385,17 +186,15 @@ async def run_node(env: dict[str, str]) -> dict[str, Any]:
     return result
 
 
-async def test_signaling_through_gateway_spreads_instances(
-    stack: Stack, peers: PeerFactory
-) -> None:
+async def test_signaling_through_gateway_spreads_instances(stack: Stack, peers: Peers) -> None:
     gateway = stack.gateway
-    addr_a, up_a, addr_b, up_b = await spread_addresses(gateway)
+    addr_a, up_a, addr_b, up_b = await gateway.spread_addresses()
     instance_ports = {f"127.0.0.1:{p.port}" for p in stack.signals}
     assert {up_a, up_b} == instance_ports
 
     # Python clients, websocket, each bound to its own source address.
     a, b = new_wallet(), new_wallet()
-    stack.contacts(a, b)
+    stack.add_contacts(a, b)
     alice = peers(a, local_addr=addr_a)
     bob = peers(b, local_addr=addr_b)
     await alice.connect(gateway.url)
@@ -409,14 +208,14 @@ async def test_signaling_through_gateway_spreads_instances(
     ack = await alice.call("rtc:candidate", candidate(a, b, "gw-cand"))
     assert ack == {"ok": True, "signalId": "gw-cand"}
     got = await bob.wait_signal("rtc:candidate", "gw-cand")
-    assert got["from"] == a and got["convId"] == conv(a, b)
+    assert got["from"] == a and got["convId"] == conv_id(a, b)
     await alice.close()
     await bob.close()
 
     def websockets_logged() -> bool:
         used = {
             (e["remote"], e["upstream"])
-            for e in access_entries(gateway)
+            for e in gateway.access_entries()
             if e["path"] == "/socket.io/" and e["status"] == 101
         }
         return {(addr_a, up_a), (addr_b, up_b)} <= used
@@ -427,7 +226,7 @@ async def test_signaling_through_gateway_spreads_instances(
     runs = []
     for transports in ("websocket", "default"):
         wa, wb = new_wallet(), new_wallet()
-        stack.contacts(wa, wb)
+        stack.add_contacts(wa, wb)
         env = {
             "URL": gateway.url,
             "TOKEN_A": make_token(wa),
@@ -441,7 +240,7 @@ async def test_signaling_through_gateway_spreads_instances(
         runs.append((transports, wa, wb, run_node(env)))
     results = await asyncio.gather(*(run for *_, run in runs))
     for (transports, wa, wb, _), result in zip(runs, results, strict=True):
-        convid = conv(wa, wb)
+        convid = conv_id(wa, wb)
         assert result["offerAck"]["ok"] is True, result
         assert result["answerAck"]["ok"] is True, result
         assert result["candidateAck"]["ok"] is True, result
@@ -461,7 +260,7 @@ async def test_signaling_through_gateway_spreads_instances(
 
     polling = [
         (e["remote"], e["upstream"])
-        for e in access_entries(gateway)
+        for e in gateway.access_entries()
         if e["path"] == "/socket.io/" and e["status"] == 200
     ]
     # Both Node clients of the default run polled, and every polling request of a client reached
@@ -474,13 +273,13 @@ async def test_signaling_through_gateway_spreads_instances(
 
 
 async def test_invalid_payloads_are_refused_and_nothing_is_forwarded(
-    stack: Stack, peers: PeerFactory
+    stack: Stack, peers: Peers
 ) -> None:
     url = stack.signals[0].url
     a, b, c = new_wallet(), new_wallet(), new_wallet()
-    stack.contacts(a, b)
-    alice = await connected(peers, url, a)
-    bob = await connected(peers, stack.signals[1].url, b)
+    stack.add_contacts(a, b)
+    alice = await peers.connect(url, a)
+    bob = await peers.connect(stack.signals[1].url, b)
 
     def with_(body: dict[str, Any], **changes: Any) -> dict[str, Any]:
         return {**body, **changes}
@@ -502,8 +301,8 @@ async def test_invalid_payloads_are_refused_and_nothing_is_forwarded(
         ("rtc:offer", with_(good_offer, sdp={"type": "offer", "sdp": 42}), "bad"),
         # convId not the canonical pair of sender and `to`
         ("rtc:offer", with_(good_offer, convId=f"{max(a, b)}:{min(a, b)}"), "bad"),
-        ("rtc:offer", with_(good_offer, convId=conv(a, b).upper()), "bad"),
-        ("rtc:offer", with_(good_offer, convId=conv(a, c)), "bad"),
+        ("rtc:offer", with_(good_offer, convId=conv_id(a, b).upper()), "bad"),
+        ("rtc:offer", with_(good_offer, convId=conv_id(a, c)), "bad"),
         ("rtc:offer", with_(good_offer, convId=f"{a}:{b}:{c}"), "bad"),
         ("rtc:offer", with_(good_offer, convId=42), "bad"),
         # `to` is the sender
@@ -582,15 +381,15 @@ async def test_invalid_payloads_are_refused_and_nothing_is_forwarded(
 
 
 async def test_rate_limited_per_socket_and_checked_first(
-    signal_cluster: Cluster, redis_server: RedisServer, peers: PeerFactory
+    signal_cluster: Cluster, redis_server: RedisServer, peers: Peers
 ) -> None:
     (s1,) = signal_cluster(1, SIGNAL_RATE_PER_SEC="5")
     a, b, c = new_wallet(), new_wallet(), new_wallet()
     add_contacts(redis_server, a, b)
     add_contacts(redis_server, c, b)
-    alice = await connected(peers, s1.url, a)
-    bob = await connected(peers, s1.url, b)
-    carol = await connected(peers, s1.url, c)
+    alice = await peers.connect(s1.url, a)
+    bob = await peers.connect(s1.url, b)
+    carol = await peers.connect(s1.url, c)
 
     bodies = [candidate(a, b, f"burst-{i}") for i in range(15)]
     acks = await asyncio.gather(*(alice.call("rtc:candidate", body) for body in bodies))
@@ -608,11 +407,11 @@ async def test_rate_limited_per_socket_and_checked_first(
     assert sorted(forwarded[:-1]) == sorted(ok) and forwarded[-1] == marker["signalId"]
 
     # Rate limiting is per socket: alice's second socket is not limited.
-    alice2 = await connected(peers, s1.url, a)
+    alice2 = await peers.connect(s1.url, a)
     assert (await alice2.call("rtc:candidate", candidate(a, b, sid())))["ok"] is True
 
     # Order: a rate-limited socket sending a bad payload gets rate_limited, not invalid_payload.
-    dave = await connected(peers, s1.url)
+    dave = await peers.connect(s1.url)
     acks = await asyncio.gather(*(dave.call("rtc:offer", {"nonsense": i}) for i in range(15)))
     errors = [ack["error"] for ack in acks]
     assert 5 <= errors.count("invalid_payload") <= 7, errors
@@ -624,17 +423,17 @@ async def test_rate_limited_per_socket_and_checked_first(
     assert got == {"error": "rate_limited", "event": "rtc:offer", "signalId": "no-ack"}
 
 
-async def test_forbidden_without_mutual_contact(stack: Stack, peers: PeerFactory) -> None:
+async def test_forbidden_without_mutual_contact(stack: Stack, peers: Peers) -> None:
     url = stack.signals[0].url
     r, c = new_wallet(), new_wallet()
-    stack.contacts(r, c)
-    receiver = await connected(peers, stack.signals[1].url, r)
-    carol = await connected(peers, url, c)
+    stack.add_contacts(r, c)
+    receiver = await peers.connect(stack.signals[1].url, r)
+    carol = await peers.connect(url, c)
 
-    stranger = await connected(peers, url)  # no contact at all
-    one_way = await connected(peers, url)  # lists the receiver; the receiver does not list it
+    stranger = await peers.connect(url)  # no contact at all
+    one_way = await peers.connect(url)  # lists the receiver; the receiver does not list it
     stack.redis.client().sadd(f"rtc:contacts:{one_way.wallet}", r)
-    listed = await connected(peers, url)  # the receiver lists it; it does not list the receiver
+    listed = await peers.connect(url)  # the receiver lists it; it does not list the receiver
     stack.redis.client().sadd(f"rtc:contacts:{r}", listed.wallet)
 
     for sender in (stranger, one_way, listed):
@@ -652,7 +451,7 @@ async def test_forbidden_without_mutual_contact(stack: Stack, peers: PeerFactory
     # declared rtc: false gets forbidden (contacts are checked before RTC eligibility).
     bad = await stranger.call("rtc:offer", {**offer(stranger.wallet, r, "f-bad"), "convId": "x:y"})
     assert bad == {"ok": False, "error": "invalid_payload", "signalId": "f-bad"}
-    no_rtc = await connected(peers, url, rtc=False)
+    no_rtc = await peers.connect(url, rtc=False)
     ack = await no_rtc.call("rtc:offer", offer(no_rtc.wallet, r, "f-nortc"))
     assert ack == {"ok": False, "error": "forbidden", "signalId": "f-nortc"}
 
@@ -660,16 +459,16 @@ async def test_forbidden_without_mutual_contact(stack: Stack, peers: PeerFactory
     only_marker(receiver, marker)
 
 
-async def test_sender_not_rtc_eligible(stack: Stack, peers: PeerFactory) -> None:
+async def test_sender_not_rtc_eligible(stack: Stack, peers: Peers) -> None:
     url = stack.signals[0].url
     r, c, a, d = new_wallet(), new_wallet(), new_wallet(), new_wallet()
     for sender in (c, a, d):
-        stack.contacts(sender, r)
+        stack.add_contacts(sender, r)
     stack.redis.client().sadd(RTC_DISABLED_KEY, d)
-    receiver = await connected(peers, stack.signals[1].url, r)
-    carol = await connected(peers, url, c)
-    no_rtc = await connected(peers, url, a, rtc=False)  # the socket declared rtc: false
-    disabled = await connected(peers, url, d)  # RTC disabled in the directory
+    receiver = await peers.connect(stack.signals[1].url, r)
+    carol = await peers.connect(url, c)
+    no_rtc = await peers.connect(url, a, rtc=False)  # the socket declared rtc: false
+    disabled = await peers.connect(url, d)  # RTC disabled in the directory
 
     for sender in (no_rtc, disabled):
         for event, body in (
@@ -686,12 +485,12 @@ async def test_sender_not_rtc_eligible(stack: Stack, peers: PeerFactory) -> None
 
     # Order: sender eligibility is checked before the target's (offline contact here).
     offline = new_wallet()
-    stack.contacts(a, offline)
+    stack.add_contacts(a, offline)
     ack = await no_rtc.call("rtc:offer", offer(a, offline, "n-offline"))
     assert ack == {"ok": False, "error": "sender_not_rtc_eligible", "signalId": "n-offline"}
 
     # The same wallet on an RTC-capable socket may signal: the switch is per socket.
-    a_rtc = await connected(peers, url, a)
+    a_rtc = await peers.connect(url, a)
     assert (await a_rtc.call("rtc:offer", offer(a, r, "n-ok")))["ok"] is True
     await receiver.wait_signal("rtc:offer", "n-ok")
     marker = await round_trip(carol, receiver)
@@ -713,16 +512,16 @@ async def test_sender_not_rtc_eligible(stack: Stack, peers: PeerFactory) -> None
     await receiver.wait_signal("rtc:candidate", accepted[0]["signalId"])
 
 
-async def test_target_not_rtc_eligible(stack: Stack, peers: PeerFactory) -> None:
+async def test_target_not_rtc_eligible(stack: Stack, peers: Peers) -> None:
     url = stack.signals[0].url
     a = new_wallet()
     offline, no_rtc, disabled = new_wallet(), new_wallet(), new_wallet()
     for target in (offline, no_rtc, disabled):
-        stack.contacts(a, target)
+        stack.add_contacts(a, target)
     stack.redis.client().sadd(RTC_DISABLED_KEY, disabled)
-    alice = await connected(peers, url, a)
-    target_no_rtc = await connected(peers, stack.signals[1].url, no_rtc, rtc=False)
-    target_disabled = await connected(peers, stack.signals[1].url, disabled)
+    alice = await peers.connect(url, a)
+    target_no_rtc = await peers.connect(stack.signals[1].url, no_rtc, rtc=False)
+    target_disabled = await peers.connect(stack.signals[1].url, disabled)
 
     for target in (offline, no_rtc, disabled):
         for event, body in (
@@ -748,7 +547,7 @@ async def test_target_not_rtc_eligible(stack: Stack, peers: PeerFactory) -> None
 
     # A target that comes online with an RTC-capable socket becomes eligible. The retry reuses
     # the refused signal's id: a refused signal does not count for dedup.
-    target_online = await connected(peers, stack.signals[1].url, offline)
+    target_online = await peers.connect(stack.signals[1].url, offline)
     assert await alice.call("rtc:offer", offer(a, offline, "t-offer")) == {
         "ok": True,
         "signalId": "t-offer",
@@ -756,12 +555,12 @@ async def test_target_not_rtc_eligible(stack: Stack, peers: PeerFactory) -> None
     assert (await target_online.wait_signal("rtc:offer", "t-offer"))["from"] == a
 
 
-async def test_errors_without_ack_arrive_as_rtc_error(stack: Stack, peers: PeerFactory) -> None:
+async def test_errors_without_ack_arrive_as_rtc_error(stack: Stack, peers: Peers) -> None:
     url = stack.signals[0].url
     a, b = new_wallet(), new_wallet()
-    stack.contacts(a, b)
-    alice = await connected(peers, url, a)
-    bob = await connected(peers, stack.signals[1].url, b)
+    stack.add_contacts(a, b)
+    alice = await peers.connect(url, a)
+    bob = await peers.connect(stack.signals[1].url, b)
     stranger = new_wallet()
 
     await alice.emit("rtc:offer", {**offer(a, b, "e-bad"), "convId": "wrong"})
@@ -794,12 +593,12 @@ async def test_errors_without_ack_arrive_as_rtc_error(stack: Stack, peers: PeerF
 # -- 4. `from` cannot be spoofed ---------------------------------------------------------------
 
 
-async def test_from_cannot_be_spoofed(stack: Stack, peers: PeerFactory) -> None:
+async def test_from_cannot_be_spoofed(stack: Stack, peers: Peers) -> None:
     a, b, c = new_wallet(), new_wallet(), new_wallet()
-    stack.contacts(a, b)
-    stack.contacts(c, b)
-    alice = await connected(peers, stack.signals[0].url, a)
-    bob = await connected(peers, stack.signals[1].url, b)
+    stack.add_contacts(a, b)
+    stack.add_contacts(c, b)
+    alice = await peers.connect(stack.signals[0].url, a)
+    bob = await peers.connect(stack.signals[1].url, b)
 
     body = {**offer(a, b, "spoof-offer"), "from": c, "admin": True}
     body["sdp"] = {**body["sdp"], "from": c}
@@ -807,7 +606,7 @@ async def test_from_cannot_be_spoofed(stack: Stack, peers: PeerFactory) -> None:
     got = await bob.wait_signal("rtc:offer", "spoof-offer")
     # The real sender, and only the contract's fields (nothing extra is forwarded).
     assert got == {
-        "convId": conv(a, b),
+        "convId": conv_id(a, b),
         "to": b,
         "from": a,
         "sdp": {"type": "offer", "sdp": SDP_OFFER},
@@ -828,15 +627,15 @@ async def test_from_cannot_be_spoofed(stack: Stack, peers: PeerFactory) -> None:
 # -- 5. signalId dedup across instances --------------------------------------------------------
 
 
-async def test_signal_id_dedup_across_instances(stack: Stack, peers: PeerFactory) -> None:
+async def test_signal_id_dedup_across_instances(stack: Stack, peers: Peers) -> None:
     s1, s2 = stack.signals
     a, b, c = new_wallet(), new_wallet(), new_wallet()
-    stack.contacts(a, b)
-    stack.contacts(c, b)
-    alice1 = await connected(peers, s1.url, a)
-    alice2 = await connected(peers, s2.url, a)  # the same wallet on the other instance
-    bob = await connected(peers, s2.url, b)
-    carol = await connected(peers, s1.url, c)
+    stack.add_contacts(a, b)
+    stack.add_contacts(c, b)
+    alice1 = await peers.connect(s1.url, a)
+    alice2 = await peers.connect(s2.url, a)  # the same wallet on the other instance
+    bob = await peers.connect(s2.url, b)
+    carol = await peers.connect(s1.url, c)
     signal_id = sid("dup")
 
     assert await alice1.call("rtc:offer", offer(a, b, signal_id)) == {
@@ -891,7 +690,7 @@ def refusal_code(data: Any) -> str:
     return str(code)
 
 
-async def test_handshake_auth(stack: Stack, peers: PeerFactory) -> None:
+async def test_handshake_auth(stack: Stack, peers: Peers) -> None:
     url = stack.signals[0].url
     wallet = new_wallet()
     refused = {
@@ -918,8 +717,8 @@ async def test_handshake_auth(stack: Stack, peers: PeerFactory) -> None:
 
     # Cookie auth: the JWT cookie with an allowed Origin connects, and the identity is the cookie's.
     c = new_wallet()
-    stack.contacts(wallet, c)
-    carol = await connected(peers, stack.signals[1].url, c)
+    stack.add_contacts(wallet, c)
+    carol = await peers.connect(stack.signals[1].url, c)
     cookie = {"Cookie": f"access_token={make_token(wallet)}"}
     browser = peers(wallet)
     await browser.connect(url, auth={}, headers={**cookie, "Origin": ORIGIN})
@@ -937,9 +736,7 @@ async def test_handshake_auth(stack: Stack, peers: PeerFactory) -> None:
     assert refusal_code(data) == "unauthorized"
 
 
-async def test_bearer_disabled_refuses_auth_token(
-    signal_cluster: Cluster, peers: PeerFactory
-) -> None:
+async def test_bearer_disabled_refuses_auth_token(signal_cluster: Cluster, peers: Peers) -> None:
     (s1,) = signal_cluster(1, ALLOW_BEARER_AUTH="false", ALLOWED_ORIGINS=ORIGIN)
     wallet = new_wallet()
     data = await peers(wallet).refused(s1.url)
@@ -954,12 +751,12 @@ async def test_bearer_disabled_refuses_auth_token(
 # -- 7. the legacy `signal` event --------------------------------------------------------------
 
 
-async def test_legacy_signal_forwarded_with_one_warning(stack: Stack, peers: PeerFactory) -> None:
+async def test_legacy_signal_forwarded_with_one_warning(stack: Stack, peers: Peers) -> None:
     s1, s2 = stack.signals
     a, b = new_wallet(), new_wallet()
-    stack.contacts(a, b)
-    alice = await connected(peers, s1.url, a)
-    bob = await connected(peers, s2.url, b)
+    stack.add_contacts(a, b)
+    alice = await peers.connect(s1.url, a)
+    bob = await peers.connect(s2.url, b)
     before = metric_value(s1.url, "rtc_legacy_events_total", 'event="signal"')
 
     first = {"type": "offer", "sdp": SDP_OFFER}
@@ -979,20 +776,20 @@ async def test_legacy_signal_forwarded_with_one_warning(stack: Stack, peers: Pee
     assert bob.received("signal") == [{"from": a, "signal": first}, {"from": a, "signal": second}]
     assert metric_value(s1.url, "rtc_legacy_events_total", 'event="signal"') == before + 2
     # A new socket of the same wallet is warned again (once per socket).
-    alice2 = await connected(peers, s2.url, a)
+    alice2 = await peers.connect(s2.url, a)
     assert await alice2.call("signal", {"to": b, "signal": None}) == {"ok": True}
     assert await alice2.wait_event("warning") == LEGACY_WARNING
     assert "deprecated event used" in s1.log_text()
 
 
 async def test_legacy_signal_disabled(
-    signal_cluster: Cluster, redis_server: RedisServer, peers: PeerFactory
+    signal_cluster: Cluster, redis_server: RedisServer, peers: Peers
 ) -> None:
     (s1,) = signal_cluster(1, RTC_SIGNAL_LEGACY_ENABLED="false")
     a, b = new_wallet(), new_wallet()
     add_contacts(redis_server, a, b)
-    alice = await connected(peers, s1.url, a)
-    bob = await connected(peers, s1.url, b)
+    alice = await peers.connect(s1.url, a)
+    bob = await peers.connect(s1.url, b)
     ack = await alice.call("signal", {"to": b, "signal": {"type": "offer"}})
     assert ack == {"ok": False, "error": "legacy_disabled", "signalId": None}
     await alice.emit("signal", {"to": b, "signal": {"type": "offer"}})
@@ -1071,7 +868,7 @@ def hostile_payloads(draw: st.DrawFn, a: str, b: str) -> Any:
     body: dict[str, Any] = draw(
         st.fixed_dictionaries(
             {
-                "convId": st.just(conv(a, b)) | junk,
+                "convId": st.just(conv_id(a, b)) | junk,
                 "to": targets | junk,
             },
             optional={
@@ -1106,10 +903,10 @@ HOSTILE_A, HOSTILE_B = new_wallet(), new_wallet()
 
 
 @pytest.fixture
-async def hostile_pair(stack: Stack, peers: PeerFactory) -> tuple[Peer, Peer]:
-    stack.contacts(HOSTILE_A, HOSTILE_B)
+async def hostile_pair(stack: Stack, peers: Peers) -> tuple[Peer, Peer]:
+    stack.add_contacts(HOSTILE_A, HOSTILE_B)
     url = stack.signals[0].url
-    return await connected(peers, url, HOSTILE_A), await connected(peers, url, HOSTILE_B)
+    return await peers.connect(url, HOSTILE_A), await peers.connect(url, HOSTILE_B)
 
 
 @settings(
@@ -1211,13 +1008,13 @@ def test_stack_logs_are_json_lines_without_tracebacks(stack: Stack) -> None:
             )
 
 
-async def test_one_sockets_signals_keep_their_order(stack: Stack, peers: PeerFactory) -> None:
+async def test_one_sockets_signals_keep_their_order(stack: Stack, peers: Peers) -> None:
     """An offer and the candidates sent right behind it (no waiting for acks, as browsers trickle
     them) reach the other instance in the order they were sent."""
     a, b = new_wallet(), new_wallet()
-    stack.contacts(a, b)
-    sender = await connected(peers, stack.signals[0].url, a)
-    receiver = await connected(peers, stack.signals[1].url, b)
+    stack.add_contacts(a, b)
+    sender = await peers.connect(stack.signals[0].url, a)
+    receiver = await peers.connect(stack.signals[1].url, b)
     ids = [sid("order") for _ in range(30)]
     await sender.emit("rtc:offer", offer(a, b, ids[0]))
     for signal_id in ids[1:]:
@@ -1284,7 +1081,7 @@ handshake_auth = st.one_of(
 )
 @given(auth=handshake_auth)
 async def test_hostile_handshake_auth_is_refused_cleanly(
-    stack: Stack, peers: PeerFactory, auth: Any
+    stack: Stack, peers: Peers, auth: Any
 ) -> None:
     """Any `auth` without a valid token: a connect_error `unauthorized`, never a crash."""
     data = await peers().refused(stack.signals[0].url, auth=auth)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import IceClientFactory
-from helpers import Coturn, allocation_error, make_token, turn_credentials
+from rtc_testkit.contract import allocation_error, make_token, turn_credentials
+from rtc_testkit.processes import Coturn
 
 OLD = "turn-secret-old-0123456789"
 NEW = "turn-secret-new-9876543210"

@@ -1,6 +1,6 @@
 """The Twilio provider of ice-service against a local server that speaks Twilio's Tokens API.
 
-The stub (`twilio_stub.py`) is the only stand-in: the app, its Redis, its HTTP client, the
+The stub (`rtc_testkit.twilio`) is the only stand-in: the app, its Redis, its HTTP client, the
 single-flight and the circuit breaker are the real ones.
 """
 
@@ -18,13 +18,14 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from conftest import IceClientFactory
-from helpers import JWT_SECRET, make_token, wait_for_async
 from ice_service.providers import TwilioProvider
 from ice_service.settings import IceSettings
 from prometheus_client import REGISTRY
 from rtc_common.logs import JsonFormatter
 from rtc_common.settings import SettingsError, load_settings
-from twilio_stub import ACCOUNT_SID, API_KEY, API_SECRET, TwilioStub
+from rtc_testkit.contract import JWT_SECRET, make_token
+from rtc_testkit.processes import wait_for_async
+from rtc_testkit.twilio import ACCOUNT_SID, API_KEY, API_SECRET, TwilioStub
 
 ICE = "/api/v1/rtc/ice"
 TOKENS_PATH = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Tokens.json"

@@ -2,7 +2,7 @@
 # The coturn image's entrypoint: renders turnserver.conf.template (and denied-peers.txt) into
 # $TURN_RUN_DIR/turnserver.conf and runs turnserver with it.
 #
-# Env (deploy/env.example, README "coturn on a public VM"): TURN_SECRET (required),
+# Env (deploy/env.example, docs/deploying.md): TURN_SECRET (required),
 #   TURN_SECRET_PREVIOUS, TURN_PORT (3478), TURN_MIN_PORT (49160), TURN_MAX_PORT (49999),
 #   TURN_REALM (rtc.local), TURN_LISTENING_IP, TURN_RELAY_IP, TURN_EXTERNAL_IP, TURN_TLS_PORT
 #   (5349), TURN_TLS_CERT, TURN_TLS_KEY.

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -15,10 +12,11 @@ from typing import Any, Protocol
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
+from rtc_common.ice.settings import IceProviderSettings, Provider
+from rtc_common.ice.turn import coturn_credentials
 from rtc_common.service import stop_task
 
 from .metrics import CIRCUIT_OPEN, UPSTREAM_CALLS, UPSTREAM_LATENCY, UPSTREAM_WAITING
-from .settings import IceSettings, Provider
 
 log = logging.getLogger("ice.providers")
 
@@ -79,17 +77,12 @@ class UnconfiguredProvider:
         )
 
 
-def coturn_credentials(secret: str, wallet: str, expiry: int) -> tuple[str, str]:
-    """coturn's `use-auth-secret` scheme (TURN REST API): HMAC-SHA1 over `<expiry>:<user>`."""
-    username = f"{expiry}:{wallet}"
-    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
-    return username, base64.b64encode(digest).decode()
-
-
 class CoturnProvider:
     name: Provider = "coturn"
 
-    def __init__(self, settings: IceSettings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: IceProviderSettings, clock: Callable[[], float] = time.time
+    ) -> None:
         assert settings.turn_secret is not None
         self._secret = settings.turn_secret.get_secret_value()
         self._uris = list(settings.turn_uris)
@@ -156,7 +149,7 @@ class TwilioProvider:
 
     def __init__(
         self,
-        settings: IceSettings,
+        settings: IceProviderSettings,
         session: aiohttp.ClientSession,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -9,20 +9,19 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import re
 import secrets
 import shlex
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+
+from rtc_gateway import TEMPLATE as GATEWAY_TEMPLATE
+from rtc_gateway import GatewayLimits, render_conf, server_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-GATEWAY_TEMPLATE = REPO_ROOT / "gateway" / "nginx.conf.template"
 ALERT_RULES = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
 WEB_ROOT = REPO_ROOT / "clients" / "web"  # served at /demo/ (the web SDK and the demo page)
 # The peer ranges coturn never relays to: the one list the image's entrypoint renders too.
@@ -45,140 +44,6 @@ class StackPorts:
     prometheus: int | None = None
 
 
-_NGINX_SIZE = re.compile(r"[1-9][0-9]{0,8}[km]?")
-_NGINX_TIME = re.compile(r"[1-9][0-9]{0,6}(?:ms|s|m)?")
-_OFF = ("off", "0")
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
-# Plain IPv4 or IPv6 (no embedded IPv4, no zone), an optional prefix: what the image's shell
-# renderer checks too. A "::" stands for two groups at least (RFC 5952): nginx 1.22 cannot parse
-# a trailing one that stands for one group before a prefix.
-_PROXY_NETWORK = re.compile(r"(?:[0-9.]+|[0-9a-fA-F:]+)(?:/[0-9]{1,3})?")
-
-
-def _check_proxy_network(entry: str) -> None:
-    """One GATEWAY_REAL_IP_FROM entry: an address or a network without host bits (a mistyped
-    mask would trust more than meant), never /0 (every client could pick its address)."""
-    try:
-        address = entry.partition("/")[0]
-        if not _PROXY_NETWORK.fullmatch(entry):
-            raise ValueError(entry)
-        if "::" in address and len([group for group in address.split(":") if group]) > 6:
-            raise ValueError(entry)
-        if ipaddress.ip_network(entry).prefixlen == 0:
-            raise ValueError(entry)
-    except ValueError:
-        raise ValueError(
-            f"GATEWAY_REAL_IP_FROM: {entry!r} is not an IPv4/IPv6 address or CIDR "
-            "(no host bits set, prefix from 1, '::' for two groups at least)"
-        ) from None
-
-
-@dataclass(frozen=True)
-class GatewayLimits:
-    """The gateway's per-client limits (the `GATEWAY_*` variables; README "Configuration").
-
-    `rate_limit` (requests per second per client address, bursts up to `rate_burst` more) and
-    `conn_limit` (open connections per client address) are `None` when switched off.
-    `real_ip_from`: the load balancers in front, whose X-Forwarded-For names the client.
-    `demo`: serve /demo/ (on in the local stack; the image's default is off).
-    gateway/docker-entrypoint.sh reads the same variables with the same defaults (but `demo`).
-    """
-
-    rate_limit: int | None = 50
-    rate_burst: int = 100
-    conn_limit: int | None = 100
-    max_body_size: str = "128k"
-    relay_max_body_size: str = "512k"
-    max_header_size: str = "8k"
-    client_header_timeout: str = "10s"
-    client_body_timeout: str = "10s"
-    send_timeout: str = "30s"
-    real_ip_from: tuple[str, ...] = ()
-    demo: bool = True
-
-    ENV: ClassVar[dict[str, str]] = {
-        "rate_limit": "GATEWAY_RATE_LIMIT",
-        "rate_burst": "GATEWAY_RATE_BURST",
-        "conn_limit": "GATEWAY_CONN_LIMIT",
-        "max_body_size": "GATEWAY_MAX_BODY_SIZE",
-        "relay_max_body_size": "GATEWAY_RELAY_MAX_BODY_SIZE",
-        "max_header_size": "GATEWAY_MAX_HEADER_SIZE",
-        "client_header_timeout": "GATEWAY_CLIENT_HEADER_TIMEOUT",
-        "client_body_timeout": "GATEWAY_CLIENT_BODY_TIMEOUT",
-        "send_timeout": "GATEWAY_SEND_TIMEOUT",
-        "real_ip_from": "GATEWAY_REAL_IP_FROM",
-        "demo": "GATEWAY_DEMO",
-    }
-
-    def __post_init__(self) -> None:
-        for name in ("rate_limit", "conn_limit"):
-            value = getattr(self, name)
-            if value is not None and not 1 <= value <= 1_000_000:
-                raise ValueError(f"{self.ENV[name]}: an integer from 1 to 1000000, or off")
-        if not 1 <= self.rate_burst <= 1_000_000:
-            raise ValueError("GATEWAY_RATE_BURST: an integer from 1 to 1000000")
-        for name in ("max_body_size", "relay_max_body_size", "max_header_size"):
-            if not _NGINX_SIZE.fullmatch(getattr(self, name)):
-                raise ValueError(f"{self.ENV[name]}: an nginx size such as 128k or 1m")
-        for name in ("client_header_timeout", "client_body_timeout", "send_timeout"):
-            if not _NGINX_TIME.fullmatch(getattr(self, name)):
-                raise ValueError(f"{self.ENV[name]}: an nginx time such as 10s or 500ms")
-        for entry in self.real_ip_from:
-            _check_proxy_network(entry)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> GatewayLimits:
-        """Defaults for unset or empty variables; `off` (or 0) switches a per-address limit off."""
-        values: dict[str, Any] = {}
-        for name, variable in cls.ENV.items():
-            raw = environ.get(variable, "").strip().lower()
-            if not raw:
-                continue
-            if name == "real_ip_from":
-                values[name] = tuple(p.strip() for p in raw.split(",") if p.strip())
-            elif name == "demo":
-                if raw not in _TRUE + _FALSE:
-                    raise ValueError(f"{variable}: true or false")
-                values[name] = raw in _TRUE
-            elif name in ("rate_limit", "conn_limit", "rate_burst"):
-                if name != "rate_burst" and raw in _OFF:
-                    values[name] = None
-                    continue
-                if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
-                    raise ValueError(f"{variable}: an integer, or off")
-                values[name] = int(raw)
-            else:
-                values[name] = raw
-        return cls(**values)
-
-    @classmethod
-    def off(cls) -> GatewayLimits:
-        """No per-address limits (benchmarks from one address); sizes and timeouts stay."""
-        return cls(rate_limit=None, conn_limit=None)
-
-    def placeholders(self) -> dict[str, str]:
-        real_ip = [f"    set_real_ip_from {entry};" for entry in self.real_ip_from]
-        if real_ip:
-            real_ip += ["    real_ip_header X-Forwarded-For;", "    real_ip_recursive on;"]
-        return {
-            # An empty key is never counted: that is how a limit is off.
-            "rate_key": '""' if self.rate_limit is None else "$binary_remote_addr",
-            "rate_limit": str(self.rate_limit or 1),
-            "rate_burst": str(self.rate_burst),
-            "conn_key": '""' if self.conn_limit is None else "$binary_remote_addr",
-            "conn_limit": str(self.conn_limit or 1),
-            "max_body_size": self.max_body_size,
-            "relay_max_body_size": self.relay_max_body_size,
-            "max_header_size": self.max_header_size,
-            "client_header_timeout": self.client_header_timeout,
-            "client_body_timeout": self.client_body_timeout,
-            "send_timeout": self.send_timeout,
-            "real_ip": "\n".join(real_ip),
-            "demo": "on" if self.demo else "off",
-        }
-
-
 def render_gateway(
     run_dir: Path,
     ports: StackPorts,
@@ -192,7 +57,8 @@ def render_gateway(
     extra_locations: str = "",
     limits: GatewayLimits | None = None,
 ) -> str:
-    """nginx.conf for the gateway: every path it writes points into `run_dir`.
+    """nginx.conf for the local stack's gateway (rtc_gateway's renderer, as the image's): every
+    path it writes points into `run_dir`; the upstreams are `ports` on 127.0.0.1.
 
     `affinity_key`: the nginx variable hashed over the signal upstreams (Socket.IO affinity).
     `web_root`: the folder served at `/demo/` (the web SDK and the demo page).
@@ -201,31 +67,25 @@ def render_gateway(
     `limits`: per-client limits, sizes and timeouts (default: `GatewayLimits()`, the code
     defaults; `GatewayLimits.off()` has no per-address limits).
     """
-    if not re.fullmatch(r"\$[a-z_]+", affinity_key):
-        raise ValueError(f"affinity_key must be one nginx variable ($name): {affinity_key!r}")
 
     def servers(port_list: list[int]) -> str:
-        return "\n".join(f"        server 127.0.0.1:{port};" for port in port_list)
+        return server_lines(f"127.0.0.1:{port}" for port in port_list)
 
-    values = {
-        "run_dir": str(run_dir),
-        "log_dir": str(run_dir / "logs"),
-        "listen": f"127.0.0.1:{ports.gateway}",
-        "daemon": "on" if daemon else "off",
-        "workers": str(workers),
-        "ice_servers": servers(ports.ice),
-        "signal_servers": servers(ports.signal),
-        "relay_servers": servers(ports.relay),
-        "affinity_key": affinity_key,
-        "web_root": str(Path(web_root).resolve()),
-        "extra_upstreams": extra_upstreams,
-        "extra_locations": extra_locations,
-        **(limits or GatewayLimits()).placeholders(),
-    }
-    text = template.read_text()
-    for key, value in values.items():
-        text = text.replace("{{" + key + "}}", value)
-    return text
+    return render_conf(
+        run_dir=run_dir,
+        listen=f"127.0.0.1:{ports.gateway}",
+        workers=str(workers),
+        ice_servers=servers(ports.ice),
+        signal_servers=servers(ports.signal),
+        relay_servers=servers(ports.relay),
+        web_root=Path(web_root).resolve(),
+        limits=limits or GatewayLimits(),
+        affinity_key=affinity_key,
+        daemon=daemon,
+        extra_upstreams=extra_upstreams,
+        extra_locations=extra_locations,
+        template=template,
+    )
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

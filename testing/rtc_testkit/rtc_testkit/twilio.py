@@ -1,9 +1,9 @@
 """A local stand-in for Twilio's Tokens API (Network Traversal Service), as Twilio documents it.
 
 `POST /2010-04-01/Accounts/{AccountSid}/Tokens.json`, HTTP Basic auth with an API key SID and its
-secret, the form field `Ttl`; Twilio answers `201 Created` with a token resource shaped like
-`spec/twilio-tokens-sample.json` (fake values, fresh ones per call here), and Twilio's JSON error
-body (`{"code", "message", "more_info", "status"}`) for a refused request.
+secret, the form field `Ttl`; Twilio answers `201 Created` with a token resource of the documented
+shape (fake values, fresh ones per call here), and Twilio's JSON error body
+(`{"code", "message", "more_info", "status"}`) for a refused request.
 
 `mode` chooses how a well-formed, authenticated request is answered:
 `ok`, `hold` (wait for `release`, then answer), `hang` (never answer before `release`),
@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -208,3 +209,20 @@ class TwilioStub:
             await response.write_eof()
             return response
         return web.json_response(body, status=201)
+
+
+@contextlib.asynccontextmanager
+async def serve_twilio(stub: TwilioStub | None = None) -> AsyncIterator[TwilioStub]:
+    """The stub served on 127.0.0.1 from the running loop, `base_url` set; held handlers are
+    released before the server closes."""
+    stub = stub or TwilioStub()
+    runner = web.AppRunner(stub.app(), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        stub.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield stub
+    finally:
+        stub.release.set()
+        await runner.cleanup()
