@@ -13,34 +13,7 @@ import argparse
 import time
 from typing import Any
 
-import socketio
-from signal_service.pubsub import IndexedRooms
-
-
-class SequentialIds:
-    """What the manager asks of its server here: socket ids, the same sequence every time."""
-
-    def __init__(self) -> None:
-        self.eio = self
-        self.count = 0
-
-    def generate_id(self) -> str:
-        self.count += 1
-        return f"sid{self.count}"
-
-
-class Stock(socketio.Manager):  # type: ignore[misc]
-    pass
-
-
-class Indexed(IndexedRooms, socketio.Manager):  # type: ignore[misc]
-    pass
-
-
-def new_manager(cls: type[Any]) -> Any:
-    manager = cls()
-    manager.server = SequentialIds()
-    return manager
+from rtc_testkit.rooms import Indexed, Stock, new_manager
 
 
 def mass_disconnect(cls: type[Any], sockets: int) -> float:

@@ -14,46 +14,40 @@ import aiohttp
 import pytest
 from aioice.turn import create_turn_endpoint
 from helpers import entrypoint_render, nginx_test
-from rtc_common.directory import REDIS_FLAGS_KEY
 from rtc_testkit.contract import JWT_SECRET, TURN_SECRET, make_token
-from rtc_testkit.processes import Coturn, Gateway, ProcessGroup, RedisServer, ServiceProcess
-from rtc_testkit.stack import base_env
+from rtc_testkit.stack import StackSpec, start_stack
 from rtcctl.local import StackPorts, render_gateway
 
 PATHS = ["/api/v1/rtc/ice", "/api/rtc/ice", "/api/rtc/v1/ice"]
 
 
 @dataclass
-class Stack:
-    redis: RedisServer
-    coturn: Coturn
-    ice: ServiceProcess
-    gateway: Gateway
+class GatewayStack:
+    """The kit's stack (redis, coturn, one ice-service, the gateway) and every secret value this
+    module saw, for the final log scan."""
+
+    stack: GatewayStack
     secrets_seen: set[str]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stack, name)
 
     def remember(self, *values: str) -> None:
         self.secrets_seen.update(v for v in values if v)
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("stack")
-    with ProcessGroup() as group:
-        redis = group.start(RedisServer(root / "redis"))
-        redis.client().hset(REDIS_FLAGS_KEY, "rtc.ice", "1")
-        coturn = group.start(Coturn(root / "coturn"))
-        env = base_env(
-            redis.url,
-            TURN_URIS=coturn.uris,
-            ICE_ALLOW_ANONYMOUS="true",
-            ALLOWED_ORIGINS="http://app.example",
-        )
-        ice = group.start(ServiceProcess("ice_service", root / "ice", env))
-        gateway = group.start(Gateway(root / "gateway", ice=[ice.port]))
-        yield Stack(redis, coturn, ice, gateway, {JWT_SECRET, TURN_SECRET})
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayStack]:
+    spec = StackSpec(
+        ice=1,
+        coturn=True,
+        env={"ICE_ALLOW_ANONYMOUS": "true", "ALLOWED_ORIGINS": "http://app.example"},
+    )
+    with start_stack(spec, tmp_path_factory.mktemp("stack")) as started:
+        yield GatewayStack(started, {JWT_SECRET, TURN_SECRET})
 
 
-async def get(stack: Stack, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+async def get(stack: GatewayStack, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
     async with (
         aiohttp.ClientSession() as session,
         session.get(stack.gateway.url + path, **kwargs) as response,
@@ -63,7 +57,7 @@ async def get(stack: Stack, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
 
 
 @pytest.mark.parametrize("path", PATHS)
-async def test_ice_paths_through_gateway_with_bearer(stack: Stack, path: str) -> None:
+async def test_ice_paths_through_gateway_with_bearer(stack: GatewayStack, path: str) -> None:
     token = make_token("0xB0B")
     stack.remember(token)
     status, headers, body = await get(stack, path, headers={"Authorization": f"Bearer {token}"})
@@ -76,7 +70,7 @@ async def test_ice_paths_through_gateway_with_bearer(stack: Stack, path: str) ->
     assert headers["RateLimit-Limit"] == "10"
 
 
-async def test_cookie_auth_through_gateway_allocates_on_coturn(stack: Stack) -> None:
+async def test_cookie_auth_through_gateway_allocates_on_coturn(stack: GatewayStack) -> None:
     token = make_token("0xc00c1e")
     stack.remember(token)
     status, _, body = await get(
@@ -98,7 +92,7 @@ async def test_cookie_auth_through_gateway_allocates_on_coturn(stack: Stack) -> 
     transport.close()
 
 
-async def test_cors_through_gateway(stack: Stack) -> None:
+async def test_cors_through_gateway(stack: GatewayStack) -> None:
     token = make_token("0xc0125")
     auth = {"Authorization": f"Bearer {token}"}
     _, allowed, _ = await get(
@@ -112,7 +106,7 @@ async def test_cors_through_gateway(stack: Stack) -> None:
     assert "Access-Control-Allow-Origin" not in foreign
 
 
-async def test_forwarded_for_cannot_be_spoofed(stack: Stack) -> None:
+async def test_forwarded_for_cannot_be_spoofed(stack: GatewayStack) -> None:
     """Anonymous ICE is limited per client address; a client-made X-Forwarded-For is ignored."""
     statuses = []
     for index in range(12):
@@ -125,7 +119,7 @@ async def test_forwarded_for_cannot_be_spoofed(stack: Stack) -> None:
     assert statuses.count(200) == 10 and statuses[-2:] == [429, 429]
 
 
-async def test_gateway_errors_are_json(stack: Stack) -> None:
+async def test_gateway_errors_are_json(stack: GatewayStack) -> None:
     status, _, body = await get(stack, "/nowhere")
     assert (status, body["error"]) == (404, "not_found")
     status, _, body = await get(stack, "/metrics")
@@ -142,7 +136,7 @@ async def test_gateway_errors_are_json(stack: Stack) -> None:
         assert (await response.json())["error"] == "payload_too_large"
 
 
-async def test_request_id_end_to_end(stack: Stack) -> None:
+async def test_request_id_end_to_end(stack: GatewayStack) -> None:
     token = make_token("0x1d")
     stack.remember(token)
     status, headers, body = await get(
@@ -200,7 +194,7 @@ def test_image_entrypoint_affinity_key(
         assert f"hash {rendered} consistent;" in (tmp_path / "nginx.conf").read_text()
 
 
-def test_logs_have_request_lines_and_no_secrets(stack: Stack) -> None:
+def test_logs_have_request_lines_and_no_secrets(stack: GatewayStack) -> None:
     """Runs last in this module: reads every log the stack wrote."""
     ice_log = stack.ice.log_text()
     access = stack.gateway.access_log.read_text()

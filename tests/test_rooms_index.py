@@ -1,4 +1,4 @@
-"""signal-service's socket -> rooms index (pubsub.IndexedRooms) against python-socketio's own
+"""signal-service's socket -> rooms index (rtc_common.rooms.IndexedRooms) against python-socketio's own
 manager: any sequence of connects, room changes, closes and disconnects leaves both managers in
 the same state and answering the same rooms, and a disconnect no longer scans every room."""
 
@@ -8,8 +8,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from bench.rooms import Indexed, Stock, new_manager
+from rtc_testkit.rooms import Indexed, Stock, new_manager
 
 NAMESPACES = ["/", "/other"]
 ROOMS = ["user:a", "user:b", "rtc:a", "lobby"]
