@@ -1,4 +1,4 @@
-.PHONY: run up down test fmt lint type check bootstrap clean
+.PHONY: run up down test test-fast fmt lint type check bootstrap clean
 
 UV ?= uv
 PY := .venv/bin/python
@@ -19,8 +19,11 @@ tests/node/node_modules: tests/node/package-lock.json
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-test: bootstrap tests/node/node_modules
+test: bootstrap tests/node/node_modules  ## every level: tests/unit, tests/service, tests/e2e
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: bootstrap  ## the unit level only (no process started), under a minute
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 fmt: bootstrap
 	.venv/bin/ruff format services tools tests clients deploy bench testing

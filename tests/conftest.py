@@ -118,3 +118,14 @@ def relay_client(aiohttp_client: Any, relay_env: dict[str, str]) -> RelayFactory
         return client
 
     return make
+
+
+LEVELS = ("unit", "service", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its level, the folder it lives in (`-m unit`, `-m "not e2e"`)."""
+    for item in items:
+        level = Path(str(item.fspath)).parent.name
+        if level in LEVELS:
+            item.add_marker(getattr(pytest.mark, level))

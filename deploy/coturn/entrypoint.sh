@@ -16,7 +16,7 @@
 # Limits: TURN_TCP_RELAY (false: no-tcp-relay), TURN_USER_QUOTA (12 allocations per user),
 #   TURN_TOTAL_QUOTA (800 allocations), TURN_MAX_BPS (1000000 bytes/s per session); 0: no limit.
 # A value that is not what its variable takes stops the start (exit 64) with a message.
-# Test hooks (tests/test_coturn_peers.py): TURN_CONFIG_DIR (/etc/rtc-coturn: the template and
+# Test hooks (tests/service/test_coturn_peers.py): TURN_CONFIG_DIR (/etc/rtc-coturn: the template and
 #   denied-peers.txt), TURN_RUN_DIR (/tmp: the rendered config, pid file and user db),
 #   TURNSERVER (turnserver: the program run with the config).
 set -eu

@@ -1,5 +1,5 @@
 // Two users on the demo page (clients/web, served by the gateway at /demo/) in one Chromium,
-// two browser contexts, driven by playwright-core. Called by tests/test_browser_e2e.py inside a
+// two browser contexts, driven by playwright-core. Called by tests/e2e/test_browser_e2e.py inside a
 // network namespace; prints one JSON line with what the pages showed and exits 0, or prints
 // {"error": ...} and exits 1. Every wait is a condition with a deadline.
 //

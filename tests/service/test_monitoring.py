@@ -40,7 +40,7 @@ from rtc_testkit.stack import StackSpec, start_stack_async
 from rtc_testkit.twilio import TwilioStub
 from rtcctl.local import StackPorts, prepare, render_prometheus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
 ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"

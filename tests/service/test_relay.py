@@ -38,7 +38,7 @@ from rtc_testkit.processes import RedisServer, ServiceProcess, wait_for_async
 from rtc_testkit.stack import add_contacts, base_env
 
 OPENAPI = json.loads(
-    (Path(__file__).resolve().parents[1] / "services/relay/relay_service/openapi.json").read_text()
+    (Path(__file__).resolve().parents[2] / "services/relay/relay_service/openapi.json").read_text()
 )
 V1 = "/api/v1/relay"
 LEGACY = "/api/relay"

@@ -21,7 +21,7 @@ from mockupdb import MockupDB, OpMsg, go
 from rtc_common.directory import REDIS_FLAGS_KEY
 from rtc_testkit.processes import RedisServer
 
-SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "directory_init.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "directory_init.py"
 
 
 def load_script() -> ModuleType:

@@ -19,7 +19,7 @@ from ice_service.settings import IceSettings
 from relay_service.settings import RelaySettings
 from signal_service.settings import SignalSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 TEST_OVERRIDE = ROOT / "deploy" / "compose.test.yml"
 ENV_EXAMPLE = ROOT / "deploy" / "env.example"

@@ -20,7 +20,7 @@ from rtc_testkit.contract import JWT_SECRET, make_token
 from rtc_testkit.stack import set_flag
 
 OPENAPI = json.loads(
-    (Path(__file__).resolve().parents[1] / "services/ice/ice_service/openapi.json").read_text()
+    (Path(__file__).resolve().parents[2] / "services/ice/ice_service/openapi.json").read_text()
 )
 PATHS = ["/api/v1/rtc/ice", "/api/rtc/ice", "/api/rtc/v1/ice"]
 
