@@ -26,12 +26,12 @@ test-fast: bootstrap  ## the unit level only (no process started), under a minut
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 fmt: bootstrap
-	.venv/bin/ruff format services tools tests clients deploy bench testing
-	.venv/bin/ruff check --fix services tools tests clients deploy bench testing
+	.venv/bin/ruff format services tools tests clients deploy bench testing gateway
+	.venv/bin/ruff check --fix services tools tests clients deploy bench testing gateway
 
 lint: bootstrap
-	.venv/bin/ruff check services tools tests clients deploy bench testing
-	.venv/bin/ruff format --check services tools tests clients deploy bench testing
+	.venv/bin/ruff check services tools tests clients deploy bench testing gateway
+	.venv/bin/ruff format --check services tools tests clients deploy bench testing gateway
 
 type: bootstrap
 	.venv/bin/mypy

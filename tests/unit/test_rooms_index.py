@@ -1,6 +1,7 @@
-"""signal-service's socket -> rooms index (rtc_common.rooms.IndexedRooms) against python-socketio's own
-manager: any sequence of connects, room changes, closes and disconnects leaves both managers in
-the same state and answering the same rooms, and a disconnect no longer scans every room."""
+"""signal-service's socket -> rooms index (rtc_common.rooms.IndexedRooms) against
+python-socketio's own manager: any sequence of connects, room changes, closes and disconnects
+leaves both managers in the same state and answering the same rooms, and a disconnect no longer
+scans every room."""
 
 from __future__ import annotations
 
