@@ -25,13 +25,16 @@ def create_app() -> web.Application:
         async_mode="aiohttp", client_manager=manager, cors_allowed_origins="*"
     )
 
-    @sio.event
     async def connect(sid: str, environ: dict[str, Any], auth: dict[str, Any] | None) -> None:
         await sio.enter_room(sid, f"user:{(auth or {}).get('wallet', sid)}")
 
-    @sio.on("signal")
     async def signal(sid: str, data: dict[str, Any]) -> None:
         await sio.emit("signal", data, room=f"user:{data['to']}")
+
+    # Registered by call, not as decorators: socketio is untyped, and its decorators would
+    # leave the handlers untyped.
+    sio.on("connect", connect)
+    sio.on("signal", signal)
 
     app = web.Application()
     if os.environ.get("BARE_WS_COMPRESSION") != "1":

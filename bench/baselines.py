@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 import uvloop
 from aiohttp import web
+from rtc_common.clients import as_text
 
 REDIS = web.AppKey("redis", aioredis.Redis)
 
@@ -27,7 +28,7 @@ async def ice(request: web.Request) -> web.Response:
 async def relay(request: web.Request) -> web.Response:
     message = json.loads(await request.read())
     entry_id = await request.app[REDIS].xadd(f"bare:{message['to']}", {"m": json.dumps(message)})
-    return web.json_response({"id": entry_id.decode()}, status=202)
+    return web.json_response({"id": as_text(entry_id)}, status=202)
 
 
 async def healthz(_: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rtc_testkit.contract import make_token
-from rtc_testkit.processes import Process
+from rtc_testkit.processes import HttpServer, Process
 
 from bench.harness import (
     LOAD_CPUS,
@@ -36,11 +36,13 @@ from bench.signaling import signal_service_env
 PARALLEL = 64
 
 
-def idle_sockets(server: Process, pid: int, protocol: str, n: int, workdir: Path) -> dict[str, Any]:
+def idle_sockets(
+    server: HttpServer, pid: int, protocol: str, n: int, workdir: Path
+) -> dict[str, Any]:
     """Open n idle websocket clients on one server: its RSS growth per socket, connect rate."""
     users = [{"wallet": f"idle{i}", "token": make_token(f"idle{i}")} for i in range(n)]
     spec_path = workdir / f"connections-{pid}.json"
-    url = server.url  # type: ignore[attr-defined]
+    url = server.url
     spec_path.write_text(json.dumps({"urlA": url, "users": users, "parallel": PARALLEL}))
     time.sleep(0.5)  # let the fresh server settle before the memory baseline is read
     before = rss_bytes(pid)
@@ -72,7 +74,7 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
         n = mode.connections
         env = signal_service_env(redis.url)
 
-        def start(name: str) -> Process:
+        def start(name: str) -> HttpServer:
             if name == "node_socketio":
                 node = NodeServer(workdir / name, redis.url)
                 node.start()
@@ -108,7 +110,7 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
         signal = start("signal_service")
         started.append(signal)
         try:
-            results["fanout"] = fan_out(mode, redis, signal.url, workdir)  # type: ignore[attr-defined]
+            results["fanout"] = fan_out(mode, redis, signal.url, workdir)
         except (subprocess.SubprocessError, RuntimeError, OSError, ValueError) as exc:
             results["fanout"] = {"contacts": mode.fanout_contacts, "error": str(exc)[:500]}
         return results

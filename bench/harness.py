@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rtc_common.directory import REDIS_FLAGS_KEY
+from rtc_gateway import GatewayLimits
 from rtc_testkit.processes import (
     REPO_ROOT,
     HttpServer,
@@ -31,7 +32,7 @@ from rtc_testkit.processes import (
     wait_for,
     write_nginx_conf,
 )
-from rtcctl.local import GatewayLimits, StackPorts, render_gateway
+from rtcctl.local import StackPorts, render_gateway
 
 SERVER_CPUS = os.environ.get("BENCH_SERVER_CPUS", "0")
 LOAD_CPUS = os.environ.get("BENCH_LOAD_CPUS", "1")

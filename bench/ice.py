@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rtc_testkit.contract import make_token
+from rtc_testkit.processes import Process
 from rtc_testkit.stack import base_env
 
 from bench.harness import (
@@ -28,7 +29,7 @@ ICE_PATH = "/api/v1/rtc/ice"
 
 def run(mode: Mode, workdir: Path) -> dict[str, Any]:
     redis = start_redis(workdir / "redis")
-    started = [redis]
+    started: list[Process] = [redis]
     try:
         env = base_env(redis.url, ICE_RATE_LIMIT_PER_MIN="1000000000")
         ice = python_server("ice_service", workdir / "ice", env)

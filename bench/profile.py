@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from rtc_testkit.contract import make_token
-from rtc_testkit.processes import REPO_ROOT
+from rtc_testkit.processes import REPO_ROOT, Process
 from rtc_testkit.stack import base_env
 
 from bench.harness import python_server, run_node_load, run_wrk, start_redis
@@ -54,7 +54,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rtc-profile-") as tmp:
         work = Path(tmp)
         redis = start_redis(work / "redis", appendfsync="everysec" if target == "relay" else None)
-        started = [redis]
+        started: list[Process] = [redis]
         try:
             if target == "ice":
                 env = base_env(redis.url, ICE_RATE_LIMIT_PER_MIN="1000000000")

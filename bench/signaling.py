@@ -9,11 +9,12 @@ directly, user A to the first and user B to the second, so every signal crosses 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rtc_testkit.contract import make_token
-from rtc_testkit.processes import Process
+from rtc_testkit.processes import HttpServer, Process
 from rtc_testkit.stack import add_contacts, base_env
 
 from bench.harness import NodeServer, python_server, run_node_load, start_redis, summary
@@ -48,7 +49,7 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
     redis = start_redis(workdir / "redis")
     started: list[Process] = [redis]
     try:
-        servers: dict[str, tuple[str, str, list[Process]]] = {}
+        servers: dict[str, tuple[str, str, Sequence[HttpServer]]] = {}
         env = signal_service_env(redis.url)
         rtc = [python_server("signal_service", workdir / f"signal{i}", env) for i in range(2)]
         started += rtc
@@ -71,7 +72,7 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
         saturation: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
         for repeat in range(mode.repeats):
             for name, (protocol, _, instances) in servers.items():
-                urls = {"urlA": instances[0].url, "urlB": instances[1].url}  # type: ignore[attr-defined]
+                urls = {"urlA": instances[0].url, "urlB": instances[1].url}
                 prefix = f"r{repeat}{name[:4]}"
                 for rate in RATES:
                     spec = {

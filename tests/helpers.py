@@ -14,9 +14,9 @@ from typing import Any
 
 from rtc_common.directory import Directory, open_directory
 from rtc_common.settings import CommonSettings, load_settings
+from rtc_gateway import TEMPLATE as GATEWAY_TEMPLATE
 from rtc_testkit.contract import JWT_SECRET
 from rtc_testkit.processes import REPO_ROOT, write_nginx_conf
-from rtcctl.local import GATEWAY_TEMPLATE
 
 NODE_DIR = REPO_ROOT / "tests" / "node"
 

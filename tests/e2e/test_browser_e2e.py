@@ -124,10 +124,9 @@ def network_namespace() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
 
 
-def in_namespace(process: Process, namespace: str) -> Process:
+def in_namespace(process: Process, namespace: str) -> None:
     """Start the process through `ip netns exec` (it execs, so the pid stays the process's)."""
     process.argv = ["ip", "netns", "exec", namespace, *process.argv]
-    return process
 
 
 def run_driver(namespace: str, env: dict[str, str]) -> dict[str, Any]:

@@ -365,6 +365,7 @@ async def test_ice_refresh_in_real_time_and_expired_credentials_refused(
         after = await alice.send(b, "after expiry")
         assert after.transport == "rtc" and after.candidate_pair == ("relay", "relay"), after
         pc = alice.peer_connection(b)
+        assert alice.ice is not None
         assert pc is not None and turn_username_of(pc) == alice.ice.turn_usernames[0]
         assert turn_username_of(pc) != first_turn.username
         print(

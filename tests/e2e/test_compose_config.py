@@ -322,7 +322,7 @@ def comment_above(name: str) -> str:
     i = next(n for n, line in enumerate(lines) if line.startswith(f"{name}=")) - 1
     while i >= 0 and re.match(r"^[A-Z][A-Z0-9_]*=", lines[i]):
         i -= 1
-    comments = []
+    comments: list[str] = []
     while i >= 0 and lines[i].startswith("#"):
         comments.insert(0, lines[i])
         i -= 1

@@ -191,10 +191,11 @@ async def test_mongo_get_flag_sends_exact_find(
 
 async def test_mongo_set_flag_upserts(mongo: MongoStub) -> None:
     async with opened(directory_settings(DIRECTORY_URL=mongo.url)) as directory:
-        for enabled, reply in [
+        cases: list[tuple[bool, dict[str, Any]]] = [
             (True, {"n": 1, "nModified": 0, "upserted": [{"index": 0, "_id": ObjectId()}]}),
             (False, {"n": 1, "nModified": 1}),
-        ]:
+        ]
+        for enabled, reply in cases:
             command, _ = await exchange(
                 mongo,
                 directory.set_flag("rtc.ice", enabled),

@@ -164,7 +164,9 @@ def test_unreachable_directory_fails_without_printing_the_url() -> None:
     assert not any("s3cret" in line for line in lines)
 
 
-def test_retries_until_the_directory_answers(redis_server: RedisServer) -> None:
+def test_retries_until_the_directory_answers(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     attempts: list[str] = []
     real = directory_init.init_redis
 
@@ -176,13 +178,10 @@ def test_retries_until_the_directory_answers(redis_server: RedisServer) -> None:
         return result
 
     lines: list[str] = []
-    directory_init.init_redis = flaky
-    try:
-        code = directory_init.main(
-            {"DIRECTORY_URL": redis_server.url}, sleep=lambda _s: None, log=lines.append
-        )
-    finally:
-        directory_init.init_redis = real
+    monkeypatch.setattr(directory_init, "init_redis", flaky)
+    code = directory_init.main(
+        {"DIRECTORY_URL": redis_server.url}, sleep=lambda _s: None, log=lines.append
+    )
     assert code == 0
     assert len(attempts) == 3
     assert lines[0] == "directory-init: waiting for the redis directory (ConnectionError: not yet)"

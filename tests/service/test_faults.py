@@ -33,6 +33,7 @@ from ice_service.app import ISSUER_KEY
 from ice_service.providers import TwilioProvider
 from relay_service.app import create_app as create_relay_app
 from relay_service.settings import RelaySettings
+from rtc_common.clients import as_text
 from rtc_common.settings import load_settings
 from rtc_gateway import GatewayLimits
 from rtc_testkit.contract import FakeClock, bearer, conv_id, make_token, offer
@@ -97,7 +98,11 @@ async def test_gateway_reload_under_ice_load_fails_nothing(ice_gateway: Gateway)
                     return bool(now) and not now & old
 
                 await asyncio.to_thread(wait_for, replaced, 10, "nginx workers replaced")
-                await until(lambda n=seen: len(outcomes) > n + 50, 10, "requests after the reload")
+
+                def answered(n: int = seen) -> bool:
+                    return len(outcomes) > n + 50
+
+                await until(answered, 10, "requests after the reload")
         finally:
             stop.set()
             await asyncio.gather(*workers)
@@ -207,11 +212,11 @@ async def _signals_under_faults(stack: Stack, peers: Peers) -> None:
 
         await asyncio.to_thread(wait_for, presence_exact, 15, "presence corrected")
         print(f"\npresence exact {time.monotonic() - killed:.2f} s after the kill")
-        instances = {m.decode() for m in raw.smembers("presence:instances")}
+        instances = {as_text(m) for m in raw.smembers("presence:instances")}
         assert instances == {survivor.name}
         for client in clients:
             [entry] = raw.hvals(f"presence:conn:{client.wallet}")
-            assert entry.decode().startswith(f"{survivor.name}|")
+            assert as_text(entry).startswith(f"{survivor.name}|")
         await more_acked(40)
     finally:
         stop.set()

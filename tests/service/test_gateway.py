@@ -15,7 +15,7 @@ import pytest
 from aioice.turn import create_turn_endpoint
 from helpers import entrypoint_render, nginx_test
 from rtc_testkit.contract import JWT_SECRET, TURN_SECRET, make_token
-from rtc_testkit.stack import StackSpec, start_stack
+from rtc_testkit.stack import Stack, StackSpec, start_stack
 from rtcctl.local import StackPorts, render_gateway
 
 PATHS = ["/api/v1/rtc/ice", "/api/rtc/ice", "/api/rtc/v1/ice"]
@@ -26,7 +26,7 @@ class GatewayStack:
     """The kit's stack (redis, coturn, one ice-service, the gateway) and every secret value this
     module saw, for the final log scan."""
 
-    stack: GatewayStack
+    stack: Stack
     secrets_seen: set[str]
 
     def __getattr__(self, name: str) -> Any:

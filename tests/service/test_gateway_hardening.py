@@ -21,8 +21,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from rtc_gateway import TEMPLATE as GATEWAY_TEMPLATE
+from rtc_gateway import GatewayLimits
 from rtc_testkit.processes import REPO_ROOT, Gateway, HttpServer, ProcessGroup, free_port, wait_for
-from rtcctl.local import GATEWAY_TEMPLATE, WEB_ROOT, GatewayLimits
+from rtcctl.local import WEB_ROOT
 
 SPOOFED = {"X-Forwarded-For": "198.51.100.66", "X-Real-IP": "198.51.100.66"}
 REQUEST_ID = "hardening-trace-0001"

@@ -21,11 +21,11 @@ import aiohttp
 import pytest
 from helpers import entrypoint_render, nginx_test
 from rtc_common.directory import REDIS_FLAGS_KEY
-from rtc_gateway import GatewayConfigError
+from rtc_gateway import GatewayConfigError, GatewayLimits
 from rtc_testkit.contract import make_token
 from rtc_testkit.processes import Gateway, ProcessGroup, RedisServer, ServiceProcess, free_port
 from rtc_testkit.stack import base_env
-from rtcctl.local import WEB_ROOT, GatewayLimits, StackPorts, render_gateway
+from rtcctl.local import WEB_ROOT, StackPorts, render_gateway
 
 OPENAPI = "/api/v1/rtc/openapi.json"  # public, proxied to ice-service, no Redis budget
 

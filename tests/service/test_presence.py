@@ -552,11 +552,12 @@ async def test_mongo_directory_contacts_and_rtc_switch(mongo: MockupDB) -> None:
             }
 
         found = [{"_id": 1}]
-        for answers, mutual in [
+        mutual_cases: list[tuple[list[list[dict[str, Any]]], bool]] = [
             ([found, found], True),
             ([found, []], False),  # one direction only
             ([[]], False),
-        ]:
+        ]
+        for answers, mutual in mutual_cases:
             commands, answer = await converse(
                 mongo,
                 directory.are_mutual_contacts(a, b),
@@ -577,12 +578,13 @@ async def test_mongo_directory_contacts_and_rtc_switch(mongo: MockupDB) -> None:
             "singleBatch": True,
             "$db": "rtc",
         }
-        for docs, enabled in [
+        enabled_cases: list[tuple[list[dict[str, Any]], bool]] = [
             ([], True),
             ([{"rtcEnabled": False}], False),
             ([{"rtcEnabled": True}], True),
             ([{}], True),
-        ]:
+        ]
+        for docs, enabled in enabled_cases:
             commands, answer = await converse(
                 mongo,
                 directory.is_rtc_enabled(a),

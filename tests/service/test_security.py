@@ -188,7 +188,7 @@ async def test_csrf_on_every_route_and_the_socket(stack: Stack, peers: Peers) ->
         wallet = new_wallet()
         cookies = {"access_token": make_token(wallet), "csrf_token": "csrf-abc"}
         for csrf_header in (None, "csrf-other", ""):
-            headers = {} if csrf_header is None else {"X-CSRF-Token": csrf_header}
+            headers: dict[str, str] = {} if csrf_header is None else {"X-CSRF-Token": csrf_header}
             status, _, body = await request(
                 stack,
                 method,

@@ -462,8 +462,8 @@ async def test_forbidden_without_mutual_contact(stack: Stack, peers: Peers) -> N
 async def test_sender_not_rtc_eligible(stack: Stack, peers: Peers) -> None:
     url = stack.signals[0].url
     r, c, a, d = new_wallet(), new_wallet(), new_wallet(), new_wallet()
-    for sender in (c, a, d):
-        stack.add_contacts(sender, r)
+    for wallet in (c, a, d):
+        stack.add_contacts(wallet, r)
     stack.redis.client().sadd(RTC_DISABLED_KEY, d)
     receiver = await peers.connect(stack.signals[1].url, r)
     carol = await peers.connect(url, c)
@@ -938,7 +938,9 @@ async def websocket_compression(url: str) -> tuple[int, str]:
     async with (
         aiohttp.ClientSession() as session,
         session.ws_connect(
-            f"{url}/socket.io/?EIO=4&transport=websocket", compress=15, timeout=10
+            f"{url}/socket.io/?EIO=4&transport=websocket",
+            compress=15,
+            timeout=aiohttp.ClientWSTimeout(ws_close=10),
         ) as ws,
     ):
         return ws.compress, await ws.receive_str(timeout=10)

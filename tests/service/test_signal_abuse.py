@@ -279,7 +279,7 @@ async def test_legacy_signal_honours_the_rtc_switch_and_dedups(
     redis_server.client().sadd(RTC_DISABLED_KEY, a)
 
     async def sender_refused() -> bool:
-        ack = await alice.call("signal", {"to": b, "signal": None})
+        ack: dict[str, Any] = await alice.call("signal", {"to": b, "signal": None})
         return ack.get("error") == "sender_not_rtc_eligible"
 
     await wait_for_async(sender_refused, 5, what="the sender's switch honoured")

@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.warnings import InsecureKeyLengthWarning
 from rtc_common.auth import IDENTITY_KEY, allow_anonymous, get_identity
+from rtc_common.keys import SETTINGS_KEY
 from rtc_common.settings import CommonSettings, SettingsError, load_settings
-from rtc_common.web import SETTINGS_KEY, client_ip, create_base_app
+from rtc_common.web import client_ip, create_base_app
 from rtc_testkit.contract import JWT_SECRET, make_token
 
 ORIGIN = "https://app.example.com"

@@ -186,7 +186,7 @@ def test_every_env_example_variable_is_in_the_env_table() -> None:
 
 
 def openapi_operations() -> set[str]:
-    operations = set()
+    operations: set[str] = set()
     for path in OPENAPI_FILES:
         document = json.loads(path.read_text())
         for route, item in document["paths"].items():

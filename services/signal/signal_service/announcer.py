@@ -26,6 +26,7 @@ class _Debounced:
 
     announced: bool  # the state announced when the window opened
     pending: bool | None = None  # the latest transition seen within it
+    changes: int = 0  # transitions seen within it
     timer: asyncio.TimerHandle | None = None
 
 
@@ -67,6 +68,7 @@ class Announcer:
         entry = self._debounce.get(wallet)
         if entry is not None:
             entry.pending = online
+            entry.changes += 1
             return
         if window > 0:
             entry = _Debounced(announced=online)
@@ -75,9 +77,30 @@ class Announcer:
         await self._fan_out(wallet, online=online, contacts=contacts)
 
     def _window_closed(self, wallet: str) -> None:
-        entry = self._debounce.pop(wallet, None)
-        if entry is not None and entry.pending is not None and entry.pending != entry.announced:
-            self._sio.start_background_task(self.announce, wallet, online=entry.pending)
+        entry = self._debounce.get(wallet)
+        if entry is None or entry.pending is None:
+            self._debounce.pop(wallet, None)
+            return
+        self._sio.start_background_task(self._settle, wallet, entry)
+
+    async def _settle(self, wallet: str, entry: _Debounced) -> None:
+        """Announce the wallet's state at the window's end if it is not the one announced.
+
+        Read from presence rather than taken from the last transition seen: a connect's
+        announcement runs in the background and can arrive after the disconnect that followed.
+        """
+        for _ in range(3):  # a transition during the read: read again
+            seen = entry.changes
+            try:
+                online = bool(await self._deps().presence.online([wallet]))
+            except RedisError:
+                online = bool(entry.pending)
+            if entry.changes == seen:
+                break
+        if self._debounce.get(wallet) is entry:
+            del self._debounce[wallet]
+        if online != entry.announced:
+            await self.announce(wallet, online=online)
 
     async def _fan_out(
         self, wallet: str, *, online: bool, contacts: list[str] | None = None

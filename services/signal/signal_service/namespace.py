@@ -408,8 +408,8 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def _route(self, sender: str, to: str, signal_id: str) -> tuple[bool, bool]:
         """(remote, first): does delivery cross instances, and is the sender's signalId new.
-        Refuses when `to` cannot be reached now (see _reachable). One batched round trip in the
-        usual case; the step-by-step path when Redis failed or a listener may be missing."""
+        Refuses when `to` cannot be reached now (see _reachable). One batched round trip; the
+        step-by-step path when Redis failed."""
         key = dedup_key(sender, signal_id)
         try:
             route = await self._deps().presence.route_signal(
@@ -417,11 +417,15 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             )
         except RedisError:
             route = None
-        if route is None or route.listening < 0:
+        if route is None:
             remote = await self._reachable(to)
             return remote, await self._first_time(sender, signal_id)
         if not route.reachable:
             raise Refusal("target_not_rtc_eligible")
+        if not route.listening:
+            # An instance holding the target is not subscribed (Redis just restarted): a
+            # publish now would be acked and lost. The client retries.
+            raise Refusal("unavailable")
         return route.remote, route.first
 
     async def _reachable(self, wallet: str) -> bool:
@@ -434,9 +438,9 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         """
         manager = self.server.manager
         try:
-            owners, registered = await self._deps().presence.rtc_owners(wallet)
+            owners = await self._deps().presence.rtc_owners(wallet)
             remote = owners - {self.settings.instance_id}
-            if remote and not await manager.listening(remote, registered):
+            if remote and not await manager.listening(remote):
                 raise Refusal("unavailable")
         except RedisError:
             # Redis down: this instance can still vouch for (and deliver to) its own sockets.

@@ -40,28 +40,33 @@ return redis.call('HLEN', KEYS[1])
 
 # A signal's route in one round trip: {reachable, remote, listening, first}. reachable: the
 # wallet has an RTC-capable socket; remote: one of them is on another instance than ARGV[3];
-# listening: 1 when every registered instance's pub/sub listener is subscribed (or no other
-# instance is involved), -1 when fewer subscribers than instances (the caller asks Redis which
-# ones); first: the sender's signalId was not seen (its dedup key is set only then, and only when
-# the signal can be delivered, so a refused signal may be retried with the same id).
+# listening: 1 when the pub/sub listener of every other instance holding one is subscribed now
+# (its own channel, ARGV[1] .. '#' .. instance, has a subscriber), else 0; first: the sender's
+# signalId was not seen (its dedup key is set only then, and only when the signal can be
+# delivered, so a refused signal may be retried with the same id).
 _ROUTE_SIGNAL = """
 local reachable, remote = 0, 0
+local owners = {}
 for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
   if string.sub(v, -2) == '|1' then
     reachable = 1
-    if string.sub(v, 1, -3) ~= ARGV[3] then remote = 1 end
+    local owner = string.sub(v, 1, -3)
+    if owner ~= ARGV[3] then
+      remote = 1
+      owners[owner] = true
+    end
   end
 end
 if reachable == 0 then return {0, 0, 0, 0} end
-if remote == 1 then
-  local subscribers = redis.call('PUBSUB', 'NUMSUB', ARGV[1])[2]
-  if subscribers < redis.call('SCARD', KEYS[2]) then return {1, 1, -1, 0} end
+for owner in pairs(owners) do
+  if redis.call('PUBSUB', 'NUMSUB', ARGV[1] .. '#' .. owner)[2] < 1 then
+    return {1, 1, 0, 0}
+  end
 end
-if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[2]) then return {1, remote, 1, 1} end
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then return {1, remote, 1, 1} end
 return {1, remote, 1, 0}
 """
 
-# Returns -1 when the socket was already gone (reaped), else the wallet's remaining sockets.
 _UNREGISTER = """
 redis.call('HDEL', KEYS[2], ARGV[1])
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return -1 end
@@ -102,7 +107,7 @@ class TooManySockets(Exception):
 class SignalRoute:
     reachable: bool
     remote: bool
-    listening: int  # 1 yes, -1 unknown (fewer subscribers than instances), 0 not asked
+    listening: bool  # every other instance holding the wallet's sockets listens now
     first: bool
 
 
@@ -219,19 +224,15 @@ class Presence:
         """
         reachable, remote, listening, first = await self._batcher.run(
             self._route_signal,
-            [self._conn_key(wallet), INSTANCES_KEY, dedup_key],
+            [self._conn_key(wallet), dedup_key],
             [channel, dedup_seconds, self.instance_id],
         )
-        return SignalRoute(bool(reachable), bool(remote), int(listening), bool(first))
+        return SignalRoute(bool(reachable), bool(remote), bool(listening), bool(first))
 
-    async def rtc_owners(self, wallet: str) -> tuple[set[str], int]:
-        """The instances holding the wallet's RTC-capable sockets, and how many are registered."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hvals(self._conn_key(wallet))
-        pipe.scard(INSTANCES_KEY)
-        values, registered = await pipe.execute()
-        owners = {text.rsplit("|", 1)[0] for text in map(as_text, values) if text.endswith("|1")}
-        return owners, int(registered)
+    async def rtc_owners(self, wallet: str) -> set[str]:
+        """The instances holding the wallet's RTC-capable sockets."""
+        values = await self._redis.hvals(self._conn_key(wallet))
+        return {text.rsplit("|", 1)[0] for text in map(as_text, values) if text.endswith("|1")}
 
     async def leave(self) -> None:
         """Graceful shutdown: drop the liveness key so the reaper cleans up at once."""

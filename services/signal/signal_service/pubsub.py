@@ -32,6 +32,11 @@ _PROBE_METHOD = "rtc_probe"
 # tell which instances' listeners are subscribed right now (CLIENT LIST TYPE pubsub).
 CLIENT_NAME_PREFIX = "rtc-signal:"
 
+def instance_channel(channel: str, instance_id: str) -> str:
+    """The channel only `instance_id`'s listener subscribes to (nothing is published on it)."""
+    return f"{channel}#{instance_id}"
+
+
 # Set (in the emitting task's context) when the stock _publish() gave up: the emit reached this
 # instance's own sockets only.
 PUBLISH_FAILED: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -49,6 +54,7 @@ class ObservedRedisManager(IndexedRooms, socketio.AsyncRedisManager):  # type: i
         if instance_id is not None:
             options["client_name"] = CLIENT_NAME_PREFIX + instance_id
         super().__init__(url, channel=channel, redis_options=options)
+        self._marker = [instance_channel(channel, instance_id)] if instance_id is not None else []
         self._probes: dict[str, asyncio.Future[None]] = {}
         self.subscribed = False
 
@@ -61,7 +67,9 @@ class ObservedRedisManager(IndexedRooms, socketio.AsyncRedisManager):  # type: i
                 else:
                     # Reuse the client (and its pool); only the subscription is made anew.
                     self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                await self.pubsub.subscribe(self.channel)
+                # One SUBSCRIBE for both: the instance's own channel has a subscriber exactly
+                # while this listener is subscribed to the shared one (see `listening`).
+                await self.pubsub.subscribe(self.channel, *self._marker)
                 self.subscribed = True
                 retry = 0.1
                 async for message in self.pubsub.listen():
@@ -88,21 +96,23 @@ class ObservedRedisManager(IndexedRooms, socketio.AsyncRedisManager):  # type: i
             PUBLISH_FAILURES.inc()
         return result
 
-    async def listening(self, instances: set[str], registered: int) -> bool:
+    async def listening(self, instances: set[str]) -> bool:
         """Are the listeners of these instances subscribed now (so a publish reaches them)?
 
         After Redis restarts, each listener subscribes again within `MAX_RETRY_SECONDS`; a
-        message published before that is lost for that instance (pub/sub keeps nothing). Fast
-        path: as many subscribers as registered instances. Otherwise Redis names them.
+        message published before that is lost for that instance (pub/sub keeps nothing). Each
+        listener also subscribes its instance's own channel in the same command, so that
+        channel's subscriber count says whether that very instance listens (a count of the shared
+        channel's subscribers does not: the registry of instances is rebuilt after a restart).
         """
         if getattr(self, "redis", None) is None:
             return False
-        [(_, subscribers)] = await self.redis.pubsub_numsub(self.channel)
-        if int(subscribers) >= registered:
+        if not instances:
             return True
-        clients = await self.redis.client_list(_type="pubsub")
-        names = {str(c.get("name", "")) for c in clients}
-        return all(CLIENT_NAME_PREFIX + instance in names for instance in instances)
+        counts = await self.redis.pubsub_numsub(
+            *(instance_channel(self.channel, i) for i in instances)
+        )
+        return all(int(count) > 0 for _, count in counts)
 
     async def _listen(self) -> AsyncIterator[Any]:
         async for data in super()._listen():

@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dotenv import dotenv_values
 from rtc_gateway import TEMPLATE as GATEWAY_TEMPLATE
 from rtc_gateway import GatewayLimits, render_conf, server_lines
 
@@ -218,14 +219,11 @@ def _load_or_create_secrets(run_dir: Path) -> dict[str, str]:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        values[key.strip()] = value.strip()
-    return values
+    """The `KEY=VALUE` lines of an env file (python-dotenv's parser: comments, blank lines,
+    quotes and `export ` handled); a bare `KEY` without `=` is left out. No `${VAR}`
+    interpolation: a value is taken as written."""
+    values = dotenv_values(path, interpolate=False)
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def prepare(run_dir: Path, ports: StackPorts) -> None:
