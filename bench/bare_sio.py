@@ -14,7 +14,7 @@ from typing import Any
 
 import socketio
 from aiohttp import web
-from rtc_common.web import refuse_websocket_compression
+from rtc_common.middlewares import refuse_websocket_compression
 
 from bench.baselines import serve
 

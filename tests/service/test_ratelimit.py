@@ -22,10 +22,10 @@ from redis.asyncio import Redis
 from rtc_common.auth import allow_anonymous
 from rtc_common.clients import REDIS_KEY, make_redis, redis_context
 from rtc_common.errors import ApiError
-from rtc_common.keys import SETTINGS_KEY
+from rtc_common.keys import SETTINGS_KEY, extra_headers
 from rtc_common.ratelimit import RateLimiter
 from rtc_common.settings import CommonSettings, load_settings
-from rtc_common.web import client_ip, create_base_app, extra_headers
+from rtc_common.web import client_ip, create_base_app
 from rtc_testkit.contract import make_token
 from rtc_testkit.processes import RedisServer, ServiceProcess, wait_for_async
 from rtc_testkit.stack import base_env, set_flag

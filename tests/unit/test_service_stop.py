@@ -7,7 +7,7 @@ import logging
 
 import pytest
 from aiohttp import web
-from rtc_common.service import stop_task
+from rtc_common.tasks import stop_task
 from rtc_common.web import slow_shutdown_report
 
 

@@ -14,9 +14,6 @@ from aiohttp import web
 from .logs import JsonAccessLogger, set_pseudonym_key, setup_logging
 from .settings import CommonSettings, SettingsError, load_settings
 
-# TRANSITION: importers still reaching stop_task here (removed once they moved to .tasks).
-from .tasks import stop_task as stop_task
-
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 log = logging.getLogger("rtc.service")
 

@@ -15,12 +15,8 @@ from aiohttp import web
 from .auth import Authenticator, auth_middleware, public
 from .errors import error_body
 from .keys import READINESS_KEY, SAMPLING_KEY, SETTINGS_KEY, ReadinessCheck
-
-# TRANSITION: importers still reaching these through this module (removed once they moved).
-from .keys import extra_headers as extra_headers
 from .metrics import READY, READY_CHECK, render_metrics
 from .middlewares import cors_middleware, request_context_middleware
-from .middlewares import refuse_websocket_compression as refuse_websocket_compression
 from .sampling import READINESS_TIMEOUT, MetricsSampling, Sampler
 from .settings import CommonSettings
 

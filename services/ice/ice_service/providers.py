@@ -14,7 +14,7 @@ import aiohttp
 from pydantic import BaseModel, ValidationError
 from rtc_common.ice.settings import IceProviderSettings, Provider
 from rtc_common.ice.turn import coturn_credentials
-from rtc_common.service import stop_task
+from rtc_common.tasks import stop_task
 
 from .metrics import CIRCUIT_OPEN, UPSTREAM_CALLS, UPSTREAM_LATENCY, UPSTREAM_WAITING
 

@@ -26,7 +26,7 @@ class SignalSettings(RelayStoreSettings):
     signal_max_sockets_per_wallet: int = Field(default=10, ge=1, le=1000)
     signal_max_sdp_bytes: int = Field(default=65536, ge=256, le=1_048_576)
     # permessage-deflate on the websockets: off, as in Node's socket.io
-    # (rtc_common.web.refuse_websocket_compression says why).
+    # (rtc_common.middlewares.refuse_websocket_compression says why).
     signal_ws_compression: bool = False
 
     # Presence liveness: each instance refreshes a heartbeat every PRESENCE_HEARTBEAT_SECONDS; an
