@@ -32,6 +32,7 @@ _PROBE_METHOD = "rtc_probe"
 # tell which instances' listeners are subscribed right now (CLIENT LIST TYPE pubsub).
 CLIENT_NAME_PREFIX = "rtc-signal:"
 
+
 def instance_channel(channel: str, instance_id: str) -> str:
     """The channel only `instance_id`'s listener subscribes to (nothing is published on it)."""
     return f"{channel}#{instance_id}"
