@@ -172,7 +172,7 @@ async def enqueue(request: web.Request) -> web.Response:
         result.id, sender, body.convId, body.messageId, body.payload, result.forced
     )
     # Published in the background: the answer does not wait for the push (best effort).
-    await app[PUSHER_KEY].emit("relay:message", message_body(message), room=f"user:{to}")
+    app[PUSHER_KEY].push(to, "relay:message", message_body(message))
     return web.json_response(answer, status=202)
 
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rtc_common.auth import Authenticator
+from rtc_common.bus import AddressedBus
 from rtc_common.clients import REDIS_KEY, redis_context
 from rtc_common.directory import DIRECTORY_KEY, AccessCache, directory_context
 from rtc_common.keys import READINESS_KEY
@@ -43,9 +44,11 @@ async def _signal_dependencies(app: web.Application) -> AsyncIterator[None]:
     settings = app[SIGNAL_SETTINGS_KEY]
     redis = app[REDIS_KEY]
     presence = Presence(redis, settings.instance_id, settings.presence_instance_ttl_seconds)
+    bus = AddressedBus(redis, settings.socketio_channel, settings.instance_id)
     app[DEPS_KEY] = SignalDeps(
         redis=redis,
         presence=presence,
+        bus=bus,
         access=AccessCache(app[DIRECTORY_KEY], ttl=settings.flag_cache_seconds),
         relay=RelayStore(
             app[RELAY_REDIS_KEY], idempotency_seconds=settings.relay_idempotency_seconds
@@ -53,6 +56,7 @@ async def _signal_dependencies(app: web.Application) -> AsyncIterator[None]:
     )
     sio = app[SIO_KEY]
     manager = app[MANAGER_KEY]
+    manager.bus = bus
     # Subscribe now, not at the first client: /readyz must prove the listener before traffic.
     sio.manager_initialized = True
     manager.initialize()

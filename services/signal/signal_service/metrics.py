@@ -24,6 +24,12 @@ PUBLISH_FAILURES = Counter(
     "rtc_signal_publish_failures_total",
     "Cross-instance publishes (Redis pub/sub) that failed: only this instance's sockets got them",
 )
+BUS_MESSAGES = Counter(
+    "rtc_signal_bus_messages_total",
+    "Pub/sub messages this instance's listener received, by channel: own (addressed to it),"
+    " shared (broadcasts), shared_skipped (fallback copies of addressed messages)",
+    ["channel"],
+)
 PUBSUB_LISTENER_UP = Gauge(
     "rtc_signal_pubsub_listener_up",
     "1 when the last pub/sub self-probe came back through this instance's own listener",

@@ -16,6 +16,7 @@ import socketio
 from aiohttp import web
 from redis.exceptions import RedisError
 from rtc_common.auth import Authenticator, Identity, conv_id, is_valid_wallet, normalize_wallet
+from rtc_common.bus import emit_message
 from rtc_common.context import request_id_var
 from rtc_common.errors import ApiError, unauthorized
 from rtc_common.logs import info_line, wallet_hash
@@ -376,10 +377,16 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         body["signalId"] = signal_id
 
         await self._check_access(state, to)
-        remote, first = await self._route(state.wallet, to, signal_id)
+        # Published to the other instances holding `to` by the route script itself.
+        message = emit_message(event, body, namespace="/", host_id=self.server.manager.host_id)
+        remote, first, published = await self._route(state.wallet, to, signal_id, message)
         if not first:
             SIGNALS.labels(event, "duplicate").inc()
             return {"ok": True, "signalId": signal_id, "duplicate": True}
+        if published:
+            await self.emit(event, body, room=f"rtc:{to}", ignore_queue=True)
+            SIGNALS.labels(event, "ok").inc()
+            return {"ok": True, "signalId": signal_id}
         token = PUBLISH_FAILED.set(False)
         try:
             await self.emit(event, body, room=f"rtc:{to}")
@@ -406,27 +413,30 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         except ApiError:
             raise Refusal("unavailable") from None
 
-    async def _route(self, sender: str, to: str, signal_id: str) -> tuple[bool, bool]:
-        """(remote, first): does delivery cross instances, and is the sender's signalId new.
+    async def _route(
+        self, sender: str, to: str, signal_id: str, message: tuple[bytes, bytes]
+    ) -> tuple[bool, bool, bool]:
+        """(remote, first, published): does delivery cross instances, is the sender's signalId
+        new, and did the route script already publish it to the instances holding `to`.
         Refuses when `to` cannot be reached now (see _reachable). One batched round trip; the
-        step-by-step path when Redis failed."""
+        step-by-step path (through the shared channel) when Redis failed."""
         key = dedup_key(sender, signal_id)
         try:
-            route = await self._deps().presence.route_signal(
-                to, dedup_key=key, dedup_seconds=DEDUP_SECONDS, channel=self.server.manager.channel
+            route = await self._deps().bus.route_signal(
+                to, message, dedup_key=key, dedup_seconds=DEDUP_SECONDS
             )
         except RedisError:
             route = None
         if route is None:
             remote = await self._reachable(to)
-            return remote, await self._first_time(sender, signal_id)
+            return remote, await self._first_time(sender, signal_id), False
         if not route.reachable:
             raise Refusal("target_not_rtc_eligible")
         if not route.listening:
             # An instance holding the target is not subscribed (Redis just restarted): a
             # publish now would be acked and lost. The client retries.
             raise Refusal("unavailable")
-        return route.remote, route.first
+        return route.remote, route.first, True
 
     async def _reachable(self, wallet: str) -> bool:
         """Refuse unless the wallet has an RTC-capable socket that a signal sent now reaches;

@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from rtc_common.batching import batcher_for
+from rtc_common.bus import PRESENCE_PREFIX, conn_key
 from rtc_common.clients import as_text
 
-PREFIX = "presence:"
+PREFIX = PRESENCE_PREFIX
 INSTANCES_KEY = PREFIX + "instances"
 
 # ARGV[5]: the most sockets a wallet may hold across instances (0: no limit). Returns -1 when a
@@ -36,35 +36,6 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[4])
 return redis.call('HLEN', KEYS[1])
-"""
-
-# A signal's route in one round trip: {reachable, remote, listening, first}. reachable: the
-# wallet has an RTC-capable socket; remote: one of them is on another instance than ARGV[3];
-# listening: 1 when the pub/sub listener of every other instance holding one is subscribed now
-# (its own channel, ARGV[1] .. '#' .. instance, has a subscriber), else 0; first: the sender's
-# signalId was not seen (its dedup key is set only then, and only when the signal can be
-# delivered, so a refused signal may be retried with the same id).
-_ROUTE_SIGNAL = """
-local reachable, remote = 0, 0
-local owners = {}
-for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
-  if string.sub(v, -2) == '|1' then
-    reachable = 1
-    local owner = string.sub(v, 1, -3)
-    if owner ~= ARGV[3] then
-      remote = 1
-      owners[owner] = true
-    end
-  end
-end
-if reachable == 0 then return {0, 0, 0, 0} end
-for owner in pairs(owners) do
-  if redis.call('PUBSUB', 'NUMSUB', ARGV[1] .. '#' .. owner)[2] < 1 then
-    return {1, 1, 0, 0}
-  end
-end
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then return {1, remote, 1, 1} end
-return {1, remote, 1, 0}
 """
 
 _UNREGISTER = """
@@ -103,14 +74,6 @@ class TooManySockets(Exception):
     """The wallet already holds as many sockets as allowed (SIGNAL_MAX_SOCKETS_PER_WALLET)."""
 
 
-@dataclass(frozen=True)
-class SignalRoute:
-    reachable: bool
-    remote: bool
-    listening: bool  # every other instance holding the wallet's sockets listens now
-    first: bool
-
-
 @dataclass(frozen=True, slots=True)
 class LocalSocket:
     sid: str
@@ -127,14 +90,12 @@ class Presence:
         self._unregister = redis.register_script(_UNREGISTER)
         self._reap = redis.register_script(_REAP)
         self._heartbeat = redis.register_script(_HEARTBEAT)
-        self._route_signal = redis.register_script(_ROUTE_SIGNAL)
-        self._batcher = batcher_for(redis)
         self._sockets_key = f"{PREFIX}inst:{instance_id}:sockets"
         self._alive_key = f"{PREFIX}inst:{instance_id}:alive"
 
     @staticmethod
     def _conn_key(wallet: str) -> str:
-        return f"{PREFIX}conn:{wallet}"
+        return conn_key(wallet)
 
     async def register(self, sock: LocalSocket, *, limit: int = 0) -> bool:
         """Record a socket; True when it is the wallet's first (the wallet just came online).
@@ -213,21 +174,6 @@ class Presence:
             pipe.exists(self._conn_key(wallet))
         found = await pipe.execute()
         return [wallet for wallet, exists in zip(wallets, found, strict=True) if exists]
-
-    async def route_signal(
-        self, wallet: str, *, dedup_key: str, dedup_seconds: int, channel: str
-    ) -> SignalRoute:
-        """Where a signal to `wallet` goes, and whether its dedup key was new (see _ROUTE_SIGNAL).
-
-        One script call, batched with the other calls of the same loop turn: one round trip on
-        the signaling hot path instead of three.
-        """
-        reachable, remote, listening, first = await self._batcher.run(
-            self._route_signal,
-            [self._conn_key(wallet), dedup_key],
-            [channel, dedup_seconds, self.instance_id],
-        )
-        return SignalRoute(bool(reachable), bool(remote), bool(listening), bool(first))
 
     async def rtc_owners(self, wallet: str) -> set[str]:
         """The instances holding the wallet's RTC-capable sockets."""

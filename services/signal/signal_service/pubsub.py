@@ -1,9 +1,13 @@
-"""python-socketio's Redis manager, made observable and quick to recover.
+"""python-socketio's Redis manager: addressed delivery, observable, quick to recover.
+
+Emits to wallets' rooms go only to the instances holding those wallets (rtc_common.bus); emits to
+a socket of this instance are not published at all; everything else (true broadcasts, and the
+fallback when Redis failed mid-signal) keeps the stock shared channel.
 
 A known failure of Redis-backed Socket.IO is a listener that silently stops receiving: the
 instance keeps accepting sockets but never sees the other instances' emits. `probe()` publishes a
-message on the channel and waits until this instance's own listener receives it, which proves the
-whole path (publish, subscription, listener task). The stock retry loop backs off up to 60 s;
+message on this instance's own channel and waits until its listener receives it, which proves
+the whole path (publish, subscription, listener task). The stock retry loop backs off up to 60 s;
 here it is capped at `MAX_RETRY_SECONDS` so that cross-instance delivery returns quickly once
 Redis is back.
 """
@@ -20,9 +24,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import socketio
+from rtc_common.bus import (
+    ADDRESSED_SUFFIX,
+    AddressedBus,
+    Codec,
+    emit_message,
+    instance_channel,
+    wallet_of_room,
+)
 from rtc_common.rooms import IndexedRooms
 
-from .metrics import PUBLISH_FAILURES
+from .metrics import BUS_MESSAGES, PUBLISH_FAILURES
 
 log = logging.getLogger("signal.pubsub")
 
@@ -31,11 +43,6 @@ _PROBE_METHOD = "rtc_probe"
 # Every connection of an instance's manager is named `<prefix><instance id>`, so that Redis can
 # tell which instances' listeners are subscribed right now (CLIENT LIST TYPE pubsub).
 CLIENT_NAME_PREFIX = "rtc-signal:"
-
-
-def instance_channel(channel: str, instance_id: str) -> str:
-    """The channel only `instance_id`'s listener subscribes to (nothing is published on it)."""
-    return f"{channel}#{instance_id}"
 
 
 # Set (in the emitting task's context) when the stock _publish() gave up: the emit reached this
@@ -54,8 +61,10 @@ class ObservedRedisManager(IndexedRooms, socketio.AsyncRedisManager):  # type: i
         }
         if instance_id is not None:
             options["client_name"] = CLIENT_NAME_PREFIX + instance_id
-        super().__init__(url, channel=channel, redis_options=options)
-        self._marker = [instance_channel(channel, instance_id)] if instance_id is not None else []
+        super().__init__(url, channel=channel, redis_options=options, json=Codec)
+        self.own_channel = instance_channel(channel, instance_id) if instance_id else None
+        # Set once the app's Redis client exists (signal-service's cleanup context).
+        self.bus: AddressedBus | None = None
         self._probes: dict[str, asyncio.Future[None]] = {}
         self.subscribed = False
 
@@ -70,7 +79,8 @@ class ObservedRedisManager(IndexedRooms, socketio.AsyncRedisManager):  # type: i
                     self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                 # One SUBSCRIBE for both: the instance's own channel has a subscriber exactly
                 # while this listener is subscribed to the shared one (see `listening`).
-                await self.pubsub.subscribe(self.channel, *self._marker)
+                own = [self.own_channel] if self.own_channel else []
+                await self.pubsub.subscribe(self.channel, *own)
                 self.subscribed = True
                 retry = 0.1
                 async for message in self.pubsub.listen():
@@ -88,6 +98,41 @@ class ObservedRedisManager(IndexedRooms, socketio.AsyncRedisManager):  # type: i
                     await self.pubsub.aclose()
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, MAX_RETRY_SECONDS)
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str | None = None,
+        room: Any = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        room = to or room
+        namespace = namespace or "/"
+        stock = kwargs.get("ignore_queue") or callback is not None or room is None
+        if not stock and isinstance(room, str) and self.is_connected(room, namespace):
+            # A socket of this instance: no other instance holds it.
+            stock, kwargs = True, {**kwargs, "ignore_queue": True}
+        rooms = [room] if isinstance(room, str) else list(room or ())
+        wallets = [wallet_of_room(r) for r in rooms]
+        if stock or self.bus is None or not rooms or None in wallets:
+            await super().emit(
+                event, data, namespace, room, skip_sid=skip_sid, callback=callback, **kwargs
+            )
+            return
+        await super().emit(event, data, namespace, room, skip_sid=skip_sid, ignore_queue=True)
+        message = emit_message(
+            event, data, namespace=namespace, host_id=self.host_id, skip_sid=skip_sid
+        )
+        try:
+            await self.bus.fan_out([w for w in wallets if w is not None], rooms, message)
+        except Exception as exc:  # as the stock _publish(): this instance's sockets got it
+            PUBLISH_FAILED.set(True)
+            PUBLISH_FAILURES.inc()
+            log.warning("addressed publish failed", extra={"error": type(exc).__name__})
 
     async def _publish(self, data: Any) -> Any:
         # The stock method logs and returns None when Redis refused the message twice.
@@ -116,15 +161,30 @@ class ObservedRedisManager(IndexedRooms, socketio.AsyncRedisManager):  # type: i
         return all(int(count) > 0 for _, count in counts)
 
     async def _listen(self) -> AsyncIterator[Any]:
-        async for data in super()._listen():
-            if b'"' + _PROBE_METHOD.encode() + b'"' in data:
+        # The stock _listen() reads the shared channel only.
+        shared = self.channel.encode()
+        probe_mark = b'"' + _PROBE_METHOD.encode() + b'"'
+        async for message in self._redis_listen_with_retries():
+            if message.get("type") != "message" or "data" not in message:
+                continue
+            data = message["data"]
+            if probe_mark in data:
                 with contextlib.suppress(ValueError, AttributeError):
-                    message = json.loads(data)
-                    if message.get("method") == _PROBE_METHOD:
-                        waiter = self._probes.get(str(message.get("id")))
+                    decoded = json.loads(data)
+                    if decoded.get("method") == _PROBE_METHOD:
+                        waiter = self._probes.get(str(decoded.get("id")))
                         if waiter is not None and not waiter.done():
                             waiter.set_result(None)
                         continue
+            if message.get("channel") == shared:
+                if data.endswith(ADDRESSED_SUFFIX):
+                    # An addressed message's fallback copy, for instances older than addressed
+                    # delivery: this instance receives its own copies on its own channel.
+                    BUS_MESSAGES.labels("shared_skipped").inc()
+                    continue
+                BUS_MESSAGES.labels("shared").inc()
+            else:
+                BUS_MESSAGES.labels("own").inc()
             yield data
 
     async def probe(self, wait: float = 1.0) -> None:
@@ -137,7 +197,7 @@ class ObservedRedisManager(IndexedRooms, socketio.AsyncRedisManager):  # type: i
         try:
             # Published directly: the stock _publish() swallows errors, a probe must not.
             await self.redis.publish(
-                self.channel,
+                self.own_channel or self.channel,
                 json.dumps({"method": _PROBE_METHOD, "id": probe_id, "host_id": self.host_id}),
             )
             await asyncio.wait_for(waiter, wait)

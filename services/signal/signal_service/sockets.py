@@ -8,6 +8,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from rtc_common.bus import AddressedBus
 from rtc_common.directory import AccessCache
 from rtc_common.relay_store import RelayStore
 
@@ -61,6 +62,7 @@ class SignalDeps:
 
     redis: Any
     presence: Presence
+    bus: AddressedBus
     access: AccessCache
     relay: RelayStore
 
