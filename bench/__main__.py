@@ -21,7 +21,7 @@ from typing import Any
 
 from rtc_testkit.processes import REPO_ROOT
 
-from bench import connections, ice, relay, signaling
+from bench import connections, ice, relay, scaleout, signaling
 from bench.harness import LOAD_CPUS, SERVER_CPUS, raise_fd_limit
 from bench.modes import FULL, QUICK, progress
 from bench.report import render_markdown, render_table
@@ -31,6 +31,7 @@ SCENARIOS = {
     "signaling": signaling.run,
     "connections": connections.run,
     "relay": relay.run,
+    "scaleout": scaleout.run,
 }
 
 

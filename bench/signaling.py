@@ -9,6 +9,7 @@ directly, user A to the first and user B to the second, so every signal crosses 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,22 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
         rtc = [python_server("signal_service", workdir / f"signal{i}", env) for i in range(2)]
         started += rtc
         servers["signal_service"] = ("rtc", "", rtc)
+        baseline = os.environ.get("BENCH_BASELINE_SRC")
+        if baseline:
+            # The same service from another checkout (its services/ first on PYTHONPATH).
+            paths = [str(Path(baseline) / "services" / n) for n in ("signal", "common")]
+            before_env = {
+                **env,
+                "PYTHONPATH": os.pathsep.join(paths),
+                # Its own channel: the current instances must not decode its traffic.
+                "SOCKETIO_CHANNEL": "rtc-socketio-before",
+            }
+            before = [
+                python_server("signal_service", workdir / f"before{i}", before_env)
+                for i in range(2)
+            ]
+            started += before
+            servers["signal_service_before"] = ("rtc", "", before)
         bare = [
             python_server("bench.bare_sio", workdir / f"bare{i}", {"REDIS_URL": redis.url})
             for i in range(2)

@@ -4,6 +4,7 @@
     compose_check.py wait --gateway URL --replicas N
     compose_check.py hardening --project NAME --replicas N
     compose_check.py run  --gateway URL --turn HOST:PORT --replicas N
+    compose_check.py scale --gateway URL   (deploy/compose_scale.py)
 
 Everything the clients do goes through the published gateway port. The compose command of the
 stack under test is in COMPOSE_CMD (used to look at Redis, to read the gateway's log and to stop
@@ -396,7 +397,7 @@ async def run(gateway: str, turn: tuple[str, int], replicas: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["wait", "hardening", "run"])
+    parser.add_argument("action", choices=["wait", "hardening", "run", "scale"])
     parser.add_argument("--gateway", help="wait, run: the published gateway's URL")
     parser.add_argument("--turn", default="127.0.0.1:3478")
     parser.add_argument("--replicas", type=int, default=3)
@@ -413,6 +414,10 @@ def main() -> int:
             asyncio.run(wait(args.gateway, args.replicas))
         elif args.action == "hardening":
             check_hardening(args.project, args.replicas)
+        elif args.action == "scale":
+            from compose_scale import check_scaling  # it imports this module's helpers
+
+            asyncio.run(check_scaling(args.gateway))
         else:
             host, _, port = args.turn.rpartition(":")
             asyncio.run(run(args.gateway, (host, int(port)), args.replicas))

@@ -6,7 +6,8 @@
 # run). Then, through the published gateway port only, deploy/compose_check.py checks ICE
 # credentials against the coturn profile (a real TURN allocation), signaling between users on
 # different signal-service replicas, a relay message enqueued and pulled, and a replica stopped
-# with its client reconnecting to another. Before those, every container's hardening (read-only
+# with its client reconnecting to another; then signal-service is scaled 2 -> 4 -> 2 while
+# clients signal through the gateway (deploy/compose_scale.py). Before those, every container's hardening (read-only
 # root, no capabilities, no-new-privileges, memory and pids limits) and the networks (the stores
 # reachable from the services only, the services' /metrics from the monitoring network, Redis
 # only with its password). Everything is torn down at the end (also on failure):
@@ -226,3 +227,8 @@ JWT_SECRET=$JWT_SECRET TURN_SECRET=$TURN_SECRET REDIS_PASSWORD=$REDIS_PASSWORD \
     --gateway "http://127.0.0.1:$GATEWAY_PORT" --turn "127.0.0.1:$TURN_PORT" \
     --replicas "$REPLICAS" \
     || { "${COMPOSE[@]}" logs --tail 40 gateway signal-service 2>&1 | tail -n 120 || true; fail "checks"; }
+
+step "signal-service scaled 2 -> 4 -> 2 under signaling load"
+JWT_SECRET=$JWT_SECRET REDIS_PASSWORD=$REDIS_PASSWORD "$PY" deploy/compose_check.py scale \
+    --gateway "http://127.0.0.1:$GATEWAY_PORT" \
+    || { "${COMPOSE[@]}" logs --tail 40 gateway signal-service 2>&1 | tail -n 120 || true; fail "scale"; }
