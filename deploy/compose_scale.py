@@ -5,6 +5,8 @@ clients connected through the gateway and offers flowing between them the whole 
   render and reload), and new clients land on them.
 - Down: compose stops the two newest replicas (SIGTERM); their clients reconnect through the
   gateway to the remaining ones.
+- Offers flow from the first clients to each other, and, once scaled up, to the new clients
+  (some of them on the replicas about to be removed).
 - Afterwards: presence places every wallet on a remaining replica only, once per socket; a new
   client's snapshot lists every other wallet online; and every offer that was acked was
   delivered (offers refused meanwhile, `unavailable` while a replica went away, are retried
@@ -47,7 +49,7 @@ class Flow:
     async def run(self, stop: asyncio.Event) -> None:
         n = 0
         while not stop.is_set():
-            signal_id = f"scale-{self.sender.wallet}-{n}"
+            signal_id = f"scale-{self.sender.wallet}-{self.receiver.wallet}-{n}"
             n += 1
             deadline = time.monotonic() + RETRY_FOR
             while time.monotonic() < deadline:
@@ -111,6 +113,10 @@ async def check_scaling(gateway: str, numbers_from: int = 100) -> None:
         say(f"scale: 2 -> 4 replicas, the gateway listed 4 after {took:.1f} s")
         for client in late:
             await client.join(gateway)
+        # Offers towards the new clients too: some of them are on replicas about to go.
+        more = [Flow(first[i], late[i]) for i in range(len(late))]
+        flows += more
+        tasks += [asyncio.create_task(flow.run(stop)) for flow in more]
 
         async def on_new_replicas() -> set[str] | None:
             where = await instances_of(*(c.wallet for c in late))
@@ -118,7 +124,8 @@ async def check_scaling(gateway: str, numbers_from: int = 100) -> None:
             return new or None
 
         new = await eventually("a new client on a new replica", on_new_replicas, 10)
-        on_new = next(c for c in late if (await instances_of(c.wallet)).get(c.wallet, set()) & new)
+        where = await instances_of(*(c.wallet for c in late))
+        on_new = next(c for c in late if where.get(c.wallet, set()) & new)
         await signal_exchange(on_new, first[0])
         say(f"scale: new clients reach the new replicas {sorted(new)}; signaling across them")
 

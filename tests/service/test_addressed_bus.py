@@ -206,3 +206,48 @@ async def test_fan_out_groups_rooms_per_instance(
     assert first_i1["data"] == [{"x": 1}] and first_i1["method"] == "emit"
     for pubsub in listeners.values():
         await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def test_no_signal_is_acked_towards_an_instance_that_is_stopping(
+    signal_cluster: Cluster, redis_server: RedisServer, peers: Peers
+) -> None:
+    """SIGTERM on the target's instance while offers stream to it: each offer is either acked
+    and delivered before the socket closes, or refused (`unavailable` once the instance stopped
+    taking addressed messages, `target_not_rtc_eligible` once the socket is gone)."""
+    s1, s2 = signal_cluster(2, SIGNAL_RATE_PER_SEC="100000")
+    a, b = "0xa1", "0xb2"
+    add_contacts(redis_server, a, b)
+    alice = await peers.connect(s1.url, a)
+    bob = await peers.connect(s2.url, b)
+    acked: list[str] = []
+    refused: dict[str, int] = {}
+    stopping = asyncio.Event()
+
+    async def sender(lane: int) -> None:
+        n = 0
+        while True:
+            signal_id = f"lane{lane}-{n}"
+            n += 1
+            ack = await alice.call("rtc:offer", offer(a, b, signal_id))
+            if ack.get("ok"):
+                acked.append(signal_id)
+            else:
+                refused[ack["error"]] = refused.get(ack["error"], 0) + 1
+                if ack["error"] == "target_not_rtc_eligible":
+                    return
+            if stopping.is_set() and n > 10_000:
+                return
+
+    lanes = [asyncio.create_task(sender(lane)) for lane in range(8)]
+
+    async def flowing() -> bool:
+        return len(acked) >= 200
+
+    await wait_for_async(flowing, timeout=10, what="offers flowing")
+    stopping.set()
+    await asyncio.to_thread(s2.stop)  # SIGTERM: drain, close the sockets, exit
+    async with asyncio.timeout(20):
+        await asyncio.gather(*lanes)
+    delivered = {body["signalId"] for body in bob.received("rtc:offer")}
+    assert set(acked) <= delivered, f"acked, never delivered: {sorted(set(acked) - delivered)}"
+    assert refused.get("target_not_rtc_eligible") == 8

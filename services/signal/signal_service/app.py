@@ -82,9 +82,13 @@ async def _close_sockets(app: web.Application) -> None:
     From aiohttp's pre-shutdown on the server ignores what clients send (their websocket close
     included), so an open socket would hold the process until it is killed. Closed here, each
     socket takes the normal disconnect path (presence updated, contacts told at once) while
-    Redis is still open.
+    Redis is still open. First the instance stops taking addressed messages and lets those
+    already sent here out, so that no signal is acked towards a socket that is closing.
     """
     sio = app[SIO_KEY]
+    with contextlib.suppress(Exception):
+        # Signals already routed here reach the sockets before they close (see drain()).
+        await app[MANAGER_KEY].drain()
     with contextlib.suppress(Exception):
         async with asyncio.timeout(3):
             if sio.eio.sockets:

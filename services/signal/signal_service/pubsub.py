@@ -65,6 +65,7 @@ class ObservedRedisManager(IndexedRooms, socketio.AsyncRedisManager):  # type: i
         self.own_channel = instance_channel(channel, instance_id) if instance_id else None
         # Set once the app's Redis client exists (signal-service's cleanup context).
         self.bus: AddressedBus | None = None
+        self.draining = False
         self._probes: dict[str, asyncio.Future[None]] = {}
         self.subscribed = False
 
@@ -79,7 +80,7 @@ class ObservedRedisManager(IndexedRooms, socketio.AsyncRedisManager):  # type: i
                     self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                 # One SUBSCRIBE for both: the instance's own channel has a subscriber exactly
                 # while this listener is subscribed to the shared one (see `listening`).
-                own = [self.own_channel] if self.own_channel else []
+                own = [self.own_channel] if self.own_channel and not self.draining else []
                 await self.pubsub.subscribe(self.channel, *own)
                 self.subscribed = True
                 retry = 0.1
@@ -187,8 +188,9 @@ class ObservedRedisManager(IndexedRooms, socketio.AsyncRedisManager):  # type: i
                 BUS_MESSAGES.labels("own").inc()
             yield data
 
-    async def probe(self, wait: float = 1.0) -> None:
-        """Raise unless a message published now comes back through this instance's listener."""
+    async def probe(self, wait: float = 1.0, *, shared: bool = False) -> None:
+        """Raise unless a message published now comes back through this instance's listener
+        (on its own channel, or on the shared one)."""
         if not self.subscribed:
             raise ConnectionError("pub/sub listener is not subscribed")
         probe_id = uuid.uuid4().hex
@@ -197,12 +199,33 @@ class ObservedRedisManager(IndexedRooms, socketio.AsyncRedisManager):  # type: i
         try:
             # Published directly: the stock _publish() swallows errors, a probe must not.
             await self.redis.publish(
-                self.own_channel or self.channel,
+                self.channel if shared or self.draining else (self.own_channel or self.channel),
                 json.dumps({"method": _PROBE_METHOD, "id": probe_id, "host_id": self.host_id}),
             )
             await asyncio.wait_for(waiter, wait)
         finally:
             self._probes.pop(probe_id, None)
+
+    async def drain(self, wait: float = 2.0) -> None:
+        """At a graceful stop, before the sockets close: take no more addressed messages, and
+        return once those already sent here went out to the sockets.
+
+        Unsubscribed from its own channel, the instance looks to route scripts like one whose
+        listener is down: signals to its sockets are refused `unavailable` (retried by the
+        client once it reconnects elsewhere) instead of being acked while the socket closes.
+        A probe on the shared channel, published once Redis has dropped the subscription,
+        comes back after every message sent here before it (one connection, in order).
+        """
+        if not self.own_channel or not self.subscribed:
+            return
+        self.draining = True
+        async with asyncio.timeout(wait):
+            await self.pubsub.unsubscribe(self.own_channel)
+            for _ in range(int(wait * 100)):  # Redis has it within a round trip or two
+                if (await self.redis.pubsub_numsub(self.own_channel))[0][1] == 0:
+                    break
+                await asyncio.sleep(0.01)
+            await self.probe(wait, shared=True)
 
     async def resubscribe(self) -> None:
         """Drop the pub/sub connection so the listener loop reconnects from scratch."""
