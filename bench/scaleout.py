@@ -1,6 +1,7 @@
 """Scenario 5: what a cross-instance signal costs each signal-service instance, and the cluster.
 
-N instances on one Redis (all pinned to the servers' core; CPU is read per process from /proc).
+N instances on one Redis (all pinned to the servers' core; CPU is read per process from /proc),
+warmed by one second of the same load.
 User A of each pair connects to instance 1 and B to instance 2; instances 3..N hold neither party
 (bystanders). The same socket.io-client load as scenario 2 sends offers at a fixed rate. Each
 instance's CPU over the run, minus its idle CPU over as long a quiet window measured just
@@ -54,19 +55,22 @@ def _measure(
             )
         pids = [server_pid(p) for p in instances]
         redis_pid = server_pid(redis)
+        # Warm: scripts loaded, contacts cached, the processes past their start-up work.
+        spec = {
+            "urlA": instances[0].url,
+            "urlB": instances[1].url,
+            "pairs": users(redis, f"{tag}{size}p", PAIRS),
+            "rate": RATE,
+            "duration": 1,
+        }
+        run_node_load("latency", "rtc", spec, workdir)
         quiet = max(2.0, mode.fixed_seconds / 2)
         idle0 = [cpu_seconds(pid) for pid in pids]
         redis_idle0 = cpu_seconds(redis_pid)
         time.sleep(quiet)  # the quiet window itself is what is measured, not a synchronisation
         idle = [(cpu_seconds(pid) - c) / quiet for pid, c in zip(pids, idle0, strict=True)]
         redis_idle = (cpu_seconds(redis_pid) - redis_idle0) / quiet
-        spec = {
-            "urlA": instances[0].url,
-            "urlB": instances[1].url,
-            "pairs": users(redis, f"{tag}{size}p", PAIRS),
-            "rate": RATE,
-            "duration": mode.fixed_seconds,
-        }
+        spec["duration"] = mode.fixed_seconds
         before = [cpu_seconds(pid) for pid in pids]
         redis_before = cpu_seconds(redis_pid)
         started = time.monotonic()

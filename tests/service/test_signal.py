@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from helpers import NODE_DIR
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rtc_testkit.contract import (
     CANDIDATE,
@@ -1082,6 +1082,7 @@ handshake_auth = st.one_of(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(auth=handshake_auth)
+@example(auth=1.5)  # `0` + `1.5`: python-socketio reads packet id 1 and data `.5`
 async def test_hostile_handshake_auth_is_refused_cleanly(
     stack: Stack, peers: Peers, auth: Any
 ) -> None:

@@ -32,6 +32,7 @@ def test_results_render_as_a_table(path: Path) -> None:
         "signaling": "Signaling",
         "connections": "Connections",
         "relay": "Relay",
+        "scaleout": "Scale-out",
     }
     for name in scenarios:
         assert f"\n{labels[name]}" in out

@@ -69,6 +69,10 @@ class ObservedRedisManager(IndexedRooms, socketio.AsyncRedisManager):  # type: i
         self._probes: dict[str, asyncio.Future[None]] = {}
         self.subscribed = False
 
+    def set_server(self, server: Any) -> None:
+        super().set_server(server)
+        self.json = Codec  # the stock set_server() puts the packets' JSON module back
+
     async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
         retry = 0.1
         while True:

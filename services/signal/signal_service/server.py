@@ -7,8 +7,9 @@ import logging
 from typing import Any
 
 import socketio
+from socketio import packet
 
-from .metrics import BINARY_REFUSED
+from .metrics import BINARY_REFUSED, SIGNALS
 
 log = logging.getLogger("signal.server")
 
@@ -53,4 +54,26 @@ class SignalServer(socketio.AsyncServer):  # type: ignore[misc]
             if request is not None and request.transport is not None:
                 request.transport.close()
             return
-        await super()._handle_eio_message(eio_sid, data)
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except ValueError:
+            await self._refuse_malformed(eio_sid, data)
+
+    async def _refuse_malformed(self, eio_sid: str, data: Any) -> None:
+        """A packet python-socketio cannot decode. A number as the handshake's `auth` is one:
+        `0` + `1.5` reads as packet id 1 and data `.5`. A handshake gets the refusal any other
+        invalid `auth` gets (connect_error `unauthorized`); anything else closes the socket."""
+        if isinstance(data, str) and data[:1] == str(packet.CONNECT):
+            SIGNALS.labels("connect", "unauthorized").inc()
+            reason = {"error": "unauthorized", "message": "authentication required"}
+            await self._send_packet(
+                eio_sid,
+                self.packet_class(
+                    packet.CONNECT_ERROR,
+                    data={"message": "unauthorized", "data": reason},
+                    namespace="/",
+                ),
+            )
+            return
+        log.warning("undecodable socket.io packet, socket closed")
+        await self.eio.disconnect(eio_sid)
