@@ -107,39 +107,58 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
                 f"{result['connect_per_second']:.0f}/s, "
                 f"{result['rss_per_connection_kib']:.1f} KiB each"
             )
-        signal = start("signal_service")
-        started.append(signal)
-        try:
-            results["fanout"] = fan_out(mode, redis, signal.url, workdir)
-        except (subprocess.SubprocessError, RuntimeError, OSError, ValueError) as exc:
-            results["fanout"] = {"contacts": mode.fanout_contacts, "error": str(exc)[:500]}
+        variants = {"fanout": env}
+        baseline = os.environ.get("BENCH_BASELINE_SRC")
+        if baseline:
+            paths = [str(Path(baseline) / "services" / n) for n in ("signal", "common")]
+            variants["fanout_before"] = {
+                **env,
+                "PYTHONPATH": os.pathsep.join(paths),
+                "SOCKETIO_CHANNEL": "rtc-socketio-before",
+            }
+        for key, variant_env in variants.items():
+            # Contacts on one instance, the wallet coming online on another: the update crosses
+            # instances (and a third instance, holding neither, is subscribed too).
+            trio = [
+                python_server("signal_service", workdir / f"{key}{i}", variant_env)
+                for i in range(3)
+            ]
+            started += trio
+            try:
+                results[key] = fan_out(mode, redis, trio[0].url, trio[1].url, workdir, key)
+            except (subprocess.SubprocessError, RuntimeError, OSError, ValueError) as exc:
+                results[key] = {"contacts": mode.fanout_contacts, "error": str(exc)[:500]}
+            for server in trio:
+                server.stop()
         return results
     finally:
         for process in reversed(started):
             process.stop()
 
 
-def fan_out(mode: Mode, redis: Any, url: str, workdir: Path) -> dict[str, Any]:
+def fan_out(
+    mode: Mode, redis: Any, contacts_url: str, subject_url: str, workdir: Path, tag: str
+) -> dict[str, Any]:
     runs = []
     client = redis.client()
     for repeat in range(mode.repeats):
-        subject = f"star{repeat}"
-        contacts = [f"fan{repeat}x{i}" for i in range(mode.fanout_contacts)]
+        subject = f"{tag}star{repeat}"
+        contacts = [f"{tag}{repeat}x{i}" for i in range(mode.fanout_contacts)]
         pipe = client.pipeline()
         pipe.sadd(f"rtc:contacts:{subject}", *contacts)
         for contact in contacts:
             pipe.sadd(f"rtc:contacts:{contact}", subject)
         pipe.execute()
         spec = {
-            "urlA": url,
-            "urlB": url,
+            "urlA": contacts_url,
+            "urlB": subject_url,
             "users": [{"wallet": c, "token": make_token(c)} for c in contacts],
             "subject": {"wallet": subject, "token": make_token(subject)},
         }
         result = run_node_load("fanout", "rtc", spec, workdir, timeout=120)
         runs.append(result)
         progress(
-            f"presence fan-out {repeat + 1}/{mode.repeats}: {result['notified']}/"
+            f"presence fan-out ({tag}) {repeat + 1}/{mode.repeats}: {result['notified']}/"
             f"{result['contacts']} notified in {result['fanout_ms']:.1f} ms"
         )
     return {

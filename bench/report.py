@@ -186,21 +186,24 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     "",
                 ),
             ]
-        fan = c["fanout"]
-        fan_value = (
-            "FAILED: " + fan["error"][:100]
-            if "error" in fan
-            else fmt(fan["fanout_ms"], "ms", 1) + ("" if fan["all_notified"] else " (NOT all)")
-        )
-        out.append(
-            (
-                "Connections",
-                f"signal-service presence fan-out to {fan['contacts']} online contacts",
-                fan_value,
-                "",
-                "",
+        for key, label in (("fanout", "signal-service"), ("fanout_before", "before")):
+            fan = c.get(key)
+            if fan is None:
+                continue
+            fan_value = (
+                "FAILED: " + fan["error"][:100]
+                if "error" in fan
+                else fmt(fan["fanout_ms"], "ms", 1) + ("" if fan["all_notified"] else " (NOT all)")
             )
-        )
+            out.append(
+                (
+                    "Connections",
+                    f"{label} presence fan-out to {fan['contacts']} online contacts",
+                    fan_value,
+                    "",
+                    "",
+                )
+            )
     if "relay" in s:
         for fsync, r in s["relay"].items():
             sat, fixed = r["saturation"], r["fixed_1000"]

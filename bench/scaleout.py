@@ -107,7 +107,9 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
             env = signal_service_env(redis.url, **extra)
             runs: dict[int, list[dict[str, Any]]] = {}
             for repeat in range(mode.repeats):
-                for size in sorted({BYSTANDER_SIZE, *SIZES}):
+                sizes = sorted({BYSTANDER_SIZE, *SIZES})
+                # Rotated per repeat: no size is always the first measured after a teardown.
+                for size in sizes[repeat % len(sizes) :] + sizes[: repeat % len(sizes)]:
                     measured = _measure(mode, workdir, redis, env, size, f"{tag}{repeat}")
                     runs.setdefault(size, []).append(measured)
                     bystander = (
