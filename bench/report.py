@@ -407,6 +407,8 @@ make bench-full         # full mode: 3 repeats of 8 s runs, 20,000 sockets; writ
   same protocol and payload. Every server declines websocket compression (permessage-deflate),
   Node's default and signal-service's (`SIGNAL_WS_COMPRESSION`); python-socketio accepts it by
   default, so the bare baseline declines it as signal-service does.
+- **Scale-out** (`--only scaleout`): CPU per cross-instance offer of the sender's, the receiver's
+  and bystander instances, and of the cluster, at 2, 3, 4 and 6 instances (see its section).
 - **Connections**: N idle websocket clients on one instance of each server (signal-service
   with real JWT handshakes and presence, bare python-socketio without and with deflate, Node
   socket.io): RSS growth per
