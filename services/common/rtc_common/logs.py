@@ -6,6 +6,7 @@ credential or a `secret=`/`credential=` pair is masked before the line is writte
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -120,8 +121,12 @@ def set_pseudonym_key(key: bytes | None) -> None:
     """The key of `wallet_hash`; None: a new random one (pseudonyms then hold for this process)."""
     global _pseudonym_key
     _pseudonym_key = key if key is not None else secrets.token_bytes(32)
+    wallet_hash.cache_clear()
 
 
+# Cached: an HMAC per logged event was a measured share of a signal's cost, and the same
+# wallets log many lines (bounded, so a flood of distinct wallets holds at most this many).
+@functools.lru_cache(maxsize=4096)
 def wallet_hash(wallet: str) -> str:
     """A short pseudonym for a wallet in logs (an HMAC under LOG_PSEUDONYM_KEY): lines of one
     user can be correlated without the wallet being written or recoverable from the log."""

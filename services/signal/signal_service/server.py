@@ -62,7 +62,8 @@ class SignalServer(socketio.AsyncServer):  # type: ignore[misc]
     async def _refuse_malformed(self, eio_sid: str, data: Any) -> None:
         """A packet python-socketio cannot decode. A number as the handshake's `auth` is one:
         `0` + `1.5` reads as packet id 1 and data `.5`. A handshake gets the refusal any other
-        invalid `auth` gets (connect_error `unauthorized`); anything else closes the socket."""
+        invalid `auth` gets (connect_error `unauthorized`); any other packet is dropped, and the
+        socket keeps working (as python-socketio does with its own decode guards)."""
         if isinstance(data, str) and data[:1] == str(packet.CONNECT):
             SIGNALS.labels("connect", "unauthorized").inc()
             reason = {"error": "unauthorized", "message": "authentication required"}
@@ -75,5 +76,4 @@ class SignalServer(socketio.AsyncServer):  # type: ignore[misc]
                 ),
             )
             return
-        log.warning("undecodable socket.io packet, socket closed")
-        await self.eio.disconnect(eio_sid)
+        log.warning("undecodable socket.io packet dropped")
