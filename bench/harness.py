@@ -155,10 +155,12 @@ def python_server(
 
 
 class NodeServer(HttpServer):
-    def __init__(self, workdir: Path, redis_url: str):
+    def __init__(self, workdir: Path, redis_url: str, *, sharded: bool = False):
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         env = {"PATH": os.environ["PATH"], "PORT": str(self.port), "REDIS_URL": redis_url}
+        if sharded:
+            env["SHARDED"] = "1"
         super().__init__(
             f"node-sio:{self.port}",
             pinned(SERVER_CPUS, ["node", str(NODE_DIR / "server.mjs")]),

@@ -103,11 +103,13 @@ def rows(results: dict[str, Any]) -> list[Row]:
         sat = s["signaling"]["saturation"]
         names: tuple[tuple[str, str], ...] = (
             ("node_socketio", "Node socket.io + redis-adapter"),
+            ("node_socketio_sharded", "Node socket.io + sharded redis-adapter (dynamic)"),
             ("bare_python_socketio", "bare python-socketio + AsyncRedisManager"),
             ("signal_service", "signal-service"),
         )
         if "signal_service_before" in sat:
             names += (("signal_service_before", "signal-service before (BENCH_BASELINE_SRC)"),)
+        names = tuple((name, label) for name, label in names if name in sat)
         for rate in (200, 1000):
             lat = s["signaling"].get(f"latency_{rate}")
             if lat is None:

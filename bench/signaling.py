@@ -1,9 +1,10 @@
 """Scenario 2: offer delivery between two users on different signal instances.
 
-Three servers, each as two instances sharing one Redis, driven by the same socket.io-client load
+The servers, each as two instances sharing one Redis, driven by the same socket.io-client load
 (bench/node/signal_load.mjs) with the same ~1.5 KB SDP: signal-service (auth, validation, contacts,
 dedup, rate limit), bare python-socketio + AsyncRedisManager (bench/bare_sio.py) and Node
-socket.io + @socket.io/redis-adapter (bench/node/server.mjs). Clients connect to the instances
+socket.io + @socket.io/redis-adapter (bench/node/server.mjs), classic and sharded (dynamic
+subscriptions). Clients connect to the instances
 directly, user A to the first and user B to the second, so every signal crosses Redis pub/sub.
 """
 
@@ -82,6 +83,13 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
             server.start()
         started += node
         servers["node_socketio"] = ("bare", "", node)
+        sharded = [
+            NodeServer(workdir / f"node-sharded{i}", redis.url, sharded=True) for i in range(2)
+        ]
+        for server in sharded:
+            server.start()
+        started += sharded
+        servers["node_socketio_sharded"] = ("bare", "", sharded)
 
         latency: dict[int, dict[str, list[dict[str, Any]]]] = {
             rate: {name: [] for name in servers} for rate in RATES
