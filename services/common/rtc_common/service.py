@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import Callable
@@ -16,6 +17,17 @@ from .settings import CommonSettings, SettingsError, load_settings
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 log = logging.getLogger("rtc.service")
+
+
+async def _freeze_startup_objects(_app: web.Application) -> None:
+    """Once everything is imported and built: move those objects out of the collector's reach.
+
+    Otherwise the first full collection under load walks every module, model and client made at
+    start-up, a pause of tens of milliseconds in the middle of traffic (gunicorn advises the same
+    for preloaded apps).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def run_service(
@@ -40,8 +52,10 @@ def run_service(
     for message, variables in settings.startup_warnings():
         log.warning(message, extra={"variables": list(variables)})
     loop = uvloop.new_event_loop() if settings.event_loop == "uvloop" else asyncio.new_event_loop()
+    app = create_app(settings)
+    app.on_startup.append(_freeze_startup_objects)
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         access_log_class=JsonAccessLogger,
