@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 
 from rtc_common.logs import wallet_hash
 
@@ -44,49 +43,64 @@ class TokenBucket:
         return False
 
 
-@dataclass
 class Refusals:
     """A socket's refused events: the abuse window and the aggregated log line.
 
-    `limit`: how many refusals within ABUSE_WINDOW_SECONDS are tolerated.
+    `limit`: how many refusals within ABUSE_WINDOW_SECONDS are tolerated. The window and the
+    counts are made at the first refusal: most sockets never have one, and every idle socket
+    would otherwise carry them.
     """
 
-    limit: int
-    # (second, count) per one-second bucket of the sliding window
-    buckets: list[list[int]] = field(
-        default_factory=lambda: [[-1, 0] for _ in range(ABUSE_WINDOW_SECONDS)]
-    )
-    # code -> count since `since`, logged as one line every REFUSAL_LOG_SECONDS
-    pending: Counter[str] = field(default_factory=Counter)
-    since: float = field(default_factory=time.monotonic)
+    __slots__ = ("_buckets", "_pending", "limit", "since")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        # second, count of each one-second bucket of the sliding window, flattened
+        self._buckets: list[int] | None = None
+        # code -> count since `since`, logged as one line every REFUSAL_LOG_SECONDS
+        self._pending: Counter[str] | None = None
+        self.since = time.monotonic()
+
+    @property
+    def pending(self) -> Counter[str]:
+        return self._pending if self._pending is not None else Counter()
 
     def record(self, code: str, wallet: str) -> bool:
         """Count one refusal; True when the socket went over the abuse limit."""
         now = time.monotonic()
-        self.pending[code] += 1
+        if self._pending is None:
+            self._pending = Counter()
+        self._pending[code] += 1
         if now - self.since >= REFUSAL_LOG_SECONDS:
             self.flush(wallet, now)
         if code in NOT_ABUSE:
             return False
+        if self._buckets is None:
+            self._buckets = [-1, 0] * ABUSE_WINDOW_SECONDS
+        buckets = self._buckets
         second = int(now)
-        bucket = self.buckets[second % ABUSE_WINDOW_SECONDS]
-        if bucket[0] != second:
-            bucket[0], bucket[1] = second, 0
-        bucket[1] += 1
-        recent = sum(n for s, n in self.buckets if second - s < ABUSE_WINDOW_SECONDS)
+        at = 2 * (second % ABUSE_WINDOW_SECONDS)
+        if buckets[at] != second:
+            buckets[at], buckets[at + 1] = second, 0
+        buckets[at + 1] += 1
+        recent = sum(
+            buckets[i + 1]
+            for i in range(0, len(buckets), 2)
+            if second - buckets[i] < ABUSE_WINDOW_SECONDS
+        )
         return recent > self.limit
 
     def flush(self, wallet: str, now: float | None = None) -> None:
         """Write the pending counts as one line (nothing when there are none)."""
         now = time.monotonic() if now is None else now
-        if self.pending:
+        if self._pending:
             log.info(
                 "events refused",
                 extra={
                     "walletHash": wallet_hash(wallet),
-                    "refused": dict(self.pending),
+                    "refused": dict(self._pending),
                     "windowSeconds": round(now - self.since, 1),
                 },
             )
-            self.pending.clear()
+            self._pending.clear()
         self.since = now

@@ -18,7 +18,7 @@ from .presence import Presence
 DEDUP_SECONDS = 60
 
 
-@dataclass
+@dataclass(slots=True)
 class SocketState:
     wallet: str
     rtc: bool
