@@ -22,6 +22,7 @@ from bench.harness import (
     LOAD_CPUS,
     NODE_DIR,
     NodeServer,
+    baseline_env,
     pinned,
     python_server,
     rss_bytes,
@@ -108,14 +109,9 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
                 f"{result['rss_per_connection_kib']:.1f} KiB each"
             )
         variants = {"fanout": env}
-        baseline = os.environ.get("BENCH_BASELINE_SRC")
-        if baseline:
-            paths = [str(Path(baseline) / "services" / n) for n in ("signal", "common")]
-            variants["fanout_before"] = {
-                **env,
-                "PYTHONPATH": os.pathsep.join(paths),
-                "SOCKETIO_CHANNEL": "rtc-socketio-before",
-            }
+        baseline = baseline_env()
+        if baseline is not None:
+            variants["fanout_before"] = {**env, **baseline}
         for key, variant_env in variants.items():
             # Contacts on one instance, the wallet coming online on another: the update crosses
             # instances (and a third instance, holding neither, is subscribed too).

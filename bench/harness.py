@@ -144,6 +144,17 @@ class BenchGateway(HttpServer):
         )
 
 
+def baseline_env() -> dict[str, str] | None:
+    """With BENCH_BASELINE_SRC=<a source checkout>: the environment that runs that checkout's
+    signal-service (its services/ first on PYTHONPATH) as the "before" of the same run, on a bus
+    channel of its own so that the current instances never decode its traffic."""
+    src = os.environ.get("BENCH_BASELINE_SRC")
+    if not src:
+        return None
+    paths = [str(Path(src) / "services" / name) for name in ("signal", "common")]
+    return {"PYTHONPATH": os.pathsep.join(paths), "SOCKETIO_CHANNEL": "rtc-socketio-before"}
+
+
 def python_server(
     module: str, workdir: Path, env: Mapping[str, str], ready: str = "/readyz"
 ) -> ServiceProcess:

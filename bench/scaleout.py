@@ -16,14 +16,20 @@ signal-service too (its `services/` first on PYTHONPATH), as the "before" in the
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from rtc_testkit.processes import Process, ServiceProcess
 
-from bench.harness import cpu_seconds, python_server, run_node_load, server_pid, start_redis
+from bench.harness import (
+    baseline_env,
+    cpu_seconds,
+    python_server,
+    run_node_load,
+    server_pid,
+    start_redis,
+)
 from bench.modes import Mode, progress
 from bench.signaling import signal_service_env, users
 
@@ -35,11 +41,9 @@ PAIRS = 1
 
 def _variants() -> dict[str, dict[str, str]]:
     variants: dict[str, dict[str, str]] = {"current": {}}
-    baseline = os.environ.get("BENCH_BASELINE_SRC")
-    if baseline:
-        services = Path(baseline) / "services"
-        paths = [str(services / name) for name in ("signal", "common")]
-        variants["baseline"] = {"PYTHONPATH": os.pathsep.join(paths)}
+    baseline = baseline_env()
+    if baseline is not None:
+        variants["baseline"] = baseline
     return variants
 
 

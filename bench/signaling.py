@@ -10,7 +10,6 @@ directly, user A to the first and user B to the second, so every signal crosses 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,14 @@ from rtc_testkit.contract import make_token
 from rtc_testkit.processes import HttpServer, Process
 from rtc_testkit.stack import add_contacts, base_env
 
-from bench.harness import NodeServer, python_server, run_node_load, start_redis, summary
+from bench.harness import (
+    NodeServer,
+    baseline_env,
+    python_server,
+    run_node_load,
+    start_redis,
+    summary,
+)
 from bench.modes import Mode, progress
 
 PAIRS = 4
@@ -56,18 +62,10 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
         rtc = [python_server("signal_service", workdir / f"signal{i}", env) for i in range(2)]
         started += rtc
         servers["signal_service"] = ("rtc", "", rtc)
-        baseline = os.environ.get("BENCH_BASELINE_SRC")
-        if baseline:
-            # The same service from another checkout (its services/ first on PYTHONPATH).
-            paths = [str(Path(baseline) / "services" / n) for n in ("signal", "common")]
-            before_env = {
-                **env,
-                "PYTHONPATH": os.pathsep.join(paths),
-                # Its own channel: the current instances must not decode its traffic.
-                "SOCKETIO_CHANNEL": "rtc-socketio-before",
-            }
+        baseline = baseline_env()
+        if baseline is not None:
             before = [
-                python_server("signal_service", workdir / f"before{i}", before_env)
+                python_server("signal_service", workdir / f"before{i}", {**env, **baseline})
                 for i in range(2)
             ]
             started += before

@@ -87,14 +87,15 @@ def emit_message(
 
 # KEYS[i]: the presence hash of wallet i. ARGV: 1 channel, 2 this instance ('' for none: every
 # owner is remote), 3 message head, 4 message tail, 5 '1' to count RTC-capable sockets only,
-# 5+i: the room of wallet i. Publishes to every other instance holding a socket of these wallets
-# one message with the rooms it holds; rooms whose instance has no subscriber on its own channel
-# go once to the shared channel, marked. Returns {instances reached, instances not subscribed}.
+# 6 the fallback copy's tail (ADDRESSED_SUFFIX), 6+i: the room of wallet i. Publishes to every
+# other instance holding a socket of these wallets one message with the rooms it holds; rooms
+# whose instance has no subscriber on its own channel go once to the shared channel, marked.
+# Returns {instances reached, instances not subscribed}.
 _FAN_OUT = """
 local channel, me, head, tail, rtc_only = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
 local per, order = {}, {}
 for i, key in ipairs(KEYS) do
-  local room = ARGV[5 + i]
+  local room = ARGV[6 + i]
   for _, v in ipairs(redis.call('HVALS', key)) do
     if not rtc_only or string.sub(v, -2) == '|1' then
       local owner = string.sub(v, 1, -3)
@@ -121,8 +122,7 @@ for _, owner in ipairs(order) do
   end
 end
 if missed > 0 then
-  redis.call('PUBLISH', channel,
-    head .. cjson.encode(stray) .. string.sub(tail, 1, -2) .. ',"addressed":1}')
+  redis.call('PUBLISH', channel, head .. cjson.encode(stray) .. string.sub(tail, 1, -2) .. ARGV[6])
 end
 return {reached, missed}
 """
@@ -199,7 +199,15 @@ class AddressedBus:
         reached, missed = await self._batcher.run(
             self._fan_out,
             [conn_key(w) for w in wallets],
-            [self.channel, self.instance_id, head, tail, "1" if rtc_only else "0", *rooms],
+            [
+                self.channel,
+                self.instance_id,
+                head,
+                tail,
+                "1" if rtc_only else "0",
+                ADDRESSED_SUFFIX,
+                *rooms,
+            ],
         )
         return FanOut(int(reached), int(missed))
 

@@ -385,18 +385,17 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return {"ok": True, "signalId": signal_id, "duplicate": True}
         if published:
             await self.emit(event, body, room=f"rtc:{to}", ignore_queue=True)
-            SIGNALS.labels(event, "ok").inc()
-            return {"ok": True, "signalId": signal_id}
-        token = PUBLISH_FAILED.set(False)
-        try:
-            await self.emit(event, body, room=f"rtc:{to}")
-            failed = PUBLISH_FAILED.get()
-        finally:
-            PUBLISH_FAILED.reset(token)
-        if failed and remote:
-            # Only this instance's sockets got it: not acked, and a retry is forwarded again.
-            await self._forget(state.wallet, signal_id)
-            raise Refusal("unavailable")
+        else:
+            token = PUBLISH_FAILED.set(False)
+            try:
+                await self.emit(event, body, room=f"rtc:{to}")
+                failed = PUBLISH_FAILED.get()
+            finally:
+                PUBLISH_FAILED.reset(token)
+            if failed and remote:
+                # Only this instance's sockets got it: not acked, and a retry is forwarded again.
+                await self._forget(state.wallet, signal_id)
+                raise Refusal("unavailable")
         SIGNALS.labels(event, "ok").inc()
         return {"ok": True, "signalId": signal_id}
 

@@ -93,10 +93,6 @@ class Presence:
         self._sockets_key = f"{PREFIX}inst:{instance_id}:sockets"
         self._alive_key = f"{PREFIX}inst:{instance_id}:alive"
 
-    @staticmethod
-    def _conn_key(wallet: str) -> str:
-        return conn_key(wallet)
-
     async def register(self, sock: LocalSocket, *, limit: int = 0) -> bool:
         """Record a socket; True when it is the wallet's first (the wallet just came online).
 
@@ -105,7 +101,7 @@ class Presence:
         """
         count = int(
             await self._register(
-                keys=[self._conn_key(sock.wallet), self._sockets_key, INSTANCES_KEY],
+                keys=[conn_key(sock.wallet), self._sockets_key, INSTANCES_KEY],
                 args=[
                     sock.sid,
                     f"{self.instance_id}|{int(sock.rtc)}",
@@ -121,9 +117,7 @@ class Presence:
 
     async def unregister(self, sid: str, wallet: str) -> bool:
         """Forget a socket; True when it was the wallet's last (the wallet just went offline)."""
-        remaining = await self._unregister(
-            keys=[self._conn_key(wallet), self._sockets_key], args=[sid]
-        )
+        remaining = await self._unregister(keys=[conn_key(wallet), self._sockets_key], args=[sid])
         return int(remaining) == 0
 
     async def heartbeat(self) -> int:
@@ -171,13 +165,13 @@ class Presence:
             return []
         pipe = self._redis.pipeline(transaction=False)
         for wallet in wallets:
-            pipe.exists(self._conn_key(wallet))
+            pipe.exists(conn_key(wallet))
         found = await pipe.execute()
         return [wallet for wallet, exists in zip(wallets, found, strict=True) if exists]
 
     async def rtc_owners(self, wallet: str) -> set[str]:
         """The instances holding the wallet's RTC-capable sockets."""
-        values = await self._redis.hvals(self._conn_key(wallet))
+        values = await self._redis.hvals(conn_key(wallet))
         return {text.rsplit("|", 1)[0] for text in map(as_text, values) if text.endswith("|1")}
 
     async def leave(self) -> None:

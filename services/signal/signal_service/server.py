@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import socketio
+from rtc_common.errors import unauthorized
 from socketio import packet
 
 from .metrics import BINARY_REFUSED, SIGNALS
@@ -65,13 +66,14 @@ class SignalServer(socketio.AsyncServer):  # type: ignore[misc]
         invalid `auth` gets (connect_error `unauthorized`); any other packet is dropped, and the
         socket keeps working (as python-socketio does with its own decode guards)."""
         if isinstance(data, str) and data[:1] == str(packet.CONNECT):
-            SIGNALS.labels("connect", "unauthorized").inc()
-            reason = {"error": "unauthorized", "message": "authentication required"}
+            refusal = unauthorized()
+            SIGNALS.labels("connect", refusal.code).inc()
+            reason = {"error": refusal.code, "message": refusal.message}
             await self._send_packet(
                 eio_sid,
                 self.packet_class(
                     packet.CONNECT_ERROR,
-                    data={"message": "unauthorized", "data": reason},
+                    data={"message": refusal.code, "data": reason},
                     namespace="/",
                 ),
             )
