@@ -6,6 +6,8 @@
 #   TURN_SECRET_PREVIOUS, TURN_PORT (3478), TURN_MIN_PORT (49160), TURN_MAX_PORT (49999),
 #   TURN_REALM (rtc.local), TURN_LISTENING_IP, TURN_RELAY_IP, TURN_EXTERNAL_IP, TURN_TLS_PORT
 #   (5349), TURN_TLS_CERT, TURN_TLS_KEY.
+# Admin CLI: TURN_ADMIN_PASSWORD (unset: no-cli) opens it on TURN_CLI_IP (127.0.0.1) and
+#   TURN_CLI_PORT (5766) for ice-service's revocations (docs/operating.md).
 # Peer policy: every range of denied-peers.txt is denied (loopback, private, link-local with the
 #   cloud metadata services, CGNAT, multicast, reserved, and their IPv6 counterparts).
 #   TURN_ALLOWED_PEER_IPS: comma-separated exceptions coturn may relay to after all: addresses,
@@ -201,6 +203,18 @@ if [ -n "$TURN_TLS_CERT" ] && [ -n "$TURN_TLS_KEY" ]; then
     export TURN_TLS_PORT="${TURN_TLS_PORT:-5349}" TURN_NO_TLS=""
 else
     export TURN_TLS_PORT="" TURN_NO_TLS="no-tls"
+fi
+# The admin CLI (where ice-service ends revoked wallets' sessions) only with a password.
+if [ -n "${TURN_ADMIN_PASSWORD:-}" ]; then
+    case $TURN_ADMIN_PASSWORD in *[!A-Za-z0-9._~+/=-]*)
+        bad_value TURN_ADMIN_PASSWORD "letters, digits and ._~+/=- only" "(not shown)" ;;
+    esac
+    count TURN_CLI_PORT 5766
+    export TURN_CLI="cli-ip=${TURN_CLI_IP:-127.0.0.1}
+cli-port=$TURN_CLI_PORT
+cli-password=$TURN_ADMIN_PASSWORD"
+else
+    export TURN_CLI="no-cli"
 fi
 
 # The peer policy: the denied list always; the exceptions the operator named.

@@ -17,6 +17,7 @@ import jwt
 from aiohttp import web
 
 from .errors import ApiError, unauthorized
+from .revocation import Revocations, revoked_error
 from .settings import CommonSettings
 
 MAX_TOKEN_LENGTH = 8192
@@ -125,17 +126,33 @@ class JwtVerifier:
 
 
 class Authenticator:
-    """Turns request credentials into an Identity; shared by HTTP and the Socket.IO handshake."""
+    """Turns request credentials into an Identity; shared by HTTP and the Socket.IO handshake.
+    A valid token of a revoked wallet is refused (403 `revoked`)."""
 
-    def __init__(self, settings: CommonSettings, verifier: JwtVerifier | None = None) -> None:
+    def __init__(
+        self,
+        settings: CommonSettings,
+        verifier: JwtVerifier | None = None,
+        revocations: Revocations | None = None,
+    ) -> None:
         self.settings = settings
         self.verifier = verifier or JwtVerifier(settings)
+        self.revocations = revocations if revocations is not None else Revocations()
         self._whitelist = re.compile(settings.bearer_route_whitelist)
+
+    def _admit(self, identity: Identity) -> Identity:
+        if self.revocations.is_revoked(identity.wallet):
+            raise revoked_error()
+        return identity
 
     def bearer(self, token: str) -> Identity:
         if not self.settings.allow_bearer_auth:
             raise unauthorized("bearer authentication is disabled")
-        return self.verifier.verify(token, "bearer")
+        return self._admit(self.verifier.verify(token, "bearer"))
+
+    def cookie_token(self, token: str) -> Identity:
+        """The cookie's token once its CSRF defence was checked by the caller."""
+        return self._admit(self.verifier.verify(token, "cookie"))
 
     def bearer_for_path(self, authorization: str, path: str) -> Identity:
         scheme, _, token = authorization.partition(" ")
@@ -158,7 +175,7 @@ class Authenticator:
             )
         ):
             raise ApiError("csrf_failed", "CSRF header missing or does not match the CSRF cookie")
-        return self.verifier.verify(token, "cookie")
+        return self.cookie_token(token)
 
     def has_cookie_token(self, cookies: Mapping[str, str]) -> bool:
         return bool(cookies.get(self.settings.jwt_cookie_name))

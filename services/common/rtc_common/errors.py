@@ -13,6 +13,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "csrf_failed": 403,
     "forbidden": 403,
     "feature_disabled": 403,
+    "revoked": 403,
     "not_found": 404,
     "method_not_allowed": 405,
     "invalid_payload": 400,

@@ -32,6 +32,9 @@ RATE_LIMIT_DEGRADED = Gauge(
     "1 while this scope limits per process because Redis is unreachable",
     ["scope"],
 )
+REVOKED_WALLETS = Gauge(
+    "rtc_revoked_wallets", "Wallets whose access is revoked now, as this instance holds them"
+)
 RATE_LIMITED = Counter(
     "rtc_ratelimit_rejected_total", "Requests refused by a rate limit", ["scope"]
 )

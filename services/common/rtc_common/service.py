@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -54,13 +56,37 @@ def run_service(
     loop = uvloop.new_event_loop() if settings.event_loop == "uvloop" else asyncio.new_event_loop()
     app = create_app(settings)
     app.on_startup.append(_freeze_startup_objects)
-    web.run_app(
+    asyncio.set_event_loop(loop)
+    task = loop.create_task(_serve(app, settings.host, settings.port, shutdown_timeout))
+    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
+        loop.run_until_complete(task)  # until SIGTERM or SIGINT; the graceful stop follows
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(task)  # the runner's cleanup: every cleanup context
+    if not task.cancelled():
+        task.result()  # a failure of the start or of the stop exits non-zero, with its traceback
+    # The stop is complete. The loop is not closed: uvloop's close waits for every libuv request
+    # still in flight (a DNS lookup the Redis client already gave up on), which once held a
+    # stopping replica until it was killed; nothing is left to release.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+async def _serve(app: web.Application, host: str, port: int, shutdown_timeout: float) -> None:
+    """aiohttp's run_app without its final loop teardown: serve until a signal, then clean up."""
+    runner = web.AppRunner(
         app,
-        host=settings.host,
-        port=settings.port,
+        handle_signals=True,  # SIGTERM/SIGINT raise GracefulExit out of the loop
         access_log_class=JsonAccessLogger,
         access_log=logging.getLogger("rtc.access"),
-        print=None,
         shutdown_timeout=shutdown_timeout,
-        loop=loop,
     )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

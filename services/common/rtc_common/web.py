@@ -17,6 +17,7 @@ from .errors import error_body
 from .keys import READINESS_KEY, SAMPLING_KEY, SETTINGS_KEY, ReadinessCheck
 from .metrics import READY, READY_CHECK, render_metrics
 from .middlewares import cors_middleware, request_context_middleware
+from .revocation import REVOCATIONS_KEY
 from .sampling import READINESS_TIMEOUT, MetricsSampling, Sampler
 from .settings import CommonSettings
 
@@ -163,7 +164,7 @@ def create_base_app(
     """An application with the shared middlewares and /healthz, /readyz, /metrics.
 
     Services add their routes, readiness checks (`app[READINESS_KEY][name] = check`) and
-    cleanup contexts.
+    cleanup contexts, `revocations_context` among them (the authenticator's revoked set).
     """
     authenticator = authenticator or Authenticator(settings)
     app = web.Application(
@@ -175,6 +176,7 @@ def create_base_app(
         client_max_size=client_max_size,
     )
     app[SETTINGS_KEY] = settings
+    app[REVOCATIONS_KEY] = authenticator.revocations
     app[READINESS_KEY] = {}
     app[SAMPLING_KEY] = MetricsSampling(samplers=[_readiness_sampler(app)])
     arm_report, disarm_report = slow_shutdown_report()

@@ -20,9 +20,12 @@ from rtc_common.jsonbody import read_json
 from rtc_common.keys import READINESS_KEY, extra_headers, route_label
 from rtc_common.metrics import labelled
 from rtc_common.ratelimit import RateLimiter
+from rtc_common.revocation import REVOCATIONS_KEY, revocations_context
+from rtc_common.tasks import stop_task
 from rtc_common.times import iso_ms
 from rtc_common.web import client_ip, create_base_app, serve_openapi
 
+from .admin import ADMIN_LIMITER_KEY, add_admin_routes
 from .metrics import FAILED, FALLBACK_USED, ISSUED, REQUEST_LATENCY, REQUESTS, TRANSPORT
 from .providers import (
     CoturnProvider,
@@ -33,6 +36,7 @@ from .providers import (
     UnconfiguredProvider,
 )
 from .settings import IceSettings, Provider
+from .turn_revoke import CoturnCli, TurnRevoker
 
 log = logging.getLogger("ice.app")
 
@@ -182,21 +186,47 @@ async def _ice_dependencies(app: web.Application) -> AsyncIterator[None]:
             raise ProviderError("no ICE provider is configured")
 
     app[READINESS_KEY]["provider"] = provider_ready
+    if settings.admin_token is not None:
+        app[ADMIN_LIMITER_KEY] = RateLimiter(
+            redis, scope="admin", limit=settings.admin_rate_limit_per_min
+        )
+    revoker = _turn_revoker(app, settings)
     yield
+    if revoker is not None:
+        await stop_task(revoker)
     for provider in (primary, fallback):
         if isinstance(provider, TwilioProvider):
             await provider.close()
     await session.close()
 
 
+def _turn_revoker(app: web.Application, settings: IceSettings) -> asyncio.Task[None] | None:
+    """The task ending revoked wallets' coturn sessions, when coturn's CLI is configured."""
+    if settings.turn_admin_address is None or settings.turn_admin_password is None:
+        if settings.admin_token is not None and "coturn" in (
+            settings.rtc_provider,
+            settings.rtc_provider_fallback,
+        ):
+            log.warning(
+                "TURN_ADMIN_ADDRESS is not set: a revoked wallet's TURN credentials stay "
+                "valid at coturn until they expire (TURN_CRED_TTL)"
+            )
+        return None
+    cli = CoturnCli(settings.turn_admin_address, settings.turn_admin_password.get_secret_value())
+    revoker = TurnRevoker(cli, app[REVOCATIONS_KEY], settings.turn_cred_ttl)
+    return asyncio.create_task(revoker.run(), name="turn-revoker")
+
+
 def create_app(settings: IceSettings) -> web.Application:
     app = create_base_app(settings)
     app[ICE_SETTINGS_KEY] = settings
     app.cleanup_ctx.append(redis_context(REDIS_KEY, settings.redis_url))
+    app.cleanup_ctx.append(revocations_context(REDIS_KEY))
     app.cleanup_ctx.append(directory_context(settings))
     app.cleanup_ctx.append(_ice_dependencies)
     for prefix in API_PREFIXES:
         app.router.add_get(f"{prefix}/ice", get_ice)
         app.router.add_post(f"{prefix}/telemetry", post_telemetry)
+    add_admin_routes(app, settings)
     serve_openapi(app, "ice_service", "/api/v1/rtc/openapi.json")
     return app

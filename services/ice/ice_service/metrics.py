@@ -44,3 +44,13 @@ TRANSPORT = Counter(
     "Messages reported by clients, by transport and selected candidate type",
     ["transport", "candidate_type", "forced"],
 )
+ADMIN_REQUESTS = Counter(
+    "rtc_admin_requests_total", "Admin route requests, by action and outcome", ["action", "outcome"]
+)
+TURN_SESSIONS_ENDED = Counter(
+    "rtc_turn_revoked_sessions_ended_total",
+    "TURN sessions of revoked wallets cancelled through coturn's admin CLI",
+)
+TURN_ADMIN_FAILURES = Counter(
+    "rtc_turn_admin_failures_total", "Sweeps of revoked TURN sessions that coturn's CLI failed"
+)

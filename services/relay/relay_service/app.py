@@ -19,6 +19,7 @@ from rtc_common.jsonbody import read_json
 from rtc_common.keys import SAMPLING_KEY, extra_headers
 from rtc_common.ratelimit import RateLimiter
 from rtc_common.relay_store import QueueLimits, RelayMessage, RelayStore, queued_at_ms
+from rtc_common.revocation import revocations_context
 from rtc_common.times import iso_ms
 from rtc_common.web import create_base_app, serve_openapi
 
@@ -273,6 +274,7 @@ def create_app(settings: RelaySettings) -> web.Application:
     )
     app[RELAY_SETTINGS_KEY] = settings
     app.cleanup_ctx.append(redis_context(REDIS_KEY, settings.redis_url))
+    app.cleanup_ctx.append(revocations_context(REDIS_KEY))
     app.cleanup_ctx.append(
         redis_context(RELAY_REDIS_KEY, settings.effective_relay_redis_url, "relay_store")
     )

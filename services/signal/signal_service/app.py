@@ -17,6 +17,7 @@ from rtc_common.directory import DIRECTORY_KEY, AccessCache, directory_context
 from rtc_common.keys import READINESS_KEY
 from rtc_common.middlewares import refuse_websocket_compression
 from rtc_common.relay_store import RelayStore
+from rtc_common.revocation import revocations_context
 from rtc_common.tasks import stop_task
 from rtc_common.web import create_base_app
 
@@ -185,12 +186,14 @@ def create_app(settings: SignalSettings) -> web.Application:
     announcer = Announcer(settings, lambda: app[DEPS_KEY], sio)
     namespace = SignalNamespace(settings, authenticator, lambda: app[DEPS_KEY], announcer)
     sio.register_namespace(namespace)
+    authenticator.revocations.subscribe(namespace.on_revocation)
     sio.attach(app, socketio_path="socket.io")
     app[SIO_KEY] = sio
     app[MANAGER_KEY] = manager
     app[NAMESPACE_KEY] = namespace
     app[ANNOUNCER_KEY] = announcer
     app.cleanup_ctx.append(redis_context(REDIS_KEY, settings.redis_url))
+    app.cleanup_ctx.append(revocations_context(REDIS_KEY))
     app.cleanup_ctx.append(
         redis_context(RELAY_REDIS_KEY, settings.effective_relay_redis_url, "relay_store")
     )

@@ -20,6 +20,7 @@ from rtc_common.bus import emit_message
 from rtc_common.context import request_id_var
 from rtc_common.errors import ApiError, unauthorized
 from rtc_common.logs import info_line, wallet_hash
+from rtc_common.revocation import Revocation
 from socketio.exceptions import ConnectionRefusedError as HandshakeRefused
 
 from .announcer import Announcer
@@ -139,8 +140,8 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     def _count_refusal(self, sid: str, state: SocketState, outcome: str) -> None:
         """Refused events are logged per socket in aggregate, and too many end the session."""
         self._refused.add(sid)
-        if outcome == "token_expired":
-            self.server.start_background_task(self.end_session, sid, "token_expired")
+        if outcome in ("token_expired", "revoked"):
+            self.server.start_background_task(self.end_session, sid, outcome)
         elif state.refusals.record(outcome, state.wallet):
             self.server.start_background_task(self.end_session, sid, "abuse")
 
@@ -193,7 +194,7 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         # A browser's websocket carries cookies cross-site: the Origin check is its CSRF defence.
         if environ.get("HTTP_ORIGIN") not in self.settings.allowed_origins:
             raise ApiError("csrf_failed", "cookie authentication needs an allowed Origin")
-        return self.authenticator.verifier.verify(cookies[self.settings.jwt_cookie_name], "cookie")
+        return self.authenticator.cookie_token(cookies[self.settings.jwt_cookie_name])
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         started = time.perf_counter()
@@ -285,6 +286,13 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 eio_sid,
             )
 
+    def on_revocation(self, wallet: str, revocation: Revocation | None) -> None:
+        """A revoked wallet's sockets on this instance get session:end `revoked` and close."""
+        if revocation is None:
+            return
+        for sid, _eio_sid in list(self.server.manager.get_participants("/", f"user:{wallet}")):
+            self.server.start_background_task(self.end_session, sid, "revoked")
+
     async def _close_transport(self, eio_sid: str) -> None:
         if eio_sid in self.server.eio.sockets:
             with contextlib.suppress(Exception):
@@ -336,6 +344,8 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise Refusal("unauthorized")
         if state.expired():
             raise Refusal("token_expired")
+        if self.authenticator.revocations.is_revoked(state.wallet):
+            raise Refusal("revoked")  # its session is being ended (on_revocation)
         if not state.bucket.take():
             raise Refusal("rate_limited")
         return state

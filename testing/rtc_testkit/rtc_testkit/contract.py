@@ -22,6 +22,8 @@ from rtc_common.tokens import mint_token
 # The stacks' secrets: test values, never a deployment's.
 JWT_SECRET = "test-jwt-secret-0123456789abcdef0123456789"  # noqa: S105
 TURN_SECRET = "test-turn-secret-abcdef"  # noqa: S105
+TURN_CLI_PASSWORD = "test-turn-cli-password"  # noqa: S105
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef0123456789"  # noqa: S105
 
 SDP_OFFER = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 SDP_ANSWER = "v=0\r\no=- 7 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"

@@ -27,7 +27,7 @@ import redis
 from rtc_gateway import GatewayLimits
 from rtcctl.local import StackPorts, render_gateway, turnserver_conf
 
-from .contract import TURN_SECRET
+from .contract import TURN_CLI_PASSWORD, TURN_SECRET
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -213,12 +213,25 @@ class RedisServer(Process):
 
 
 class Coturn(Process):
+    """coturn on 127.0.0.1 (a free port), with its admin CLI on another (`cli_address`)."""
+
     def __init__(self, workdir: Path, secret: str = TURN_SECRET, previous: str | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.cli_port = free_port()
+        self.cli_password = TURN_CLI_PASSWORD
         self.secret = secret
         self.conf = workdir / "turnserver.conf"
-        self.conf.write_text(turnserver_conf(workdir, self.port, secret, previous))
+        self.conf.write_text(
+            turnserver_conf(
+                workdir,
+                self.port,
+                secret,
+                previous,
+                cli_port=self.cli_port,
+                cli_password=self.cli_password,
+            )
+        )
         super().__init__(
             f"coturn:{self.port}", ["turnserver", "-c", str(self.conf)], workdir / "turn.log"
         )
@@ -239,6 +252,10 @@ class Coturn(Process):
     @property
     def uris(self) -> str:
         return f"turn:127.0.0.1:{self.port}?transport=udp,turn:127.0.0.1:{self.port}?transport=tcp"
+
+    @property
+    def cli_address(self) -> str:
+        return f"127.0.0.1:{self.cli_port}"
 
 
 class HttpServer(Process):

@@ -73,7 +73,8 @@ def set_flag(server: RedisServer, key: str = "rtc.ice", enabled: bool = True) ->
 class StackSpec:
     """What to start. `env` goes to every service (after the kit's defaults), `ice_env`,
     `signal_env` and `relay_env` to that kind only (last); `name` prefixes the process names and
-    signal INSTANCE_IDs. With coturn, every service's TURN_URIS points at it. The `rtc.ice` flag
+    signal INSTANCE_IDs. With coturn, every service's TURN_URIS points at it (and ice-service's
+    TURN_ADMIN_ADDRESS at its CLI). The `rtc.ice` flag
     is on when there is an ice-service; `flags` sets others (or turns it off)."""
 
     ice: int = 0
@@ -159,6 +160,12 @@ class Stack:
         common = dict(self.spec.env)
         if self.turn is not None:
             common = {"TURN_URIS": self.turn.uris, **common}
+            if kind == "ice":  # where revoked wallets' TURN sessions are ended
+                common = {
+                    "TURN_ADMIN_ADDRESS": self.turn.cli_address,
+                    "TURN_ADMIN_PASSWORD": self.turn.cli_password,
+                    **common,
+                }
         own = {
             "ice": self.spec.ice_env,
             "signal": self.spec.signal_env,

@@ -1,4 +1,5 @@
-"""rtcctl: tokens for the local stack, feature flags, and the local-stack runner's helpers.
+"""rtcctl: tokens for the local stack, feature flags, revocations, and the local-stack runner's
+helpers.
 
 Settings come from the same variables as the services: the run folder's `env` file (default
 `.run/env`, or RTC_RUN_DIR) with the process environment taking precedence.
@@ -18,7 +19,7 @@ from rtc_common.directory import Directory, open_directory
 from rtc_common.settings import CommonSettings, SettingsError, load_settings
 from rtc_common.tokens import mint_for
 
-from . import doctor, local
+from . import doctor, local, revoke
 
 
 def _settings(run_dir: Path) -> CommonSettings:
@@ -89,7 +90,7 @@ async def cmd_flags(args: argparse.Namespace, directory: Directory) -> int:
     return 0
 
 
-def _wallet_arg(value: str) -> str:
+def wallet_arg(value: str) -> str:
     wallet = normalize_wallet(value)
     if not is_valid_wallet(wallet):
         raise argparse.ArgumentTypeError(f"not a valid wallet: {value!r}")
@@ -171,13 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     contacts = sub.add_parser("contacts", help="mutual contacts (who may signal whom)")
     contacts.add_argument("action", choices=["add", "remove", "list"])
-    contacts.add_argument("a", type=_wallet_arg, metavar="WALLET")
-    contacts.add_argument("b", type=_wallet_arg, nargs="?", metavar="OTHER")
+    contacts.add_argument("a", type=wallet_arg, metavar="WALLET")
+    contacts.add_argument("b", type=wallet_arg, nargs="?", metavar="OTHER")
     contacts.set_defaults(func=cmd_contacts)
 
     rtc = sub.add_parser("rtc", help="the per-user RTC switch")
     rtc.add_argument("action", choices=["enable", "disable", "status"])
-    rtc.add_argument("wallet", type=_wallet_arg)
+    rtc.add_argument("wallet", type=wallet_arg)
     rtc.set_defaults(func=cmd_rtc)
 
     stack = sub.add_parser("local", help="local stack helpers used by `make run` / `make up`")
@@ -190,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stack.set_defaults(func=cmd_local)
 
+    revoke.add_parser(sub, wallet_arg)
     doctor.add_parser(sub)
     return parser
 

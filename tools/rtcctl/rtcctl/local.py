@@ -38,6 +38,8 @@ class StackPorts:
     gateway: int = 8080
     redis: int = 6390
     turn: int = 3478
+    # coturn's admin CLI (loopback only), where ice-service ends revoked wallets' TURN sessions.
+    turn_cli: int = 5766
     ice: list[int] = field(default_factory=lambda: [8101])
     signal: list[int] = field(default_factory=lambda: [8201, 8202])
     relay: list[int] = field(default_factory=lambda: [8301])
@@ -116,9 +118,18 @@ def coturn_peer_range(network: IPNetwork) -> str:
     return first if first == last else f"{first}-{last}"
 
 
-def turnserver_conf(run_dir: Path, port: int, secret: str, previous: str | None = None) -> str:
+def turnserver_conf(
+    run_dir: Path,
+    port: int,
+    secret: str,
+    previous: str | None = None,
+    *,
+    cli_port: int | None = None,
+    cli_password: str | None = None,
+) -> str:
     """coturn's config for the local stack. `previous`: a retired secret still accepted during a
     rotation (TURN_SECRET_PREVIOUS; coturn accepts every `static-auth-secret` line).
+    `cli_port` and `cli_password`: coturn's admin CLI on 127.0.0.1 (else `no-cli`).
     The peer policy and limits are the image's defaults (deploy/coturn), but for one loopback
     address allowed as a peer."""
     return "\n".join(
@@ -131,7 +142,11 @@ def turnserver_conf(run_dir: Path, port: int, secret: str, previous: str | None 
             *([f"static-auth-secret={previous}"] if previous else []),
             "realm=rtc.local",
             "fingerprint",
-            "no-cli",
+            *(
+                ["cli-ip=127.0.0.1", f"cli-port={cli_port}", f"cli-password={cli_password}"]
+                if cli_port and cli_password
+                else ["no-cli"]
+            ),
             "min-port=49160",
             "max-port=49200",
             "no-tls",
@@ -194,7 +209,13 @@ LOCAL_JWT_ISSUER = "rtc-local"
 LOCAL_JWT_AUDIENCE = "rtc"
 # Generated into secrets.env when missing (an older file gets the ones it lacks), then kept:
 # name -> random bytes (JWT_SECRET's 48 give 64 characters, long enough for HS512 as well).
-_GENERATED_SECRETS = {"JWT_SECRET": 48, "TURN_SECRET": 32, "LOG_PSEUDONYM_KEY": 32}
+_GENERATED_SECRETS = {
+    "JWT_SECRET": 48,
+    "TURN_SECRET": 32,
+    "LOG_PSEUDONYM_KEY": 32,
+    "ADMIN_TOKEN": 32,
+    "TURN_ADMIN_PASSWORD": 24,
+}
 
 
 def _load_or_create_secrets(run_dir: Path) -> dict[str, str]:
@@ -249,6 +270,10 @@ def prepare(run_dir: Path, ports: StackPorts) -> None:
             f"turn:127.0.0.1:{ports.turn}?transport=udp,turn:127.0.0.1:{ports.turn}?transport=tcp"
         ),
         "TURN_CRED_TTL": "600",
+        # The admin routes (`rtcctl revoke`) and coturn's CLI that revocations reach.
+        "ADMIN_TOKEN": generated["ADMIN_TOKEN"],
+        "TURN_ADMIN_ADDRESS": f"127.0.0.1:{ports.turn_cli}",
+        "TURN_ADMIN_PASSWORD": generated["TURN_ADMIN_PASSWORD"],
         "LOG_LEVEL": "INFO",
     }
     env_path = run_dir / "env"
@@ -269,6 +294,8 @@ def prepare(run_dir: Path, ports: StackPorts) -> None:
             # A rotation: put the new TURN_SECRET and the old one as TURN_SECRET_PREVIOUS in
             # secrets.env; remove the old one once TURN_CRED_TTL has passed.
             generated.get("TURN_SECRET_PREVIOUS") or None,
+            cli_port=ports.turn_cli,
+            cli_password=generated["TURN_ADMIN_PASSWORD"],
         )
     )
     turn_conf.chmod(0o600)

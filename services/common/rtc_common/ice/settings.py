@@ -151,3 +151,31 @@ class IceSettings(IceProviderSettings):
     ice_rate_limit_per_min: int = Field(default=10, ge=1)
     ice_allow_anonymous: bool = False
     telemetry_rate_limit_per_min: int = Field(default=120, ge=1)
+
+    # The admin routes (revocation) exist only with ADMIN_TOKEN set; it is never a user JWT.
+    admin_token: SecretStr | None = None
+    admin_token_file: str | None = None
+    admin_rate_limit_per_min: int = Field(default=60, ge=1)
+    # coturn's admin CLI, where revoked wallets' TURN sessions are ended ("host:port").
+    turn_admin_address: str | None = Field(default=None, pattern=r"^[^\s:]+:[0-9]{1,5}$")
+    turn_admin_password: SecretStr | None = None
+    turn_admin_password_file: str | None = None
+
+    SECRET_FILE_FIELDS: ClassVar[tuple[str, ...]] = (
+        *IceProviderSettings.SECRET_FILE_FIELDS,
+        "admin_token",
+        "turn_admin_password",
+    )
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value() and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return value or None
+
+    @model_validator(mode="after")
+    def _turn_admin(self) -> IceSettings:
+        if bool(self.turn_admin_address) != bool(self.turn_admin_password):
+            raise ValueError("TURN_ADMIN_ADDRESS and TURN_ADMIN_PASSWORD are set together")
+        return self

@@ -1,0 +1,135 @@
+"""Ending a revoked wallet's TURN sessions on coturn, through coturn's admin CLI.
+
+A TURN REST credential stays valid at coturn until the expiry in its username, whatever happens
+here: a revoked wallet's clients could keep relaying, and allocate again, with credentials issued
+before the revoke. So, from the revoke until TURN_CRED_TTL has passed (every credential issued
+before it has expired by then), every SWEEP_SECONDS the wallet's sessions are listed (`psp
+:<wallet>`) and cancelled (`cs <id>`). Credentials issued after the revoke do not exist: the ICE
+route answers 403 `revoked`.
+
+The CLI is a password-protected telnet-style interface (`cli-ip`, `cli-port`, `cli-password` in
+turnserver.conf); docs/operating.md says where it listens in each deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+
+from rtc_common.revocation import Revocation, Revocations
+
+from .metrics import TURN_ADMIN_FAILURES, TURN_SESSIONS_ENDED
+
+log = logging.getLogger("ice.turn_revoke")
+
+SWEEP_SECONDS = 0.5
+CLI_TIMEOUT_SECONDS = 3.0
+# A sweep reads at most this much of one answer (coturn's per-user quota bounds it well below).
+CLI_ANSWER_MAX_BYTES = 1024 * 1024
+# `    1) id=000000000000000001, user <1796654233:0xabc>:`
+_SESSION = re.compile(rb"\bid=([0-9]+), user <[0-9]+:([^>\r\n]*)>")
+PROMPT = b"> "  # (in a session line a username's `>` is followed by `:`, never a space)
+# Telnet negotiation (IAC WILL/WONT/DO/DONT <option>) coturn sends around its prompts.
+_TELNET = re.compile(rb"\xff[\xfb-\xfe].")
+
+
+class CoturnCli:
+    """One connection per sweep to coturn's admin CLI at `host:port`."""
+
+    def __init__(self, address: str, password: str) -> None:
+        host, _, port = address.rpartition(":")
+        self.host, self.port = host, int(port)
+        self._password = password.encode()
+
+    async def end_sessions(self, wallets: set[str]) -> int:
+        """Cancel every session whose REST username is `<expiry>:<wallet>` for a wallet in
+        `wallets` (exactly: `psp` matches substrings). Returns how many were cancelled."""
+        async with asyncio.timeout(CLI_TIMEOUT_SECONDS):
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            try:
+                await self._read(reader, b"Enter password: ")
+                writer.write(self._password + b"\r\n")
+                await self._read(reader, PROMPT)
+                ended = 0
+                for wallet in sorted(wallets):
+                    answer = await self._command(reader, writer, b"psp :" + wallet.encode())
+                    for session_id, user in _SESSION.findall(answer):
+                        if user.decode(errors="replace") == wallet:
+                            await self._command(reader, writer, b"cs " + session_id)
+                            ended += 1
+                return ended
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+
+    async def _command(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, command: bytes
+    ) -> bytes:
+        writer.write(command + b"\r\n")
+        await writer.drain()
+        return await self._read(reader, PROMPT)
+
+    @staticmethod
+    async def _read(reader: asyncio.StreamReader, until: bytes) -> bytes:
+        data = b""
+        # coturn may end a prompt with a line break, or send none after the password prompt.
+        while not _TELNET.sub(b"", data).rstrip(b"\r\n").endswith(until):
+            chunk = await reader.read(65536)
+            if not chunk:
+                raise ConnectionError("coturn's CLI closed the connection (wrong password?)")
+            data += chunk
+            if len(data) > CLI_ANSWER_MAX_BYTES:
+                raise ConnectionError("coturn's CLI answer is too long")
+        return _TELNET.sub(b"", data)
+
+
+class TurnRevoker:
+    """Keeps ending revoked wallets' TURN sessions until their pre-revoke credentials expired."""
+
+    def __init__(self, cli: CoturnCli, revocations: Revocations, cred_ttl: float) -> None:
+        self._cli = cli
+        self._ttl = cred_ttl
+        # wallet -> when every credential issued before its revoke has expired (epoch s)
+        self._until: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        revocations.subscribe(self.on_revocation)
+        for wallet, revocation in revocations.items():
+            self.on_revocation(wallet, revocation)
+
+    @property
+    def watched(self) -> set[str]:
+        return set(self._until)
+
+    def on_revocation(self, wallet: str, revocation: Revocation | None) -> None:
+        if revocation is None:
+            self._until.pop(wallet, None)
+            return
+        # +1 s: coturn compares the username's expiry with its own clock, to the second.
+        until = revocation.at + self._ttl + 1
+        if until > time.time():
+            self._until[wallet] = until
+            self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            if not self._until:
+                self._wake.clear()
+                await self._wake.wait()
+            now = time.time()
+            for wallet in [w for w, until in self._until.items() if until <= now]:
+                del self._until[wallet]
+            if self._until:
+                try:
+                    ended = await self._cli.end_sessions(set(self._until))
+                except (OSError, TimeoutError, ValueError) as exc:
+                    TURN_ADMIN_FAILURES.inc()
+                    log.warning("coturn's admin CLI failed", extra={"error": type(exc).__name__})
+                else:
+                    if ended:
+                        TURN_SESSIONS_ENDED.inc(ended)
+                        log.info("revoked TURN sessions ended", extra={"sessions": ended})
+            await asyncio.sleep(SWEEP_SECONDS)
