@@ -7,6 +7,7 @@ from rtc_client.ice import IceConfig
 from rtc_client.links import selected_pair
 from rtc_client.model import Delivery, IncomingMessage, conv_id, normalize_wallet
 from rtc_client.options import ClientOptions
+from rtc_client.outbox import OutgoingMessage
 
 __all__ = [
     "ClientOptions",
@@ -16,6 +17,7 @@ __all__ = [
     "IncomingMessage",
     "LoopClock",
     "ManualClock",
+    "OutgoingMessage",
     "RtcClient",
     "RtcClientError",
     "conv_id",

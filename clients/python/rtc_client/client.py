@@ -5,14 +5,19 @@
 - `Signaling` (signaling.py): the Socket.IO client and the end of the session;
 - `Peers` (peers.py): the aiortc peer connections, their data channel and the ICE refresh.
 
-`send()` tries the data channel (`rtc_tries` tries of at most `ack_window` each, covering the
-connection set-up and the ACK), then enqueues on relay-service with `force: true`. Messages
+Every outgoing message goes into the outbox first (outbox.py: SQLite, a file in `outbox_dir`
+survives restarts), then sender.py sends each conversation's messages in order: the data
+channel (`rtc_tries` tries of at most `ack_window` each, covering the connection set-up and the
+ACK), then relay-service with `force: true`, retried with backoff until accepted or refused for
+good. `send()` waits for that; `enqueue()` returns once the message is stored. Messages
 arrive from data-channel frames, `relay:message` pushes and `pull` (on every connect), deduped by
 sender + messageId across both transports, then acked. Each message's transport goes to the app
 (`Delivery` from `send()`, `IncomingMessage` on `incoming` / `on_message`) and to
 `POST /api/v1/rtc/telemetry` with the selected candidate type.
 
-A session the server ends or refuses is not retried: the socket closes, `state` becomes "ended",
+With a `token_provider`, a 401 anywhere and `session:end {reason: "token_expired"}` ask it for a
+fresh token and carry on. Otherwise, and for every other reason (`revoked`, `abuse`, ...), a
+session the server ends or refuses is not retried: the socket closes, `state` becomes "ended",
 `session_end_reason` holds the reason, `session_ended` is set and `on_session_end(reason)` runs.
 The relay over HTTP keeps working with the token. Tokens and ICE credentials are never logged.
 """
@@ -49,7 +54,9 @@ from rtc_client.options import (
     MessageCallback,
     SessionEndCallback,
 )
+from rtc_client.outbox import RETRY_STATUS, OutboxStore, OutgoingMessage
 from rtc_client.peers import Peers
+from rtc_client.sender import Failed, Outcome, Retry, Sender, Sent
 from rtc_client.signaling import Signaling, State
 from rtc_client.tasks import Tasks
 
@@ -57,6 +64,7 @@ __all__ = [
     "ClientOptions",
     "Delivery",
     "IncomingMessage",
+    "OutgoingMessage",
     "RtcClient",
     "conv_id",
     "normalize_wallet",
@@ -135,6 +143,10 @@ class RtcClient:
             session=self.options.http_session,
             local_addr=self.options.local_addr,
         )
+        if self.options.token_provider is not None:
+            self._http.renew = self._fresh_token
+        self.outbox = OutboxStore(self.options.outbox_dir, self.wallet)
+        self._sender = Sender(self.outbox, self.options, self._attempt)
         self._peers = Peers(
             self.wallet,
             self.options,
@@ -151,6 +163,7 @@ class RtcClient:
             auth=lambda: {"token": self._http.token, "rtc": self.options.rtc},
             on_connect=self._on_connect,
             on_end=self._peers.stop,
+            renew=self._http.renew_token if self.options.token_provider is not None else None,
         )
         self._signaling.on("rtc:offer", self._peers.on_offer)
         self._signaling.on("rtc:answer", self._peers.on_answer)
@@ -162,21 +175,26 @@ class RtcClient:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Fetch ICE, connect the signaling socket, pull what the relay holds."""
+        """Fetch ICE, connect the signaling socket, pull what the relay holds, and send what the
+        outbox kept from earlier runs."""
         self._http.open()
+        self._sender.start()
         if self.options.rtc:
             await self._peers.start()
         await self._signaling.connect(self._http.session)
 
     async def close(self) -> None:
+        """Queued messages stay in the outbox (on disk with `outbox_dir`) for the next start."""
         self._closed = True
         # Events arriving while the rest closes are ignored.
         self._signaling.closed = True
+        await self._sender.close()
         await self._peers.close()
         await self._signaling.close()
         # Telemetry, acks and closing connections: given a few seconds to finish.
         await self._tasks.close()
         await self._http.close()
+        self.outbox.close()
 
     async def __aenter__(self) -> RtcClient:
         await self.start()
@@ -188,6 +206,16 @@ class RtcClient:
     def set_token(self, token: str) -> None:
         """A new token for the next HTTP calls and socket (re)connections."""
         self._http.token = token
+
+    async def _fresh_token(self) -> str:
+        provider = self.options.token_provider
+        assert provider is not None
+        token = provider()
+        if inspect.isawaitable(token):
+            token = await token
+        if not isinstance(token, str) or not token:
+            raise RtcClientError("token_provider", "the token provider gave no token")
+        return token
 
     @property
     def connected(self) -> bool:
@@ -286,29 +314,72 @@ class RtcClient:
 
     # -- messages -------------------------------------------------------------------------------
 
-    async def send(self, to: str, payload: str, *, message_id: str | None = None) -> Delivery:
-        """Over the data channel (ACK window x tries), else through the relay with force."""
+    async def enqueue(
+        self, to: str, payload: str, *, message_id: str | None = None
+    ) -> OutgoingMessage:
+        """Store the message in the outbox and return at once (state `queued`); it is sent in
+        order after this conversation's earlier messages. Watch it with `on_message_state` or
+        `messages()`. A messageId already in the outbox is not queued twice."""
         to = normalize_wallet(to)
-        message_id = message_id or new_id("m")
+        message = self.outbox.add(to, conv_id(self.wallet, to), message_id or new_id("m"), payload)
+        if message.state == "queued":
+            await self._sender.notify(message)
+            self._sender.wake(message.conv_id)
+        return message
+
+    async def send(self, to: str, payload: str, *, message_id: str | None = None) -> Delivery:
+        """`enqueue()`, then wait until the message is accepted: over the data channel (ACK
+        window x tries), else by relay-service with force, retried through outages. Raises
+        RtcClientError(code) when it is refused for good (400, 403, 413, ...)."""
+        message = await self.enqueue(to, payload, message_id=message_id)
+        if message.state == "failed":
+            raise RtcClientError(message.error or "failed", "refused earlier")
+        if message.state == "sent":
+            transport = message.transport or "relay"
+            return Delivery(message.to, message.message_id, transport, False, 0, duplicate=True)
+        outcome = await self._sender.settled(message.message_id)
+        if isinstance(outcome, Sent):
+            return outcome.delivery
+        assert isinstance(outcome, Failed)
+        raise RtcClientError(outcome.code, "relay enqueue refused", outcome.status)
+
+    def messages(self) -> list[OutgoingMessage]:
+        """The outbox: queued messages and the last settled ones, in send order."""
+        return self.outbox.messages()
+
+    async def _attempt(self, message: OutgoingMessage) -> Outcome:
+        """One try of one message: the data channel, then the relay (sender.py's table)."""
         tries = 0
         if self.options.rtc and not self._closed and self.session_end_reason is None:
-            tries, delivery = await self._peers.send(to, message_id, payload)
+            tries, delivery = await self._peers.send(
+                message.to, message.message_id, message.payload
+            )
             if delivery is not None:
                 await self._report(delivery)
-                return delivery
+                return Sent(delivery)
         forced = tries > 0
-        answer = await self.relay_enqueue(to, message_id, payload, force=forced)
-        delivery = Delivery(
-            to,
-            message_id,
-            "relay",
-            bool(answer.get("forced", forced)),
-            tries,
-            relay_id=str(answer.get("id")),
-            duplicate=bool(answer.get("duplicate", False)),
+        status, answer, retry_after = await self._http.relay_enqueue_once(
+            message.to, message.message_id, message.payload, forced
         )
-        await self._report(delivery)
-        return delivery
+        if status in (200, 202) and isinstance(answer, dict):
+            delivery = Delivery(
+                message.to,
+                message.message_id,
+                "relay",
+                bool(answer.get("forced", forced)),
+                tries,
+                relay_id=str(answer.get("id")),
+                duplicate=bool(answer.get("duplicate", False)),
+            )
+            await self._report(delivery)
+            return Sent(delivery)
+        code = answer.get("error") if isinstance(answer, dict) else None
+        code = str(code or (f"http_{status}" if status else "network"))
+        if status == 401 and self.options.token_provider is not None:
+            return Retry(code)  # the provider was asked; its next token is tried after a pause
+        if status in RETRY_STATUS:
+            return Retry(code, retry_after)
+        return Failed(code, status)
 
     async def _report(self, delivery: Delivery) -> None:
         if self.options.telemetry:
@@ -326,8 +397,9 @@ class RtcClient:
         return await self._signaling.call(event, body)
 
     def _on_connect(self) -> None:
-        # Every (re)connect: what the relay kept while we were away.
+        # Every (re)connect: what the relay kept while we were away, and what we could not send.
         self._tasks.spawn(self._pull_quietly())
+        self._sender.kick()
 
     async def _pull_quietly(self) -> None:
         try:

@@ -4,7 +4,9 @@ ICE, relay enqueue / pull / ack, telemetry."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -37,6 +39,9 @@ class HttpApi:
         self.token = token
         self.wallet = wallet
         self.telemetry_sent: list[dict[str, Any]] = []
+        # Asks the app for a fresh token (its token provider); None: a 401 is final.
+        self.renew: Callable[[], Awaitable[str]] | None = None
+        self._renewing: asyncio.Task[str] | None = None
         self._session = session
         self._own_session = session is None
         self._local_addr = local_addr
@@ -60,6 +65,31 @@ class HttpApi:
             await self._session.close()
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        status, data, _ = await self.request_with_headers(method, path, body)
+        return status, data
+
+    async def request_with_headers(
+        self, method: str, path: str, body: Any = None
+    ) -> tuple[int, Any, dict[str, str]]:
+        """One call; a 401 asks the token provider (if any) for a fresh token and is tried once
+        more with it."""
+        token = self.token
+        answer = await self._once(method, path, body)
+        if answer[0] == 401 and self.renew is not None:
+            if self.token == token:  # not renewed meanwhile by a concurrent call
+                await self.renew_token()
+            answer = await self._once(method, path, body)
+        return answer
+
+    async def renew_token(self) -> str:
+        """The token provider's fresh token, asked once for concurrent callers."""
+        assert self.renew is not None
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.ensure_future(self.renew())
+        self.token = await asyncio.shield(self._renewing)
+        return self.token
+
+    async def _once(self, method: str, path: str, body: Any) -> tuple[int, Any, dict[str, str]]:
         async with self.session.request(
             method,
             self.base_url + path,
@@ -72,7 +102,7 @@ class HttpApi:
                 data = await response.json(content_type=None) if text else None
             except ValueError:
                 data = None
-            return response.status, data
+            return response.status, data, dict(response.headers)
 
     async def fetch_ice(self) -> dict[str, Any]:
         """`GET /api/v1/rtc/ice`: the answer's body, parsed by the caller."""
@@ -126,6 +156,30 @@ class HttpApi:
             await asyncio.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")
+
+    async def relay_enqueue_once(
+        self, to: str, message_id: str, payload: str, force: bool
+    ) -> tuple[int, Any, float | None]:
+        """One enqueue attempt: (status, body, Retry-After seconds); status 0 when the gateway
+        could not be reached."""
+        to = normalize_wallet(to)
+        body = {
+            "to": to,
+            "convId": conv_id(self.wallet, to),
+            "messageId": message_id,
+            "payload": payload,
+            "force": force,
+        }
+        try:
+            status, data, headers = await self.request_with_headers(
+                "POST", "/api/v1/relay/enqueue", body
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return 0, None, None
+        retry_after: float | None = None
+        with contextlib.suppress(ValueError):
+            retry_after = float(headers.get("Retry-After", ""))
+        return status, data, retry_after
 
     async def relay_pull(self, limit: int = 100) -> tuple[list[dict[str, Any]], bool]:
         """One page of the relay queue: its messages and whether more are waiting."""

@@ -10,11 +10,15 @@ import aiohttp
 
 from rtc_client.clock import Clock
 from rtc_client.model import Delivery, IncomingMessage
+from rtc_client.outbox import OutgoingMessage
 
 IcePolicy = Literal["all", "relay"]
 MessageCallback = Callable[[IncomingMessage], Awaitable[None] | None]
 DeliveryCallback = Callable[[Delivery], Awaitable[None] | None]
 SessionEndCallback = Callable[[str], Awaitable[None] | None]
+MessageStateCallback = Callable[[OutgoingMessage], Awaitable[None] | None]
+# The app's source of fresh tokens (plain or async), asked on a 401 and at `token_expired`.
+TokenProvider = Callable[[], Awaitable[str] | str]
 
 
 @dataclass
@@ -47,7 +51,17 @@ class ClientOptions:
     dedup_size: int = 10_000
     reconnection_delay: float = 1.0
     reconnection_delay_max: float = 5.0
+    # Where the outbox keeps queued messages across restarts (a SQLite file per wallet in this
+    # directory); None: in memory, for this process only.
+    outbox_dir: str | None = None
+    # Backoff of the outbox's relay retries: doubling from the first, capped, with jitter.
+    retry_delay: float = 0.5
+    retry_delay_max: float = 10.0
+    on_message_state: MessageStateCallback | None = None
+    token_provider: TokenProvider | None = None
 
     def __post_init__(self) -> None:
         if self.rtc_tries < 0 or self.ack_window <= 0 or not 0 < self.refresh_ratio < 1:
             raise ValueError("rtc_tries >= 0, ack_window > 0 and 0 < refresh_ratio < 1")
+        if not 0 < self.retry_delay <= self.retry_delay_max:
+            raise ValueError("0 < retry_delay <= retry_delay_max")

@@ -1,7 +1,9 @@
 """The Socket.IO client towards signal-service, and the end of the session.
 
 A session the server ends (`session:end {reason}`) or refuses at a (re)connect (`connect_error`
-with `data.error`) is not retried: the same token would only be refused again."""
+with `data.error`) is not retried: the same token would only be refused again. With a token
+provider (`renew`), `token_expired` and a refused token (`unauthorized`) are the exception: a
+fresh token is asked for and the socket connects again with it (once per refusal in a row)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from rtc_client.tasks import Tasks
 log = logging.getLogger("rtc_client")
 
 State = Literal["new", "connecting", "connected", "disconnected", "ended", "closed"]
+# Refusals a fresh token can cure.
+RENEWABLE = frozenset({"token_expired", "unauthorized"})
 Handler = Callable[[Any], Awaitable[None]]
 
 
@@ -35,6 +39,7 @@ class Signaling:
         auth: Callable[[], dict[str, Any]],
         on_connect: Callable[[], None],
         on_end: Callable[[], Awaitable[None]],
+        renew: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         """`auth` is read at every (re)connect; `on_connect` runs at each of them; `on_end`
         stops what needs signaling (peer connections) when the session ends."""
@@ -51,6 +56,9 @@ class Signaling:
         self._handlers: dict[str, Handler] = {}
         self._sio: Any = None
         self._connecting = False
+        self._renew = renew
+        self._renewed = False  # a fresh token was asked for since the last successful connect
+        self._http_session: aiohttp.ClientSession | None = None
 
     def on(self, event: str, handler: Handler) -> None:
         """A server event's handler (registered before connect())."""
@@ -75,6 +83,17 @@ class Signaling:
         return "disconnected"
 
     async def connect(self, http_session: aiohttp.ClientSession) -> None:
+        self._http_session = http_session
+        try:
+            await self._connect(http_session)
+        except RtcClientError as exc:
+            if not await self._renewal_for(exc.code):
+                raise
+            self.end_reason = None
+            self.ended.clear()
+            await self._connect(http_session)
+
+    async def _connect(self, http_session: aiohttp.ClientSession) -> None:
         sio = socketio.AsyncClient(
             http_session=http_session,
             reconnection=True,
@@ -126,6 +145,7 @@ class Signaling:
         return run
 
     async def _on_connect(self) -> None:
+        self._renewed = False
         self._on_connect_hook()
 
     async def _on_connect_error(self, data: Any) -> None:
@@ -133,12 +153,48 @@ class Signaling:
         # refused at every retry; a network failure is a string, and python-socketio retries it.
         body = data.get("data") if isinstance(data, dict) else None
         code = body.get("error") if isinstance(body, dict) else None
-        if isinstance(code, str) and code:
-            await self.end(code)
+        if not (isinstance(code, str) and code):
+            return
+        if self._connecting and code in RENEWABLE and self._renew is not None and not self._renewed:
+            # The first connect: connect() asks for a fresh token and tries once more.
+            self.end_reason = code
+            return
+        if await self._renewal_for(code):
+            return  # python-socketio's reconnect loop tries again, with the fresh token
+        await self.end(code)
 
     async def _on_session_end(self, data: Any) -> None:
         reason = data.get("reason") if isinstance(data, dict) else None
-        await self.end(reason if isinstance(reason, str) and reason else "ended")
+        reason = reason if isinstance(reason, str) and reason else "ended"
+        if await self._renewal_for(reason):
+            # The server closes this socket: a new one, with the fresh token.
+            self._tasks.spawn(self._reconnect())
+            return
+        await self.end(reason)
+
+    async def _renewal_for(self, reason: str) -> bool:
+        """Whether a fresh token was obtained for this refusal (at most once in a row)."""
+        if reason not in RENEWABLE or self._renew is None or self._renewed or self.closed:
+            return False
+        self._renewed = True
+        try:
+            await self._renew()
+        except Exception as exc:  # the app's provider failed: the session ends as it would
+            log.warning("token provider failed", extra={"error": type(exc).__name__})
+            return False
+        return True
+
+    async def _reconnect(self) -> None:
+        old, self._sio = self._sio, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.shutdown(), 5)
+        if self.closed or self._http_session is None:
+            return
+        try:
+            await self._connect(self._http_session)
+        except RtcClientError as exc:
+            await self.end(exc.code)
 
     async def end(self, reason: str) -> None:
         """Final until a new client starts: the socket closes and the app is told once."""
