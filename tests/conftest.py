@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from helpers import NodeClient, node_missing
 from ice_service.app import create_app
 from ice_service.settings import IceSettings
 from relay_service.app import create_app as create_relay_app
@@ -129,3 +130,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         level = Path(str(item.fspath)).parent.name
         if level in LEVELS:
             item.add_marker(getattr(pytest.mark, level))
+
+
+@pytest.fixture
+async def node_clients() -> AsyncIterator[list[NodeClient]]:
+    reason = node_missing()
+    if reason:
+        pytest.skip(reason)
+    made: list[NodeClient] = []
+    yield made
+    for client in made:
+        await client.close()

@@ -13,15 +13,20 @@
  * - Signaling over Socket.IO (`rtc:offer`, `rtc:answer`, `rtc:candidate`, each with an ack);
  *   candidates are trickled. Glare: the offer of the lexicographically smaller wallet wins.
  * - A data channel labelled `rtc` (ordered) with the JSON frames
- *   `{"t":"msg","messageId","payload","sentAt"}` and `{"t":"ack","messageId"}`. `send()` makes
- *   `rtcTries` tries (2), each waiting at most `ackWindowMs` (3 s) for the channel and the ACK,
- *   then enqueues on relay-service with `force: true`.
+ *   `{"t":"msg","messageId","payload","sentAt"}` and `{"t":"ack","messageId"}`. Every outgoing
+ *   message is first written to the outbox (rtc-outbox.js: IndexedDB, so it survives a reload),
+ *   then sent per conversation in order: `rtcTries` tries (2), each waiting at most `ackWindowMs`
+ *   (3 s) for the channel and the ACK, then relay-service with `force: true`, retried with
+ *   backoff until accepted or refused for good. `send()` waits for that, `enqueue()` does not;
+ *   `messageState` events and `messages()` show `queued` -> `sent` (rtc|relay) -> `failed`.
  * - Receiving: data-channel frames, `relay:message` pushes and `pull` on every (re)connect,
  *   deduplicated by sender + messageId across both transports, then acked.
  * - The transport of every message goes to the app (`delivery` / `message` events) and to
  *   `POST /api/v1/rtc/telemetry` with the selected pair's local candidate type (getStats).
- * - A session the server ends is not retried: on `session:end {reason}` (`token_expired`,
- *   `abuse`; the server may add others) or a handshake refusal while (re)connecting (the
+ * - With a `tokenProvider`, a 401 anywhere and `session:end {reason: "token_expired"}` (or a
+ *   refused token at a reconnect) ask it for a fresh token and carry on.
+ * - Otherwise a session the server ends is not retried: on `session:end {reason}`
+ *   (`token_expired`, `abuse`, `revoked`; the server may add others) or a handshake refusal while (re)connecting (the
  *   connect_error's `data.error`: `unauthorized`, `too_many_connections`, `csrf_failed`), the
  *   socket and the peer connections close, `state` becomes "ended", `sessionEndReason` holds the
  *   reason and a `sessionEnded` event ({reason}) goes out once (a refusal during `start()` also
@@ -40,6 +45,7 @@
  *   const delivery = await me.send("0xbbb", "hello"); // {transport: "rtc"|"relay", forced, ...}
  */
 import { io as defaultIo } from "./vendor/socket.io.esm.min.js";
+import { Outbox, RETRY_STATUS as OUTBOX_RETRY_STATUS, openStore } from "./rtc-outbox.js";
 
 export const CHANNEL_LABEL = "rtc";
 const HEX_WALLET = /^0x[0-9a-fA-F]+$/;
@@ -80,6 +86,12 @@ const CANDIDATE_TYPES = new Set(["host", "srflx", "prflx", "relay"]);
  * @property {string[]} [transports]  Socket.IO transports, ["websocket"].
  * @property {typeof defaultIo} [io]  The socket.io-client `io` function.
  * @property {Logger | null} [logger]  console by default; null for silence.
+ * @property {"indexeddb" | "memory"} [storage]  The outbox: "indexeddb" (default; memory where
+ *   there is none) keeps queued messages across reloads.
+ * @property {() => Promise<string> | string} [tokenProvider]  Asked for a fresh token on a 401
+ *   and at `session:end {reason: "token_expired"}` (cookie auth: refresh the cookie, return "").
+ * @property {number} [retryDelayMs]  The outbox's first retry delay, 500.
+ * @property {number} [retryDelayMaxMs]  Its cap, 10000.
  */
 
 /** @param {string} wallet */
@@ -280,6 +292,9 @@ export class RtcClient extends EventTarget {
   #closed = false;
   /** @type {string | null} */
   #endReason = null;
+  /** @type {Promise<string> | null} the token provider's answer being awaited */
+  #renewing = null;
+  #renewed = false; // a fresh token was asked for since the last successful connect
 
   /** @param {RtcClientOptions} options */
   constructor(options) {
@@ -317,18 +332,31 @@ export class RtcClient extends EventTarget {
     this.links = new Map();
     /** @type {{transport: Transport, candidateType?: string, forced: boolean}[]} */
     this.telemetrySent = [];
+    this.tokenProvider = options.tokenProvider ?? null;
+    this.outbox = new Outbox({
+      store: openStore(options.storage ?? "indexeddb", this.wallet),
+      attempt: (m) => this.#attempt(m),
+      onState: (m) => this.#emit("messageState", m),
+      retryDelayMs: options.retryDelayMs ?? 500,
+      retryDelayMaxMs: options.retryDelayMaxMs ?? 10000,
+      logger: this.logger,
+    });
   }
 
   // -- lifecycle ---------------------------------------------------------------------------------
 
-  /** Fetch ICE, connect the signaling socket (resolves once connected), pull the relay queue. */
+  /** Send what the outbox kept from earlier pages, fetch ICE, connect the signaling socket
+   * (resolves once connected), pull the relay queue. */
   async start() {
+    await this.outbox.start();
     if (this.rtc) await this.refreshIce();
     await this.#connectSocket();
   }
 
+  /** Queued messages stay in the outbox (IndexedDB) for the next page. */
   async close() {
     this.#closed = true;
+    this.outbox.close();
     if (this.#refreshTimer !== null) clearTimeout(this.#refreshTimer);
     for (const timer of this.#timers) clearTimeout(timer);
     for (const link of this.links.values()) this.#closeLink(link, "closed");
@@ -422,8 +450,34 @@ export class RtcClient extends EventTarget {
     return headers;
   }
 
-  /** @param {string} method @param {string} path @param {unknown} [body] */
+  /** One call; a 401 asks the token provider (if any) for a fresh token and is tried once more.
+   * @param {string} method @param {string} path @param {unknown} [body] */
   async #request(method, path, body) {
+    const token = this.#token;
+    const answer = await this.#requestOnce(method, path, body);
+    if (answer.status !== 401 || !this.tokenProvider) return answer;
+    if (this.#token === token) await this.#renewToken(); // not renewed meanwhile by another call
+    return this.#requestOnce(method, path, body);
+  }
+
+  /** The provider's fresh token, asked once for concurrent callers. */
+  async #renewToken() {
+    if (!this.tokenProvider) throw new RtcError("unauthorized", "no token provider");
+    if (!this.#renewing) {
+      const provider = this.tokenProvider;
+      this.#renewing = Promise.resolve()
+        .then(() => provider())
+        .finally(() => {
+          this.#renewing = null;
+        });
+    }
+    const token = await this.#renewing;
+    if (token) this.#token = token;
+    return token;
+  }
+
+  /** @param {string} method @param {string} path @param {unknown} [body] */
+  async #requestOnce(method, path, body) {
     const headers = this.#headers();
     if (body !== undefined) headers["Content-Type"] = "application/json";
     const response = await fetch(this.baseUrl + path, {
@@ -440,7 +494,8 @@ export class RtcClient extends EventTarget {
     } catch {
       data = null;
     }
-    return { status: response.status, data };
+    const retryAfter = Number(response.headers.get("Retry-After"));
+    return { status: response.status, data, retryAfterMs: Number.isFinite(retryAfter) ? retryAfter * 1000 : 0 };
   }
 
   /** @param {number} status @param {any} data @param {string} what */
@@ -543,6 +598,18 @@ export class RtcClient extends EventTarget {
     }
   }
 
+  /** One enqueue attempt: {status (0: no answer), data, retryAfterMs}.
+   * @param {string} to @param {string} messageId @param {string} payload @param {boolean} force */
+  async relayEnqueueOnce(to, messageId, payload, force) {
+    to = normalizeWallet(to);
+    const body = { to, convId: convId(this.wallet, to), messageId, payload, force };
+    try {
+      return await this.#request("POST", "/api/v1/relay/enqueue", body);
+    } catch {
+      return { status: 0, data: null, retryAfterMs: 0 };
+    }
+  }
+
   /** POST /api/v1/relay/enqueue (idempotent by messageId), retried on 429/5xx/network.
    * @param {string} to @param {string} messageId @param {string} payload @param {boolean} force */
   async relayEnqueue(to, messageId, payload, force) {
@@ -616,12 +683,25 @@ export class RtcClient extends EventTarget {
     on("presence:snapshot", (d) => this.#onSnapshot(d));
     on("presence:update", (d) => this.#onPresence(d));
     on("rtc:error", (d) => this.logger?.warn("rtc-sdk: rtc:error", { error: d?.error, event: d?.event }));
-    on("session:end", (d) => this.#endSession(typeof d?.reason === "string" && d.reason ? d.reason : "ended"));
+    on("session:end", (d) => {
+      const reason = typeof d?.reason === "string" && d.reason ? d.reason : "ended";
+      if (this.#canRenew(reason)) {
+        // The server closes this socket: connect again once the fresh token is here.
+        this.#renewThen(() => {
+          socket.disconnect();
+          socket.connect();
+        }, reason);
+      } else {
+        this.#endSession(reason);
+      }
+    });
     socket.on("disconnect", (/** @type {string} */ reason) => this.#emit("connection", { connected: false, error: reason }));
     return new Promise((resolve, reject) => {
       let first = true;
       socket.on("connect", () => {
+        this.#renewed = false;
         this.#emit("connection", { connected: true });
+        this.outbox.kick(); // what could not be sent while we were away
         // Every (re)connect: what the relay kept while we were away.
         this.pull().catch((err) => this.logger?.warn("rtc-sdk: relay pull failed", { error: errorCode(err) }));
         if (first) {
@@ -633,6 +713,11 @@ export class RtcClient extends EventTarget {
         const refused = typeof err?.data?.error === "string" ? err.data.error : null;
         const code = refused ?? "signal_connect_failed";
         this.#emit("connection", { connected: false, error: code });
+        if (refused && this.#canRenew(refused)) {
+          // A fresh token, then the same socket connects again with it (auth is read each time).
+          this.#renewThen(() => socket.connect(), refused);
+          return;
+        }
         if (first && (refused || !socket.active)) {
           first = false;
           socket.disconnect();
@@ -642,6 +727,21 @@ export class RtcClient extends EventTarget {
         // retry with this token; a network error has no `data` and the manager retries it.
         if (refused) this.#endSession(refused);
       });
+    });
+  }
+
+  /** Whether a fresh token may cure this refusal (once in a row). @param {string} reason */
+  #canRenew(reason) {
+    return Boolean(this.tokenProvider) && !this.#renewed && !this.#closed &&
+      (reason === "token_expired" || reason === "unauthorized");
+  }
+
+  /** @param {() => void} then @param {string} reason */
+  #renewThen(then, reason) {
+    this.#renewed = true;
+    this.#renewToken().then(then, (err) => {
+      this.logger?.warn("rtc-sdk: token provider failed", { error: errorCode(err) });
+      this.#endSession(reason);
     });
   }
 
@@ -982,13 +1082,87 @@ export class RtcClient extends EventTarget {
   // -- messages ----------------------------------------------------------------------------------
 
   /**
-   * Over the data channel (ACK window x tries), else through the relay with `force: true`.
+   * Store the message in the outbox and resolve at once with it (state `queued`); it is sent in
+   * order after this conversation's earlier messages (`messageState` events follow it). A
+   * messageId already in the outbox is not queued twice.
+   * @param {string} to @param {string} payload @param {{messageId?: string}} [options]
+   * @returns {Promise<import("./rtc-outbox.js").OutgoingMessage>}
+   */
+  enqueue(to, payload, options = {}) {
+    to = normalizeWallet(to);
+    return this.outbox.add({
+      messageId: options.messageId ?? newId("m"), to, convId: convId(this.wallet, to), payload,
+      state: "queued", transport: null, error: null, attempts: 0, updatedAt: Date.now(),
+    });
+  }
+
+  /**
+   * `enqueue()`, then wait until the message is accepted: over the data channel (ACK window x
+   * tries), else by relay-service with `force: true`, retried through outages. Rejects with
+   * RtcError(code) when it is refused for good (400, 403, 413, ...).
    * @param {string} to @param {string} payload @param {{messageId?: string}} [options]
    * @returns {Promise<Delivery>}
    */
   async send(to, payload, options = {}) {
-    to = normalizeWallet(to);
-    const messageId = options.messageId ?? newId("m");
+    const message = await this.enqueue(to, payload, options);
+    if (message.state !== "queued") {
+      if (message.state === "failed") throw new RtcError(message.error ?? "failed", "refused earlier");
+      return {
+        to: message.to, messageId: message.messageId, transport: message.transport ?? "relay",
+        forced: false, rtcTries: 0, candidatePair: null, relayId: null, duplicate: true,
+      };
+    }
+    const outcome = await this.outbox.settled(message.messageId);
+    if (outcome.kind === "sent") return outcome.delivery;
+    if (outcome.kind === "failed") throw new RtcError(outcome.code, "relay enqueue refused", outcome.status ?? null);
+    throw new RtcError("failed", "not sent");
+  }
+
+  /** The outbox: queued messages and the last settled ones, in send order. */
+  messages() {
+    return this.outbox.store.all();
+  }
+
+  /**
+   * One try of one message: the data channel, then the relay (rtc-outbox.js's table).
+   * @param {import("./rtc-outbox.js").OutgoingMessage} message
+   * @returns {Promise<import("./rtc-outbox.js").Outcome>}
+   */
+  async #attempt(message) {
+    const { to, messageId, payload } = message;
+    let tries = 0;
+    if (this.rtc && this.connected && !this.#closed && this.#endReason === null) {
+      const rtc = await this.#sendRtc(to, messageId, payload);
+      tries = rtc.tries;
+      if (rtc.delivery) {
+        this.#report(rtc.delivery);
+        return { kind: "sent", delivery: rtc.delivery };
+      }
+    }
+    const forced = tries > 0;
+    const { status, data, retryAfterMs } = await this.relayEnqueueOnce(to, messageId, payload, forced);
+    if ((status === 200 || status === 202) && data) {
+      /** @type {Delivery} */
+      const delivery = {
+        to, messageId, transport: "relay", forced: Boolean(data.forced ?? forced), rtcTries: tries,
+        candidatePair: null, relayId: data.id == null ? null : String(data.id),
+        duplicate: Boolean(data.duplicate),
+      };
+      this.#report(delivery);
+      return { kind: "sent", delivery };
+    }
+    const code = data && typeof data.error === "string" ? data.error : status ? `http_${status}` : "network";
+    if (status === 401 && this.tokenProvider) return { kind: "retry", reason: code };
+    if (OUTBOX_RETRY_STATUS.has(status)) return { kind: "retry", reason: code, retryAfterMs };
+    return { kind: "failed", code, status };
+  }
+
+  /**
+   * The data channel tries of one message.
+   * @param {string} to @param {string} messageId @param {string} payload
+   * @returns {Promise<{tries: number, delivery: Delivery | null}>}
+   */
+  async #sendRtc(to, messageId, payload) {
     /** @type {() => void} */
     let resolveAck = () => {};
     const promise = new Promise((resolve) => {
@@ -997,53 +1171,42 @@ export class RtcClient extends EventTarget {
     this.#acks.set(messageId, { resolve: resolveAck, promise });
     let tries = 0;
     try {
-      if (this.rtc && !this.#closed && this.#endReason === null) {
-        const frame = encodeMsg(messageId, payload);
-        for (let i = 0; i < this.rtcTries; i++) {
-          tries += 1;
-          const deadline = Date.now() + this.ackWindowMs;
-          const session = await this.#openSession(to, deadline);
-          if (!session || !session.channel) continue;
-          if (!this.#blocked) {
-            try {
-              session.channel.send(frame);
-            } catch (err) {
-              this.logger?.info("rtc-sdk: data channel send failed", { error: errorCode(err) });
-              continue;
-            }
+      const frame = encodeMsg(messageId, payload);
+      for (let i = 0; i < this.rtcTries; i++) {
+        tries += 1;
+        const deadline = Date.now() + this.ackWindowMs;
+        const session = await this.#openSession(to, deadline);
+        if (!session || !session.channel) continue;
+        if (!this.#blocked) {
+          try {
+            session.channel.send(frame);
+          } catch (err) {
+            this.logger?.info("rtc-sdk: data channel send failed", { error: errorCode(err) });
+            continue;
           }
-          let timer;
-          const acked = await Promise.race([
-            promise.then(() => true),
-            new Promise((resolve) => {
-              timer = setTimeout(() => resolve(false), Math.max(0, deadline - Date.now()));
-            }),
-          ]);
-          clearTimeout(timer);
-          if (!acked) continue;
-          const pair = await selectedCandidatePair(session.pc);
-          /** @type {Delivery} */
-          const delivery = {
+        }
+        let timer;
+        const acked = await Promise.race([
+          promise.then(() => true),
+          new Promise((resolve) => {
+            timer = setTimeout(() => resolve(false), Math.max(0, deadline - Date.now()));
+          }),
+        ]);
+        clearTimeout(timer);
+        if (!acked) continue;
+        const pair = await selectedCandidatePair(session.pc);
+        return {
+          tries,
+          delivery: {
             to, messageId, transport: "rtc", forced: false, rtcTries: tries,
             candidatePair: pair, relayId: null, duplicate: false,
-          };
-          this.#report(delivery);
-          return delivery;
-        }
+          },
+        };
       }
     } finally {
       this.#acks.delete(messageId);
     }
-    const forced = tries > 0;
-    const answer = await this.relayEnqueue(to, messageId, payload, forced);
-    /** @type {Delivery} */
-    const delivery = {
-      to, messageId, transport: "relay", forced: Boolean(answer.forced ?? forced), rtcTries: tries,
-      candidatePair: null, relayId: answer.id == null ? null : String(answer.id),
-      duplicate: Boolean(answer.duplicate),
-    };
-    this.#report(delivery);
-    return delivery;
+    return { tries, delivery: null };
   }
 
   /** @param {Delivery} delivery */

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import NodeClient
 from rtc_client import OutgoingMessage, RtcClient, RtcClientError
 from rtc_testkit.contract import make_token, new_wallet
 from rtc_testkit.processes import metric_value, wait_for_async
@@ -23,6 +24,9 @@ from rtc_testkit.stack import Stack, StackSpec, add_contacts, start_stack
 
 OUTAGE_SECONDS = 30.0
 MESSAGES = 20
+# The web SDK's run shares the outbox logic's shape; a shorter outage keeps the suite short.
+WEB_OUTAGE_SECONDS = 5.0
+WEB_MESSAGES = 10
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +224,57 @@ async def test_rate_limited_messages_wait_and_go(tmp_path: Path) -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+# -- the web SDK's outbox, in Node (tests/node/sdk_session.mjs; memory storage there) ----------
+
+
+async def test_web_sdk_outbox_survives_an_outage(
+    stack: Stack, node_clients: list[NodeClient]
+) -> None:
+    a, b = new_wallet(), new_wallet()
+    add_contacts(stack.redis, a, b)
+    page = await NodeClient.start(stack.gateway.url, make_token(a))
+    node_clients.append(page)
+    assert (await page.next("started"))["state"] == "connected"
+    stack.gateway.stop()
+    try:
+        for index in range(WEB_MESSAGES):
+            queued = await page.command(f"enqueue {b} web-{index} w{index:02d}", "queued")
+            assert queued["state"] == "queued"
+        await asyncio.sleep(WEB_OUTAGE_SECONDS)
+        listed = await page.command("messages", "messages")
+        assert [m["state"] for m in listed["messages"]] == ["queued"] * WEB_MESSAGES
+    finally:
+        await asyncio.to_thread(stack.gateway.start)
+
+    async def drained() -> bool:
+        listed = await page.command("messages", "messages")
+        return [m["state"] for m in listed["messages"]] == ["sent"] * WEB_MESSAGES
+
+    await wait_for_async(drained, 20, what="the web outbox to drain", interval=0.2)
+    assert await received_payloads(stack, b, WEB_MESSAGES) == [
+        f"w{i:02d}" for i in range(WEB_MESSAGES)
+    ]
+
+
+async def test_web_sdk_token_provider_keeps_the_session(
+    stack: Stack, node_clients: list[NodeClient]
+) -> None:
+    a, b = new_wallet(), new_wallet()
+    add_contacts(stack.redis, a, b)
+    page = await NodeClient.start(
+        stack.gateway.url, make_token(a, expires_in=2), fresh_token=make_token(a)
+    )
+    node_clients.append(page)
+    assert (await page.next("started"))["state"] == "connected"
+    await page.next("tokenAsked", timeout=10)  # at session:end token_expired
+
+    async def reconnected() -> bool:
+        state = await page.command("state", "state")
+        return bool(state["state"] == "connected" and state["connections"] >= 2)
+
+    await wait_for_async(reconnected, 10, what="the socket with the fresh token")
+    assert not [e for e in page.events if e["event"] == "sessionEnded"]
+    sent = await page.command(f"send {b} web-fresh-1", "sent")
+    assert sent["transport"] == "relay"

@@ -19,13 +19,11 @@ import asyncio
 import contextlib
 import hmac
 import json
-import os
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from helpers import NODE_DIR
+from helpers import NodeClient
 from rtc_client import RtcClient, RtcClientError
 from rtc_testkit.contract import make_token, new_wallet
 from rtc_testkit.peer import Peer
@@ -231,82 +229,6 @@ async def test_refused_reconnect_stops_the_retry_loop(stack: Stack) -> None:
 
 
 # -- web SDK in Node ---------------------------------------------------------------------------
-
-SDK_SCRIPT = NODE_DIR / "sdk_session.mjs"
-
-
-def node_missing() -> str | None:
-    if shutil.which("node") is None:
-        return "node is not installed"
-    if not (NODE_DIR / "node_modules" / "socket.io-client").is_dir():
-        return "tests/node/node_modules is missing (make test runs npm ci)"
-    return None
-
-
-class NodeClient:
-    """tests/node/sdk_session.mjs: one web SDK client; its events as JSON lines."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.events: list[dict[str, Any]] = []
-
-    @classmethod
-    async def start(cls, url: str, token: str) -> NodeClient:
-        proc = await asyncio.create_subprocess_exec(
-            "node",
-            str(SDK_SCRIPT),
-            cwd=str(NODE_DIR),
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "URL": url, "TOKEN": token},
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        return cls(proc)
-
-    async def next(self, event: str, timeout: float = 15.0) -> dict[str, Any]:
-        """The next line of this event (the other lines on the way are kept in `events`)."""
-        assert self.proc.stdout is not None
-        async with asyncio.timeout(timeout):
-            while True:
-                raw = await self.proc.stdout.readline()
-                if not raw:
-                    raise AssertionError(f"node exited: {await self.stderr()}")
-                line: dict[str, Any] = json.loads(raw)
-                self.events.append(line)
-                if line["event"] == event:
-                    return line
-
-    async def command(self, text: str, answer: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text.encode() + b"\n")
-        await self.proc.stdin.drain()
-        return await self.next(answer)
-
-    async def stderr(self) -> str:
-        assert self.proc.stderr is not None
-        return (await self.proc.stderr.read()).decode(errors="replace")[-2000:]
-
-    async def close(self) -> None:
-        if self.proc.returncode is None and self.proc.stdin is not None:
-            with contextlib.suppress(ConnectionError):
-                self.proc.stdin.write(b"exit\n")
-                await self.proc.stdin.drain()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 10)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-
-
-@pytest.fixture
-async def node_clients() -> AsyncIterator[list[NodeClient]]:
-    reason = node_missing()
-    if reason:
-        pytest.skip(reason)
-    made: list[NodeClient] = []
-    yield made
-    for client in made:
-        await client.close()
 
 
 async def test_web_sdk_expired_token_ends_the_session(

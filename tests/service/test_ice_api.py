@@ -16,7 +16,7 @@ from ice_service.app import create_app
 from ice_service.settings import IceSettings
 from prometheus_client import REGISTRY
 from rtc_common.settings import load_settings
-from rtc_testkit.contract import JWT_SECRET, make_token
+from rtc_testkit.contract import ADMIN_TOKEN, JWT_SECRET, make_token
 from rtc_testkit.stack import set_flag
 
 OPENAPI = json.loads(
@@ -215,8 +215,14 @@ async def test_openapi_matches_routes(ice_client: IceClientFactory) -> None:
     served = await client.get("/api/v1/rtc/openapi.json")
     assert served.status == 200
     assert await served.json() == OPENAPI
-    settings = load_settings(IceSettings, {"JWT_SECRET": JWT_SECRET})
+    # The admin routes exist only with ADMIN_TOKEN; the document lists them.
+    settings = load_settings(IceSettings, {"JWT_SECRET": JWT_SECRET, "ADMIN_TOKEN": ADMIN_TOKEN})
     assert app_routes(create_app(settings)) == documented_routes(OPENAPI)
+    plain = load_settings(IceSettings, {"JWT_SECRET": JWT_SECRET})
+    assert app_routes(create_app(plain)) == documented_routes(OPENAPI) - {
+        ("/api/v1/rtc/admin/revoke", "post"),
+        ("/api/v1/rtc/admin/revoke", "delete"),
+    }
     jsonschema.Draft202012Validator.check_schema(schema("IceResponse"))
 
 
@@ -225,7 +231,12 @@ async def test_health_ready_metrics(ice_client: IceClientFactory) -> None:
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
     assert ready.status == 200
-    assert (await ready.json())["checks"] == {"redis": "ok", "directory": "ok", "provider": "ok"}
+    assert (await ready.json())["checks"] == {
+        "redis": "ok",
+        "revocations": "ok",
+        "directory": "ok",
+        "provider": "ok",
+    }
     await client.get("/api/v1/rtc/ice", headers=bearer())
     metrics = await (await client.get("/metrics")).text()
     assert 'rtc_ice_issued_total{provider="coturn"}' in metrics

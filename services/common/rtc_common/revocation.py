@@ -222,8 +222,7 @@ def revocations_context(
         task = asyncio.create_task(revocations.run(app[redis_key]), name="revocations")
 
         async def loaded() -> None:
-            if not revocations.loaded.is_set():
-                raise RuntimeError("revoked wallets not loaded yet")
+            await revocations.loaded.wait()  # bounded by the readiness timeout
 
         app[READINESS_KEY]["revocations"] = loaded
         yield
