@@ -1,7 +1,9 @@
 // @ts-check
 // The demo page: sign in with a token, contacts and presence, chat over RTC with the relay as
-// fallback. Every message shows its transport; the sidebar shows the selected candidate pair and
-// the ICE expiry, and toggles force TURN relay or simulate a failed peer path.
+// fallback. Every message shows its transport, or that it is queued in the outbox and how many
+// attempts it took (messages queued before a reload show up again and are sent); the sidebar shows
+// the selected candidate pair, the ICE expiry and the outbox, and toggles force TURN relay or
+// simulate a failed peer path.
 import { RtcClient, normalizeWallet, walletFromToken } from "./rtc-sdk.js";
 
 /** @param {string} id */
@@ -18,6 +20,10 @@ const contacts = new Map();
 const conversations = new Map();
 /** @type {Map<string, import("./rtc-sdk.js").CandidatePair | null>} */
 const pairs = new Map();
+/** @type {Map<string, HTMLElement>} outgoing rows by messageId */
+const outgoing = new Map();
+/** @type {Set<string>} messageIds queued in the outbox */
+const queued = new Set();
 
 /** @param {string} text */
 function log(text) {
@@ -112,11 +118,40 @@ function addRow(peer, direction, text, messageId) {
  */
 function markTransport(row, transport, forced, pair) {
   row.dataset.transport = transport;
+  row.dataset.state = transport === "failed" ? "failed" : "sent";
   row.dataset.forced = String(forced);
   /** @type {HTMLElement} */ (row.querySelector(".transport")).textContent =
     transport === "rtc" ? "RTC" : transport === "relay" ? "Relay" : "failed";
   /** @type {HTMLElement} */ (row.querySelector(".detail")).textContent =
     transport === "rtc" ? `pair ${pairText(pair)}` : transport === "relay" && forced ? "forced (RTC failed)" : "";
+}
+
+/** @param {import("./rtc-outbox.js").OutgoingMessage} m */
+function markState(m) {
+  let row = outgoing.get(m.messageId);
+  if (!row) {
+    // Queued by an earlier page (a reload): shown again in its conversation.
+    if (!contacts.has(m.to)) contacts.set(m.to, { online: null });
+    row = addRow(m.to, "out", m.payload, m.messageId);
+    outgoing.set(m.messageId, row);
+    renderContacts();
+  }
+  if (m.state === "queued") {
+    queued.add(m.messageId);
+    row.dataset.state = "queued";
+    row.dataset.attempts = String(m.attempts);
+    /** @type {HTMLElement} */ (row.querySelector(".transport")).textContent = "queued";
+    /** @type {HTMLElement} */ (row.querySelector(".detail")).textContent =
+      m.attempts > 0 ? `retry ${m.attempts}${m.error ? ` (${m.error})` : ""}` : "in the outbox";
+  } else {
+    queued.delete(m.messageId);
+    if (m.state === "failed") {
+      markTransport(row, "failed", false, null);
+      /** @type {HTMLElement} */ (row.querySelector(".detail")).textContent = m.error ?? "";
+    }
+  }
+  $("outbox").textContent = queued.size ? `${queued.size} queued` : "empty";
+  $("outbox").dataset.queued = String(queued.size);
 }
 
 function renderIce() {
@@ -174,6 +209,21 @@ async function signIn(token) {
     if (pair) log(`peer connection with ${peer}: ${pairText(pair)}`);
     renderPair();
   });
+  me.addEventListener("messageState", (e) => {
+    const m = /** @type {CustomEvent<import("./rtc-outbox.js").OutgoingMessage>} */ (e).detail;
+    markState(m);
+    if (m.state === "failed") log(`send failed: ${m.error}`);
+  });
+  me.addEventListener("delivery", (e) => {
+    const delivery = /** @type {CustomEvent<import("./rtc-sdk.js").Delivery>} */ (e).detail;
+    const row = outgoing.get(delivery.messageId);
+    if (!row) return;
+    if (delivery.candidatePair) pairs.set(delivery.to, delivery.candidatePair);
+    markTransport(row, delivery.transport, delivery.forced, delivery.candidatePair);
+    log(`sent ${delivery.messageId.slice(0, 10)}… over ${delivery.transport.toUpperCase()}` +
+      (delivery.forced ? " (forced)" : "") + ` after ${delivery.rtcTries} RTC tries`);
+    renderPair();
+  });
   me.addEventListener("message", (e) => {
     const m = /** @type {CustomEvent<import("./rtc-sdk.js").IncomingMessage>} */ (e).detail;
     if (!contacts.has(m.sender)) contacts.set(m.sender, { online: null });
@@ -189,6 +239,8 @@ async function signIn(token) {
   });
   $("signin-error").textContent = "";
   $("me").textContent = wallet;
+  // What an earlier page left in the outbox: shown now, sent once started.
+  for (const m of await me.messages()) if (m.state === "queued") markState(m);
   await me.start();
   return me;
 }
@@ -226,18 +278,9 @@ $("compose").addEventListener("submit", async (event) => {
   if (!client || !selected || !text) return;
   input("compose-text").value = "";
   const messageId = `m-${crypto.randomUUID()}`;
-  const row = addRow(selected, "out", text, messageId);
-  try {
-    const delivery = await client.send(selected, text, { messageId });
-    if (delivery.candidatePair) pairs.set(delivery.to, delivery.candidatePair);
-    markTransport(row, delivery.transport, delivery.forced, delivery.candidatePair);
-    log(`sent ${messageId.slice(0, 10)}… over ${delivery.transport.toUpperCase()}` +
-      (delivery.forced ? " (forced)" : "") + ` after ${delivery.rtcTries} RTC tries`);
-    renderPair();
-  } catch (err) {
-    markTransport(row, "failed", false, null);
-    log(`send failed: ${/** @type {any} */ (err)?.code ?? "error"}`);
-  }
+  outgoing.set(messageId, addRow(selected, "out", text, messageId));
+  // Stored in the outbox first; the messageState and delivery events update the row.
+  await client.enqueue(selected, text, { messageId });
 });
 
 input("force-relay").addEventListener("change", () => {

@@ -251,6 +251,8 @@ export class Outbox {
         }
         if (!this.#running) return;
         if (outcome.kind === "retry") {
+          // Still queued; the app may show the retries (the count is kept in memory only).
+          this.onState({ ...message, attempts: done, error: outcome.reason, updatedAt: Date.now() });
           const wait = retryDelayMs(done - 1, this.retryDelayMs, this.retryDelayMaxMs, outcome.retryAfterMs);
           await new Promise((resolve) => {
             const timer = setTimeout(resolve, wait);

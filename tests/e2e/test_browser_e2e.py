@@ -11,6 +11,10 @@ end with every process in it.
    (transport RTC on both pages) and both pages show a relay/relay candidate pair.
 2. Alice's peer path blocked (the page's toggle): her message and Bob's reply arrive through the
    relay (transport Relay, forced) after the two ACK windows.
+3. The outbox: Bob offline, Alice's relay calls refused by her page's network (playwright's
+   route): her three messages show as queued with their retries; the page is reloaded and shows
+   them again from IndexedDB; once the relay answers they go out, and Bob, back, receives each
+   once, in order.
 
 Screenshots of both pages after each step go to tests/artifacts/browser-e2e/ (git-ignored).
 Skipped, with the reason, without Chromium, root (network namespaces), node or playwright-core.
@@ -238,6 +242,24 @@ def test_browser_rtc_over_turn_then_relay_fallback(tmp_path: Path) -> None:
             # 2 ACK windows of 3 s, then the relay.
             assert 5.5 < result["timings"]["relaySend"] < 12, result["timings"]
 
+            # 3. The outbox: queued while the relay could not be reached (retries shown), shown
+            #    again after a reload, then sent in order and received once each.
+            texts = ["outbox one", "outbox two", "outbox three"]
+            queued_page = result["pages"]["outboxQueued"]
+            assert queued_page["outbox"] == "3 queued", queued_page
+            for text in texts:
+                shown = row(queued_page["rows"], "out", text)
+                assert (shown["state"], shown["badge"]) == ("queued", "queued"), shown
+            assert any(row(queued_page["rows"], "out", t)["attempts"] != "0" for t in texts)
+            reloaded = result["pages"]["outboxReloaded"]
+            assert [r["text"] for r in reloaded["rows"] if r["state"] == "queued"] == texts
+            delivered = result["pages"]["outboxDelivered"]
+            assert delivered["alice"]["outbox"] == "empty", delivered["alice"]
+            for text in texts:
+                assert row(delivered["alice"]["rows"], "out", text)["transport"] == "relay"
+            incoming = [r["text"] for r in delivered["bob"]["rows"] if r["direction"] == "in"]
+            assert incoming == texts, incoming  # once each, in send order
+
             # Telemetry reached ice-service with the selected candidate type.
             wait_for(
                 lambda: (
@@ -255,7 +277,7 @@ def test_browser_rtc_over_turn_then_relay_fallback(tmp_path: Path) -> None:
             assert "credential" not in console.lower()
             assert not [c for c in result["console"] if c["type"] == "pageerror"], console
 
-            for shot in ("alice-rtc", "bob-rtc", "alice-relay", "bob-relay"):
+            for shot in ("alice-rtc", "bob-rtc", "alice-relay", "bob-relay", "alice-outbox-queued"):
                 assert (ARTIFACTS / f"{shot}.png").stat().st_size > 10_000, shot
             print(
                 f"stack {stack_seconds:.1f} s, browser {result['timings']}, "

@@ -73,12 +73,12 @@ async def test_gateway_outage_loses_nothing(stack: Stack) -> None:
     then delivered once, in order, after it returns."""
     a, b = new_wallet(), new_wallet()
     add_contacts(stack.redis, a, b)
-    seen: list[tuple[str, str]] = []
+    seen: list[tuple[str, str, int]] = []
     duplicates_before = metric_value(
         stack.relay.url, "rtc_relay_enqueued_total", 'result="duplicate",forced="false"'
     )
     async with client(
-        stack, a, on_message_state=lambda m: seen.append((m.payload, m.state))
+        stack, a, on_message_state=lambda m: seen.append((m.payload, m.state, m.attempts))
     ) as sender:
         stack.gateway.stop()
         down_at = time.monotonic()
@@ -101,9 +101,10 @@ async def test_gateway_outage_loses_nothing(stack: Stack) -> None:
         assert [m.transport for m in sender.messages()] == ["relay"] * MESSAGES
     payloads = await received_payloads(stack, b, MESSAGES)
     assert payloads == [f"m{i:02d}" for i in range(MESSAGES)]  # once each, in send order
-    # The app saw each message queued, then sent.
-    assert [p for p, s in seen if s == "queued"] == payloads
-    assert [p for p, s in seen if s == "sent"] == payloads
+    # The app saw each message queued (attempts 0), its failed attempts, then sent.
+    assert [p for p, s, n in seen if s == "queued" and n == 0] == payloads
+    assert any(s == "queued" and n > 0 for _, s, n in seen)  # the retries through the outage
+    assert [p for p, s, _ in seen if s == "sent"] == payloads
     duplicates = (
         metric_value(
             stack.relay.url, "rtc_relay_enqueued_total", 'result="duplicate",forced="false"'

@@ -47,6 +47,8 @@ const rows = (page) =>
       text: el.querySelector(".text")?.textContent ?? "",
       badge: el.querySelector(".transport")?.textContent ?? "",
       detail: el.querySelector(".detail")?.textContent ?? "",
+      state: el.dataset.state ?? "",
+      attempts: el.dataset.attempts ?? "",
     })),
   );
 
@@ -157,6 +159,37 @@ async function steps(alice, bob, shot, started) {
   result.pages.relay = {
     alice: { ...(await facts(alice)), rows: await rows(alice) },
     bob: { ...(await facts(bob)), rows: await rows(bob) },
+  };
+
+  // 3. The outbox: Bob offline and Alice's relay calls failing (her page's network refuses them):
+  //    her messages stay queued and are retried; her page is reloaded with them queued and shows
+  //    them again; once the relay answers they go out, and Bob, back, gets each once, in order.
+  const texts = ["outbox one", "outbox two", "outbox three"];
+  const queuedRow = (page, text) =>
+    page.locator('#messages .msg[data-direction="out"][data-state="queued"]', { hasText: text });
+  await alice.locator("#block-path").uncheck();
+  await bob.goto("about:blank");
+  await contact(alice, wb, "false").waitFor({ timeout: WAIT });
+  await alice.route("**/api/v1/relay/enqueue", (route) => route.abort("connectionfailed"));
+  for (const text of texts) await send(alice, text);
+  for (const text of texts) await queuedRow(alice, text).waitFor({ timeout: WAIT });
+  await alice.locator('#messages .msg[data-state="queued"]:not([data-attempts="0"])').first().waitFor({ timeout: WAIT });
+  await shot("outbox-queued");
+  result.pages.outboxQueued = { outbox: await alice.locator("#outbox").textContent(), rows: await rows(alice) };
+  await alice.reload();
+  await signIn(alice, env.TOKEN_A);
+  for (const text of texts) await queuedRow(alice, text).waitFor({ timeout: WAIT });
+  result.pages.outboxReloaded = { outbox: await alice.locator("#outbox").textContent(), rows: await rows(alice) };
+  await alice.unroute("**/api/v1/relay/enqueue");
+  const drained = Date.now();
+  for (const text of texts) await settled(alice, "out", text, "relay");
+  result.timings.outboxDrain = (Date.now() - drained) / 1000;
+  await signIn(bob, env.TOKEN_B);
+  for (const text of texts) await settled(bob, "in", text, "relay");
+  await shot("outbox-delivered");
+  result.pages.outboxDelivered = {
+    alice: { outbox: await alice.locator("#outbox").textContent(), rows: await rows(alice) },
+    bob: { rows: await rows(bob) },
   };
 }
 

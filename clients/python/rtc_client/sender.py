@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -116,6 +117,9 @@ class Sender:
             done += 1
             attempts[message.message_id] = done
             if isinstance(outcome, Retry):
+                # Still queued; the app may show the retries (the count is kept in memory only).
+                retrying = dataclasses.replace(message, attempts=done, error=outcome.reason)
+                await self.notify(retrying)
                 await self._pause(conv_id, retry_delay(done - 1, *self._backoff(outcome)))
                 continue
             if isinstance(outcome, Sent):
