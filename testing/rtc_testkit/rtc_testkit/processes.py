@@ -213,12 +213,20 @@ class RedisServer(Process):
 
 
 class Coturn(Process):
-    """coturn on 127.0.0.1 (a free port), with its admin CLI on another (`cli_address`)."""
+    """coturn on 127.0.0.1 (a free port), with its admin CLI on another (`cli_address`) and, given
+    `tls` (certificate chain and key files), turns: on a third (`tls_port`)."""
 
-    def __init__(self, workdir: Path, secret: str = TURN_SECRET, previous: str | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        secret: str = TURN_SECRET,
+        previous: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ):
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.cli_port = free_port()
+        self.tls_port = free_port() if tls else None
         self.cli_password = TURN_CLI_PASSWORD
         self.secret = secret
         self.conf = workdir / "turnserver.conf"
@@ -230,6 +238,7 @@ class Coturn(Process):
                 previous,
                 cli_port=self.cli_port,
                 cli_password=self.cli_password,
+                tls=(self.tls_port, *tls) if tls and self.tls_port else None,
             )
         )
         super().__init__(
@@ -242,10 +251,13 @@ class Coturn(Process):
         def listening() -> bool:
             self.ensure_alive()
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return True
+                for port in (self.port, self.tls_port):
+                    if port is not None:
+                        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                            pass
             except OSError:
                 return False
+            return True
 
         wait_for(listening, what=self.name)
 

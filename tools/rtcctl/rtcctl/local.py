@@ -126,10 +126,12 @@ def turnserver_conf(
     *,
     cli_port: int | None = None,
     cli_password: str | None = None,
+    tls: tuple[int, Path, Path] | None = None,
 ) -> str:
     """coturn's config for the local stack. `previous`: a retired secret still accepted during a
     rotation (TURN_SECRET_PREVIOUS; coturn accepts every `static-auth-secret` line).
     `cli_port` and `cli_password`: coturn's admin CLI on 127.0.0.1 (else `no-cli`).
+    `tls`: (port, certificate chain, key) for turns: (else `no-tls`).
     The peer policy and limits are the image's defaults (deploy/coturn), but for one loopback
     address allowed as a peer."""
     return "\n".join(
@@ -149,7 +151,11 @@ def turnserver_conf(
             ),
             "min-port=49160",
             "max-port=49200",
-            "no-tls",
+            *(
+                [f"tls-listening-port={tls[0]}", f"cert={tls[1]}", f"pkey={tls[2]}"]
+                if tls
+                else ["no-tls"]
+            ),
             "no-dtls",
             "no-multicast-peers",
             # Every non-public range denied, as in the image (deploy/coturn/denied-peers.txt).

@@ -17,6 +17,7 @@ from .config import TurnUri, parse_turn_uri, providers_of
 from .rendering import Result
 from .target import Target
 from .turnclient import Addr, Allocation, Refused, allocate, relay_round_trip, resolve
+from .turntls import check_turns_server
 
 TURN_WALLET = "rtcctl-doctor"  # the wallet the doctor's own credentials and tokens name
 FAR_FUTURE = 86400  # a credential that only a wrong secret (not a fast clock) gets refused
@@ -303,23 +304,33 @@ async def check_coturn(target: Target, settings: IceProviderSettings | None) -> 
     # Not an ice-service setting (it signs only with TURN_SECRET): coturn's second secret.
     previous = target.env.get("TURN_SECRET_PREVIOUS") or None
     servers: dict[tuple[str, int], list[TurnUri]] = {}
+    tls_servers: dict[tuple[str, int], TurnUri] = {}
     results: list[Result] = []
     for raw in settings.turn_uris:
         uri = parse_turn_uri(raw)
         if uri is None:
             continue
         if uri.scheme == "turns":
-            results.append(Result("SKIP", f"coturn {uri.hostport}/tls", "turns: (TLS) not probed"))
+            tls_servers.setdefault((uri.host, uri.port), uri)
             continue
         servers.setdefault((uri.host, uri.port), []).append(uri)
+
+    def mint() -> tuple[str, str]:
+        username, password = coturn_credentials(
+            secret, TURN_WALLET, int(time.time()) + settings.turn_cred_ttl
+        )
+        target.remember(password)
+        return username, password
+
     groups = await asyncio.gather(
         *(
             check_coturn_server(uris, secret, settings.turn_cred_ttl, target, previous)
             for uris in servers.values()
-        )
+        ),
+        *(check_turns_server(uri, mint, target) for uri in tls_servers.values()),
     )
     for group in groups:
         results.extend(group)
-    if not servers and not results:
+    if not servers and not tls_servers and not results:
         results.append(Result("FAIL", "coturn", "TURN_URIS names no TURN server"))
     return results

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import socket
+import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -63,9 +64,16 @@ class Refused(Exception):
 
 
 async def allocate(
-    server: tuple[str, int], username: str, password: str, transport: str, limit: float
+    server: tuple[str, int],
+    username: str,
+    password: str,
+    transport: str,
+    limit: float,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Allocation:
-    """A real TURN allocation. Raises Refused (an error response), TimeoutError or OSError."""
+    """A real TURN allocation (over TLS with `ssl_context`, transport tcp). Raises Refused (an
+    error response), TimeoutError or OSError (ssl.SSLError among them)."""
     try:
         async with asyncio.timeout(limit):
             turn, inbox = await create_turn_endpoint(
@@ -74,6 +82,7 @@ async def allocate(
                 username=username,
                 password=password,
                 lifetime=120,
+                ssl=ssl_context,
                 transport=transport,
             )
     except stun.TransactionFailed as exc:
