@@ -170,15 +170,17 @@ function renderIce() {
   $("ice-refresh").textContent = `in ${left(ice.refreshAt - Date.now())} (fetch #${ice.fetches})`;
 }
 
-/** @param {string} token */
-async function signIn(token) {
-  const wallet = walletFromToken(token);
-  if (!wallet) throw new Error("this token has no wallet claim");
-  const me = new RtcClient({
-    baseUrl: location.origin,
-    token,
-    iceTransportPolicy: input("force-relay").checked ? "relay" : "all",
-  });
+/**
+ * A token (Bearer), or null: the site's JWT cookie with the CSRF double-submit header.
+ * @param {string | null} token @param {string | null} [cookieWallet]
+ */
+async function signIn(token, cookieWallet = null) {
+  const wallet = token ? walletFromToken(token) : cookieWallet;
+  if (!wallet) throw new Error(token ? "this token has no wallet claim" : "give your wallet");
+  const policy = input("force-relay").checked ? "relay" : "all";
+  const me = token
+    ? new RtcClient({ baseUrl: location.origin, token, iceTransportPolicy: policy })
+    : new RtcClient({ baseUrl: location.origin, auth: "cookie", wallet, iceTransportPolicy: policy });
   me.addEventListener("connection", (e) => {
     const { connected, error } = /** @type {CustomEvent} */ (e).detail;
     if (me.sessionEndReason !== null) return; // the "session ended" status stays
@@ -245,12 +247,11 @@ async function signIn(token) {
   return me;
 }
 
-$("signin-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const token = input("token").value.trim();
+/** @param {string | null} token @param {string | null} cookieWallet */
+async function start(token, cookieWallet) {
   /** @type {HTMLButtonElement} */ ($("signin-button")).disabled = true;
   try {
-    client = await signIn(token);
+    client = await signIn(token, cookieWallet);
     input("token").value = "";
     $("signin").hidden = true;
     $("app").hidden = false;
@@ -263,6 +264,18 @@ $("signin-form").addEventListener("submit", async (event) => {
   } finally {
     /** @type {HTMLButtonElement} */ ($("signin-button")).disabled = false;
   }
+}
+
+$("signin-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const token = input("token").value.trim();
+  if (token) start(token, null);
+});
+
+$("cookie-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const wallet = input("cookie-wallet").value.trim();
+  if (wallet) start(null, normalizeWallet(wallet));
 });
 
 $("add-contact-form").addEventListener("submit", (event) => {

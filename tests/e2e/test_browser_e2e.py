@@ -15,6 +15,10 @@ end with every process in it.
    route): her three messages show as queued with their retries; the page is reloaded and shows
    them again from IndexedDB; once the relay answers they go out, and Bob, back, receives each
    once, in order.
+4. Bob signs in with the site's session (an HttpOnly JWT cookie and the CSRF cookie): ICE, the
+   socket and the relay authenticate with them; his message reaches Alice.
+5. A Python SDK user (aiortc, a thread of this test inside the namespace) and Alice: her message
+   over RTC (TURN) and its reply over RTC, then with her peer path blocked both over the relay.
 
 Screenshots of both pages after each step go to tests/artifacts/browser-e2e/ (git-ignored).
 Skipped, with the reason, without Chromium, root (network namespaces), node or playwright-core.
@@ -22,6 +26,7 @@ Skipped, with the reason, without Chromium, root (network namespaces), node or p
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import json
@@ -29,6 +34,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,11 +43,13 @@ from typing import Any
 
 import pytest
 from helpers import NODE_DIR
+from rtc_client import RtcClient
 from rtc_testkit.contract import JWT_SECRET, TURN_SECRET, make_token, new_wallet
 from rtc_testkit.processes import (
     REPO_ROOT,
     Process,
     ServiceProcess,
+    free_port,
     http_status,
     metric_value,
     wait_for,
@@ -178,34 +186,99 @@ def row(rows: list[dict[str, str]], direction: str, text: str) -> dict[str, str]
     return found[0]
 
 
+class PythonUser(threading.Thread):
+    """A Python SDK user (aiortc, relay-only ICE) answering every message with "re: <text>".
+
+    A thread of the test, made after the test entered the namespace, so it runs in it too (a new
+    thread inherits its creator's network namespace)."""
+
+    def __init__(self, url: str, wallet: str, token: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.wallet, self.token = url, wallet, token
+        self.received: list[tuple[str, str]] = []  # (payload, transport)
+        self.replied: list[tuple[str, str]] = []
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+            self.ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        client = RtcClient(
+            self.url, self.token, self.wallet, ice_transport_policy="relay", telemetry=False
+        )
+        async with client:
+            self.ready.set()
+            while not self._stopping.is_set():
+                try:
+                    message = await asyncio.wait_for(client.incoming.get(), 0.2)
+                except TimeoutError:
+                    continue
+                self.received.append((message.payload, message.transport))
+                reply = await client.send(message.sender, f"re: {message.payload}")
+                self.replied.append((f"re: {message.payload}", reply.transport))
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        self.join(30)
+
+
 def test_browser_rtc_over_turn_then_relay_fallback(tmp_path: Path) -> None:
     started = time.monotonic()
     for old in ARTIFACTS.glob("*.png"):
         old.unlink()
     with network_namespace() as ns:
         root = tmp_path / "stack"
-        spec = StackSpec(ice=1, signal=1, relay=1, coturn=True)
+        # Cookie sign-in from the page: the socket's Origin must be allowed, so the gateway's
+        # port is chosen first.
+        port = free_port()
+        spec = StackSpec(
+            ice=1,
+            signal=1,
+            relay=1,
+            coturn=True,
+            gateway_port=port,
+            env={"ALLOWED_ORIGINS": f"http://127.0.0.1:{port}"},
+        )
         with start_stack(spec, root, prepare=lambda p: in_namespace(p, ns)) as stack:
             ice, gateway = stack.ice, stack.gateway
             assert http_status(gateway.url + "/demo/") == 200
             assert http_status(gateway.url + "/demo/vendor/socket.io.esm.min.js") == 200
             stack_seconds = time.monotonic() - started
 
-            a, b = new_wallet(), new_wallet()
+            a, b, p = new_wallet(), new_wallet(), new_wallet()
             stack.add_contacts(a, b)
+            stack.add_contacts(a, p)
             token_a, token_b = make_token(a), make_token(b)
-            result = run_driver(
-                ns,
-                {
-                    "DEMO_URL": gateway.url + "/demo/",
-                    "TOKEN_A": token_a,
-                    "TOKEN_B": token_b,
-                    "WALLET_A": a,
-                    "WALLET_B": b,
-                    "ARTIFACTS": str(ARTIFACTS),
-                    "CHROMIUM": str(CHROMIUM),
-                },
-            )
+            python_user = PythonUser(gateway.url, p, make_token(p))
+            python_user.start()
+            try:
+                assert python_user.ready.wait(30) and python_user.error is None, python_user.error
+                result = run_driver(
+                    ns,
+                    {
+                        "DEMO_URL": gateway.url + "/demo/",
+                        "TOKEN_A": token_a,
+                        "TOKEN_B": token_b,
+                        "WALLET_A": a,
+                        "WALLET_B": b,
+                        "WALLET_P": p,
+                        "ARTIFACTS": str(ARTIFACTS),
+                        "CHROMIUM": str(CHROMIUM),
+                    },
+                )
+            finally:
+                python_user.stop()
+            assert python_user.error is None, python_user.error
 
             # 1. RTC through coturn: both pages show the transport and a relay/relay pair.
             rtc = result["pages"]["rtc"]
@@ -221,9 +294,11 @@ def test_browser_rtc_over_turn_then_relay_fallback(tmp_path: Path) -> None:
             for name, direction in (("alice", "out"), ("bob", "in")):
                 shown = row(rtc[name]["rows"], direction, "hello over rtc")
                 assert shown["detail"] == "pair relay ↔ relay", (name, shown)
-            for name, other in (("alice", b), ("bob", a)):
+            # (Alice's contacts include the Python user, online from the start.)
+            for name, others in (("alice", sorted([b, p])), ("bob", [a])):
                 contacts = rtc[name]["contacts"]
-                assert [(c["wallet"], c["online"]) for c in contacts] == [(other, "true")], contacts
+                shown_contacts = [(c["wallet"], c["online"]) for c in contacts]
+                assert shown_contacts == [(o, "true") for o in others], contacts
 
             # 2. The peer path blocked on Alice's side: both messages went through the relay.
             relay_pages = result["pages"]["relay"]
@@ -259,6 +334,27 @@ def test_browser_rtc_over_turn_then_relay_fallback(tmp_path: Path) -> None:
                 assert row(delivered["alice"]["rows"], "out", text)["transport"] == "relay"
             incoming = [r["text"] for r in delivered["bob"]["rows"] if r["direction"] == "in"]
             assert incoming == texts, incoming  # once each, in send order
+
+            # 4. Cookie + CSRF sign-in: no token in the page, ICE and the socket authenticated.
+            cookie = result["pages"]["cookie"]
+            assert cookie["bob"]["token"] == "" and cookie["bob"]["connection"] == "online"
+            assert cookie["bob"]["iceProvider"].startswith("coturn"), cookie["bob"]
+            sent = row(cookie["bob"]["rows"], "out", "hello with the session cookie")
+            assert sent["transport"] in ("rtc", "relay"), sent
+            row(cookie["alice"]["rows"], "in", "hello with the session cookie")
+
+            # 5. The browser and the Python SDK: both directions, RTC then relay, same frames.
+            assert python_user.received == [
+                ("to python over rtc", "rtc"),
+                ("to python over relay", "relay"),
+            ]
+            assert python_user.replied == [
+                ("re: to python over rtc", "rtc"),
+                ("re: to python over relay", "relay"),
+            ]
+            shown = result["pages"]["python"]["alice"]["rows"]
+            assert row(shown, "in", "re: to python over rtc")["transport"] == "rtc"
+            assert row(shown, "in", "re: to python over relay")["forced"] == "true"
 
             # Telemetry reached ice-service with the selected candidate type.
             wait_for(

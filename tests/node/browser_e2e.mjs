@@ -3,8 +3,8 @@
 // network namespace; prints one JSON line with what the pages showed and exits 0, or prints
 // {"error": ...} and exits 1. Every wait is a condition with a deadline.
 //
-// Env: DEMO_URL, TOKEN_A, TOKEN_B, WALLET_A, WALLET_B, ARTIFACTS (screenshot folder),
-//      CHROMIUM (default /usr/bin/chromium).
+// Env: DEMO_URL, TOKEN_A, TOKEN_B, WALLET_A, WALLET_B, WALLET_P (a Python SDK user the test
+//      runs), ARTIFACTS (screenshot folder), CHROMIUM (default /usr/bin/chromium).
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -191,6 +191,49 @@ async function steps(alice, bob, shot, started) {
     alice: { outbox: await alice.locator("#outbox").textContent(), rows: await rows(alice) },
     bob: { rows: await rows(bob) },
   };
+
+  // 4. Bob signs in with the site's session: an HttpOnly JWT cookie and the CSRF cookie, no
+  //    token in the page. ICE, the socket and the relay all authenticate with them.
+  const origin = new URL(env.DEMO_URL).origin;
+  await bob.goto("about:blank");
+  await bob.context().addCookies([
+    { name: "access_token", value: env.TOKEN_B, url: origin, httpOnly: true, sameSite: "Strict" },
+    { name: "csrf_token", value: `csrf-${Date.now()}`, url: origin, sameSite: "Strict" },
+  ]);
+  await bob.goto(env.DEMO_URL);
+  await bob.locator("#cookie-wallet").fill(wb);
+  await bob.locator("#cookie-button").click();
+  await bob.locator('#conn-status[data-state="online"]').waitFor({ timeout: WAIT });
+  await contact(bob, wa, "true").waitFor({ timeout: WAIT });
+  await bob.locator(`#contacts li[data-wallet="${wa}"]`).click();
+  await send(bob, "hello with the session cookie");
+  await bob
+    .locator('#messages .msg[data-direction="out"][data-state="sent"]', { hasText: "hello with the session cookie" })
+    .waitFor({ timeout: WAIT });
+  await alice
+    .locator('#messages .msg[data-direction="in"]', { hasText: "hello with the session cookie" })
+    .waitFor({ timeout: WAIT });
+  await shot("cookie");
+  result.pages.cookie = {
+    bob: { ...(await facts(bob)), rows: await rows(bob), token: await bob.locator("#token").inputValue() },
+    alice: { rows: await rows(alice) },
+  };
+
+  // 5. A Python SDK user (aiortc, run by the test): Alice writes to it over RTC, then with her
+  //    peer path blocked through the relay; it answers each message ("re: ..."), the same ways.
+  const wp = env.WALLET_P;
+  await alice.locator("#add-contact").fill(wp);
+  await alice.locator("#add-contact-form button").click();
+  await contact(alice, wp, "true").waitFor({ timeout: WAIT });
+  await send(alice, "to python over rtc");
+  await settled(alice, "out", "to python over rtc", "rtc");
+  await settled(alice, "in", "re: to python over rtc", "rtc");
+  await alice.locator("#block-path").check();
+  await send(alice, "to python over relay");
+  await settled(alice, "out", "to python over relay", "relay");
+  await settled(alice, "in", "re: to python over relay", "relay");
+  await shot("python");
+  result.pages.python = { alice: { ...(await facts(alice)), rows: await rows(alice) } };
 }
 
 main().catch((err) => {

@@ -330,8 +330,9 @@ class Gateway(HttpServer):
         signal: list[int] | None = None,
         relay: list[int] | None = None,
         limits: GatewayLimits | None = None,
+        port: int | None = None,
     ):
-        self.port = free_port()
+        self.port = port or free_port()
         self.workdir = workdir
         ports = StackPorts(
             gateway=self.port,

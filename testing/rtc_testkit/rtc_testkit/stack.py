@@ -87,6 +87,8 @@ class StackSpec:
     signal_env: Mapping[str, str] = field(default_factory=dict)
     relay_env: Mapping[str, str] = field(default_factory=dict)
     gateway_limits: GatewayLimits | None = None
+    # The gateway's port, when the services must know it first (ALLOWED_ORIGINS); default free.
+    gateway_port: int | None = None
     redis_appendonly: bool = False
     flags: Mapping[str, bool] = field(default_factory=dict)
     contacts: tuple[tuple[str, str], ...] = ()
@@ -199,6 +201,7 @@ class Stack:
             signal=[p.port for p in self.signals],
             relay=[p.port for p in self.relays],
             limits=limits,
+            port=self.spec.gateway_port,
         )
         self.start(gateway)
         return gateway
