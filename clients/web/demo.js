@@ -205,6 +205,10 @@ async function signIn(token, cookieWallet = null) {
     log(`ICE #${fetches} from ${provider}, ttl ${ttl} s`);
     renderIce();
   });
+  me.addEventListener("iceRestart", (e) => {
+    const { peer, generation } = /** @type {CustomEvent} */ (e).detail;
+    log(`ICE restarted with ${peer} on ICE #${generation} (same connection)`);
+  });
   me.addEventListener("pair", (e) => {
     const { peer, pair } = /** @type {CustomEvent} */ (e).detail;
     pairs.set(peer, pair);
@@ -252,6 +256,8 @@ async function start(token, cookieWallet) {
   /** @type {HTMLButtonElement} */ ($("signin-button")).disabled = true;
   try {
     client = await signIn(token, cookieWallet);
+    // For the console and the browser test: the signed-in client (its state, its connections).
+    /** @type {any} */ (window).rtcClient = client;
     input("token").value = "";
     $("signin").hidden = true;
     $("app").hidden = false;

@@ -6,10 +6,12 @@
  * (`clients/python/rtc_client`) so that both talk to each other:
  *
  * - ICE from ice-service (`GET /api/v1/rtc/ice`) with `Authorization: Bearer`, or with the JWT
- *   cookie plus the CSRF double-submit header; re-fetched at `refreshRatio` (70 %) of `ttl`, then
- *   every open peer connection is rebuilt with the fresh credentials (a new RTCPeerConnection, as
- *   the Python SDK does: its peer cannot follow an ICE restart on the same connection); the old
- *   one is closed once the new data channel is open.
+ *   cookie plus the CSRF double-submit header; re-fetched at `refreshRatio` (70 %) of `ttl`. Then
+ *   every open peer connection moves to the fresh credentials: towards a peer that can follow an
+ *   ICE restart (another web SDK: its SDP carries `a=x-rtc-ice-restart:1`), `setConfiguration` +
+ *   an ICE-restart offer on the same connection, so the data channel stays open; towards one
+ *   that cannot (the Python SDK: aiortc has no ICE restart), a new RTCPeerConnection, the old
+ *   one closed once the new data channel is open.
  * - Signaling over Socket.IO (`rtc:offer`, `rtc:answer`, `rtc:candidate`, each with an ack);
  *   candidates are trickled. Glare: the offer of the lexicographically smaller wallet wins.
  * - A data channel labelled `rtc` (ordered) with the JSON frames
@@ -51,6 +53,26 @@ export const CHANNEL_LABEL = "rtc";
 const HEX_WALLET = /^0x[0-9a-fA-F]+$/;
 const RETRYABLE_STATUS = new Set([0, 429, 502, 503, 504]);
 const CANDIDATE_TYPES = new Set(["host", "srflx", "prflx", "relay"]);
+// Announced in the SDP this SDK sends (a session-level attribute others ignore): "I follow an ICE
+// restart on the same connection". Removed again before the SDP is applied.
+const RESTART_CAP = "a=x-rtc-ice-restart:1";
+
+/** @param {string} sdp */
+function withRestartCap(sdp) {
+  const at = sdp.indexOf("\r\nm=");
+  return at < 0 ? sdp : `${sdp.slice(0, at)}\r\n${RESTART_CAP}${sdp.slice(at)}`;
+}
+
+/** @param {string} sdp */
+function stripRestartCap(sdp) {
+  return sdp.split("\r\n").filter((line) => line !== RESTART_CAP).join("\r\n");
+}
+
+/** The DTLS fingerprint an SDP names (the same connection keeps it across an ICE restart).
+ * @param {string | undefined | null} sdp */
+function fingerprint(sdp) {
+  return sdp?.match(/a=fingerprint:(\S+ \S+)/)?.[1] ?? null;
+}
 
 /**
  * @typedef {"rtc" | "relay"} Transport
@@ -219,6 +241,8 @@ class Session {
     this.pendingLocal = [];
     this.signalled = false;
     this.closed = false;
+    this.restartable = false; // the peer announced it follows ICE restarts (RESTART_CAP)
+    this.restarting = false; // our ICE-restart offer is out, its answer not yet applied
   }
 
   get open() {
@@ -270,6 +294,7 @@ class Link {
  * One signed-in user. Events (CustomEvent, data in `detail`): `message` (IncomingMessage),
  * `delivery` (Delivery), `presence` (Presence), `ice` (IceInfo), `pair` ({peer, pair}),
  * `connection` ({connected, error?}), `policy` ({iceTransportPolicy, peerPathBlocked}),
+ * `iceRestart` ({peer, generation}: an open connection moved to fresh ICE credentials in place),
  * `sessionEnded` ({reason}: the server ended or refused the session; final, see the top).
  */
 export class RtcClient extends EventTarget {
@@ -562,13 +587,69 @@ export class RtcClient extends EventTarget {
     this.#rebuildLinks();
   }
 
-  /** Long sessions: open connections made with older credentials are renegotiated. */
+  /** Long sessions: open connections made with older credentials move to the fresh ones: an ICE
+   * restart where the peer follows one, else a new connection. */
   #rebuildLinks() {
     for (const link of this.links.values()) {
-      if (link.active && link.active.open && link.active.iceGeneration !== this.iceFetches) {
+      const session = link.active;
+      if (!session || !session.open || session.iceGeneration === this.iceFetches) continue;
+      if (session.restartable && !link.negotiationRunning && !link.negotiating) {
+        this.#restartIce(link, session).catch((err) => {
+          this.logger?.info("rtc-sdk: ICE restart failed; rebuilding", { peer: link.remote, error: errorCode(err) });
+          session.restarting = false;
+          this.#startNegotiation(link);
+        });
+      } else {
         this.#startNegotiation(link);
       }
     }
+  }
+
+  /** The fresh credentials on the same connection: setConfiguration, then an ICE-restart offer.
+   * @param {Link} link @param {Session} session */
+  async #restartIce(link, session) {
+    const pc = session.pc;
+    session.restarting = true;
+    session.remoteSet = false; // the peer's new candidates wait for its answer
+    pc.setConfiguration({ ...pc.getConfiguration(), iceServers: this.#iceServers });
+    await pc.setLocalDescription(await pc.createOffer({ iceRestart: true }));
+    const local = /** @type {RTCSessionDescription} */ (pc.localDescription);
+    const ack = await this.#signal("rtc:offer", {
+      convId: convId(this.wallet, link.remote),
+      to: link.remote,
+      sdp: { type: "offer", sdp: withRestartCap(local.sdp) },
+      signalId: newId("restart"),
+    });
+    if (!ack.ok) throw new RtcError(String(ack.error ?? "refused"), "restart offer refused");
+    session.iceGeneration = this.iceFetches;
+    this.#emit("iceRestart", { peer: link.remote, generation: session.iceGeneration });
+  }
+
+  /** The peer's ICE-restart offer for the open connection: answered on it.
+   * @param {Link} link @param {Session} session @param {string} sdp */
+  async #answerRestart(link, session, sdp) {
+    const pc = session.pc;
+    if (pc.signalingState === "have-local-offer") {
+      // Both restarted at once: the smaller wallet's offer wins, as for a first offer.
+      if (this.wallet < link.remote) return;
+      await pc.setLocalDescription({ type: "rollback" });
+      session.restarting = false;
+    }
+    session.remoteSet = false; // its new candidates wait for the offer to be applied
+    const iceServers = await this.#currentIce();
+    pc.setConfiguration({ ...pc.getConfiguration(), iceServers });
+    await pc.setRemoteDescription({ type: "offer", sdp: stripRestartCap(sdp) });
+    await this.#flushRemoteCandidates(session);
+    await pc.setLocalDescription(await pc.createAnswer());
+    const local = /** @type {RTCSessionDescription} */ (pc.localDescription);
+    await this.#signal("rtc:answer", {
+      convId: convId(this.wallet, link.remote),
+      to: link.remote,
+      sdp: { type: "answer", sdp: withRestartCap(local.sdp) },
+      signalId: newId("answer"),
+    });
+    session.iceGeneration = this.iceFetches;
+    this.#emit("iceRestart", { peer: link.remote, generation: session.iceGeneration });
   }
 
   /** ICE for a new peer connection: fetched again when the refresh is due. */
@@ -948,7 +1029,7 @@ export class RtcClient extends EventTarget {
       const acked = this.#signal("rtc:offer", {
         convId: convId(this.wallet, link.remote),
         to: link.remote,
-        sdp: { type: "offer", sdp: local.sdp },
+        sdp: { type: "offer", sdp: withRestartCap(local.sdp) },
         signalId: newId("offer"),
       });
       this.#signalled(link, session);
@@ -988,6 +1069,12 @@ export class RtcClient extends EventTarget {
     const sdp = data.sdp;
     if (!remote || !sdp || typeof sdp.sdp !== "string") return;
     const link = this.#link(remote);
+    const active = link.active;
+    if (active && active.open && fingerprint(active.pc.remoteDescription?.sdp) === fingerprint(sdp.sdp)) {
+      // The same peer connection (same DTLS fingerprint): an ICE restart, answered on it.
+      await this.#answerRestart(link, active, sdp.sdp);
+      return;
+    }
     const pending = link.negotiating;
     if (pending && pending.initiator && !pending.remoteSet) {
       if (this.wallet < remote) return; // glare: our offer wins, they answer it
@@ -1000,14 +1087,15 @@ export class RtcClient extends EventTarget {
     const previous = link.negotiating;
     link.negotiating = session;
     if (previous && previous !== session) this.#closeSession(previous);
-    await session.pc.setRemoteDescription({ type: "offer", sdp: sdp.sdp });
+    session.restartable = sdp.sdp.includes(RESTART_CAP);
+    await session.pc.setRemoteDescription({ type: "offer", sdp: stripRestartCap(sdp.sdp) });
     await this.#flushRemoteCandidates(session);
     await session.pc.setLocalDescription(await session.pc.createAnswer());
     const local = /** @type {RTCSessionDescription} */ (session.pc.localDescription);
     const acked = this.#signal("rtc:answer", {
       convId: convId(this.wallet, remote),
       to: remote,
-      sdp: { type: "answer", sdp: local.sdp },
+      sdp: { type: "answer", sdp: withRestartCap(local.sdp) },
       signalId: newId("answer"),
     });
     this.#signalled(link, session);
@@ -1028,11 +1116,14 @@ export class RtcClient extends EventTarget {
     const link = this.links.get(normalizeWallet(String(data?.from ?? "")));
     const sdp = data?.sdp;
     if (!link || !sdp || typeof sdp.sdp !== "string") return;
-    const session = link.negotiating;
-    if (!session || !session.initiator || session.remoteSet) return;
+    const restarted = link.active && link.active.restarting ? link.active : null;
+    const session = restarted ?? link.negotiating;
+    if (!session || (!session.initiator && !restarted) || session.remoteSet) return;
     if (session.pc.signalingState !== "have-local-offer") return;
     session.remoteSet = true;
-    await session.pc.setRemoteDescription({ type: "answer", sdp: sdp.sdp });
+    session.restarting = false;
+    session.restartable = sdp.sdp.includes(RESTART_CAP);
+    await session.pc.setRemoteDescription({ type: "answer", sdp: stripRestartCap(sdp.sdp) });
     await this.#flushRemoteCandidates(session);
   }
 

@@ -379,3 +379,53 @@ def test_browser_rtc_over_turn_then_relay_fallback(tmp_path: Path) -> None:
                 f"stack {stack_seconds:.1f} s, browser {result['timings']}, "
                 f"total {time.monotonic() - started:.1f} s"
             )
+
+
+ICE_TTL = 12  # seconds: the refresh falls due at 70 %, 8.4 s after each fetch
+
+
+def test_browser_ice_refresh_restarts_ice_in_place(tmp_path: Path) -> None:
+    """Two pages on a short ICE ttl: at 70 % both fetch again and move their open connection to
+    the fresh TURN credentials with setConfiguration + an ICE-restart offer on the same
+    RTCPeerConnection; the data channel stays open and carries the next messages."""
+    with network_namespace() as ns:
+        spec = StackSpec(
+            ice=1, signal=1, relay=1, coturn=True, ice_env={"TURN_CRED_TTL": str(ICE_TTL)}
+        )
+        with start_stack(spec, tmp_path / "stack", prepare=lambda p: in_namespace(p, ns)) as stack:
+            a, b = new_wallet(), new_wallet()
+            stack.add_contacts(a, b)
+            result = run_driver(
+                ns,
+                {
+                    "SCENARIO": "ice-refresh",
+                    "ICE_TTL": str(ICE_TTL),
+                    "DEMO_URL": stack.gateway.url + "/demo/",
+                    "TOKEN_A": make_token(a),
+                    "TOKEN_B": make_token(b),
+                    "WALLET_A": a,
+                    "WALLET_B": b,
+                    "ARTIFACTS": str(ARTIFACTS),
+                    "CHROMIUM": str(CHROMIUM),
+                },
+            )
+    page = result["pages"]["iceRefresh"]
+    for name in ("alice", "bob"):
+        before, after = page["before"][name], page["after"][name]
+        assert (before["fetches"], before["generation"]) == (1, 1), before
+        assert after["fetches"] == after["generation"] >= 2, after
+        # The same connection and channel, open throughout; only ICE changed.
+        assert after["sessionsMade"] == before["sessionsMade"] == 1, (before, after)
+        assert after["sameChannel"] and after["open"], after
+        assert after["ufrag"] != before["ufrag"], (before, after)
+        assert after["turnUsername"] != before["turnUsername"], "still the first credentials"
+        assert any("ICE restarted" in line for line in page[name]["log"]), page[name]["log"]
+        assert page[name]["pairLocal"] == "relay", page[name]
+    for name, direction, text in (
+        ("alice", "out", "after the refresh"),
+        ("bob", "in", "after the refresh"),
+        ("bob", "out", "reply after the refresh"),
+        ("alice", "in", "reply after the refresh"),
+    ):
+        assert row(page[name]["rows"], direction, text)["transport"] == "rtc", (name, text)
+    print(f"ICE refresh: {result['timings']}")

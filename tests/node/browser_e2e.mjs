@@ -110,7 +110,8 @@ async function main() {
     };
 
     try {
-      await steps(alice, bob, shot, started);
+      if (env.SCENARIO === "ice-refresh") await iceRefresh(alice, bob, shot);
+      else await steps(alice, bob, shot, started);
     } catch (err) {
       await shot("failure").catch(() => {});
       throw err;
@@ -234,6 +235,73 @@ async function steps(alice, bob, shot, started) {
   await settled(alice, "in", "re: to python over relay", "relay");
   await shot("python");
   result.pages.python = { alice: { ...(await facts(alice)), rows: await rows(alice) } };
+}
+
+/** What a page's SDK holds for its connection to `peer` (no credential, only the username). */
+const probe = (page, peer) =>
+  page.evaluate((peer) => {
+    const client = window.rtcClient;
+    const session = client.links.get(peer)?.active;
+    const pc = session?.pc;
+    const turn = pc?.getConfiguration().iceServers.find((s) => s.username);
+    const sameChannel = Boolean(session) && window.rtcChannel === session.channel;
+    window.rtcChannel = session?.channel;
+    return {
+      fetches: client.iceFetches,
+      generation: session?.iceGeneration ?? null,
+      sessionsMade: client.sessionsMade(peer),
+      open: Boolean(session?.open),
+      sameChannel,
+      signalingState: pc?.signalingState ?? null,
+      turnUsername: turn?.username ?? null,
+      ufrag: pc?.localDescription?.sdp.match(/a=ice-ufrag:(\S+)/)?.[1] ?? null,
+    };
+  }, peer);
+
+/** ICE refresh at 70 % of a short ttl: both pages fetch again and restart ICE on the open
+ * connection; the data channel stays open and carries the next message. */
+async function iceRefresh(alice, bob, shot) {
+  const [wa, wb] = [env.WALLET_A, env.WALLET_B];
+  const ttl = Number(env.ICE_TTL);
+  await signIn(alice, env.TOKEN_A);
+  await signIn(bob, env.TOKEN_B);
+  await contact(alice, wb, "true").waitFor({ timeout: WAIT });
+  await alice.locator("#force-relay").check();
+  await bob.locator("#force-relay").check();
+  await alice.locator(`#contacts li[data-wallet="${wb}"]`).click();
+  await send(alice, "before the refresh");
+  await settled(alice, "out", "before the refresh", "rtc");
+  await settled(bob, "in", "before the refresh", "rtc");
+  const before = { alice: await probe(alice, wb), bob: await probe(bob, wa) };
+  const refreshed = Date.now();
+  const restartedOn = (page, peer) =>
+    page.waitForFunction(
+      (peer) => {
+        const client = window.rtcClient;
+        const session = client.links.get(peer)?.active;
+        return client.iceFetches >= 2 && session?.iceGeneration === client.iceFetches &&
+          session.pc.signalingState === "stable" && session.open;
+      },
+      peer,
+      { timeout: ttl * 1000 + WAIT, polling: 100 },
+    );
+  await restartedOn(alice, wb);
+  await restartedOn(bob, wa);
+  result.timings.iceRefresh = (Date.now() - refreshed) / 1000;
+  const after = { alice: await probe(alice, wb), bob: await probe(bob, wa) };
+  await send(alice, "after the refresh");
+  await settled(alice, "out", "after the refresh", "rtc");
+  await settled(bob, "in", "after the refresh", "rtc");
+  await send(bob, "reply after the refresh");
+  await settled(bob, "out", "reply after the refresh", "rtc");
+  await settled(alice, "in", "reply after the refresh", "rtc");
+  await shot("ice-refresh");
+  result.pages.iceRefresh = {
+    before,
+    after,
+    alice: { ...(await facts(alice)), rows: await rows(alice), log: await alice.locator("#log li").allTextContents() },
+    bob: { ...(await facts(bob)), rows: await rows(bob), log: await bob.locator("#log li").allTextContents() },
+  };
 }
 
 main().catch((err) => {
