@@ -11,6 +11,9 @@ Then the hostile side of the admin route, and enforcement while Redis is down.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,6 +29,7 @@ from rtc_testkit.stack import Stack, StackSpec, start_stack
 from test_signal import refusal_code
 
 REVOKE = "/api/v1/rtc/admin/revoke"
+RTCCTL = str(Path(sys.executable).parent / "rtcctl")
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 A = "0xa11ce0000000000000000000000001"
 # B's wallet starts with A's: coturn's `psp` matches substrings, the revoker must not.
@@ -370,3 +374,46 @@ async def test_revocations_hold_while_redis_is_down(
             http, "GET", small.url + "/api/v1/rtc/ice", headers=bearer(wallet)
         )
         assert (status, body["error"]) == (403, "revoked")
+
+
+def rtcctl(
+    stack: Stack, tmp_path: Path, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [RTCCTL, "--run-dir", str(tmp_path), "revoke", *args, "--gateway", stack.url],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+async def test_rtcctl_revoke_and_undo(
+    stack: Stack, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    wallet = new_wallet()
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(ADMIN_TOKEN + "\n")
+    done = await asyncio.to_thread(
+        rtcctl, stack, tmp_path, wallet, "--for", "600", ADMIN_TOKEN_FILE=str(token_file)
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{wallet}\trevoked since ") and "until lifted" not in done.stdout
+    status, body = await call(http, "GET", stack.url + "/api/v1/rtc/ice", headers=bearer(wallet))
+    assert (status, body["error"]) == (403, "revoked")
+    done = await asyncio.to_thread(
+        rtcctl, stack, tmp_path, "--undo", wallet, ADMIN_TOKEN=ADMIN_TOKEN
+    )
+    assert (done.returncode, done.stdout) == (0, f"{wallet}\tlifted\n"), done.stderr
+    status, _ = await call(http, "GET", stack.url + "/api/v1/rtc/ice", headers=bearer(wallet))
+    assert status == 200
+    # Without a token, or with a wrong one: a clear refusal, and the token never echoed.
+    done = await asyncio.to_thread(rtcctl, stack, tmp_path, wallet)
+    assert done.returncode == 2 and "needs ADMIN_TOKEN" in done.stderr
+    wrong = "wrong-admin-token-0123456789abcdef0123456789"
+    done = await asyncio.to_thread(rtcctl, stack, tmp_path, wallet, ADMIN_TOKEN=wrong)
+    assert done.returncode == 1 and "401 unauthorized" in done.stderr
+    assert wrong not in done.stderr + done.stdout
+    done = await asyncio.to_thread(rtcctl, stack, tmp_path, "not a wallet", ADMIN_TOKEN=ADMIN_TOKEN)
+    assert done.returncode == 2 and "not a valid wallet" in done.stderr
