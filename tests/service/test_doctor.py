@@ -23,7 +23,14 @@ from typing import Any
 import pytest
 from rtc_common.directory import REDIS_FLAGS_KEY
 from rtc_testkit.contract import JWT_SECRET, TURN_SECRET
-from rtc_testkit.processes import Coturn, Gateway, RedisServer, ServiceProcess
+from rtc_testkit.processes import (
+    Coturn,
+    Gateway,
+    ProcessGroup,
+    RedisServer,
+    ServiceProcess,
+    free_port,
+)
 from rtc_testkit.stack import StackSpec, start_stack
 from rtc_testkit.twilio import ACCOUNT_SID, API_KEY, API_SECRET, TwilioStub
 from rtcctl.doctor import Result, render, resolve_target, skew_verdict
@@ -43,6 +50,8 @@ class Stack:
     coturn: Coturn
     gateway: Gateway
     signals: list[ServiceProcess]
+    ice_ports: list[int]
+    relay_ports: list[int]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +70,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         run_dir.mkdir()
         (run_dir / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         (run_dir / "stack.json").write_text(json.dumps(asdict(started.ports())))
-        yield Stack(run_dir, env, started.redis, started.coturn, started.gateway, started.signals)
+        yield Stack(
+            run_dir,
+            env,
+            started.redis,
+            started.coturn,
+            started.gateway,
+            started.signals,
+            [p.port for p in started.ices],
+            [p.port for p in started.relays],
+        )
 
 
 def doctor_env(**overrides: str) -> dict[str, str]:
@@ -156,7 +174,42 @@ def test_healthy_stack_passes(stack: Stack) -> None:
     for signal in stack.signals:
         line, _ = check(out, "PASS", f"signal 127.0.0.1:{signal.port} pub/sub")
         assert "pubsub ok" in line
+    # Every instance's own /healthz/deps (ice and relay from stack.json, signal too).
+    for kind, port in [
+        *(("ice", p) for p in stack.ice_ports),
+        *(("relay", p) for p in stack.relay_ports),
+        *(("signal", s.port) for s in stack.signals),
+    ]:
+        line, _ = check(out, "PASS", f"{kind} 127.0.0.1:{port} dependencies")
+        assert "ready; up: " in line and "revocations" in line
     assert "0 failed" in out
+
+
+def test_degraded_and_unready_instances(stack: Stack, tmp_path: Path) -> None:
+    """An ice-service without its provider is ready but degraded (WARN, the provider named); a
+    relay-service whose store is unreachable is not ready (FAIL, relay_store named)."""
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    ice = ServiceProcess(
+        "ice_service",
+        tmp_path / "ice",
+        {**stack.env, "RTC_PROVIDER": "twilio", "RTC_PROVIDER_FALLBACK": ""},
+        name="ice-no-provider",
+    )
+    relay = ServiceProcess(
+        "relay_service", tmp_path / "relay", {**stack.env, "RELAY_REDIS_URL": closed}, name="relay"
+    )
+    relay.ready_path = "/healthz"  # alive, never ready
+    with ProcessGroup() as group:
+        group.start(ice)
+        group.start(relay)
+        code, out = doctor(stack, "--ice", ice.url, "--relay", relay.url)
+    assert code == 1, out
+    line, fix = check(out, "WARN", f"ice 127.0.0.1:{ice.port} dependencies")
+    assert "ready, degraded: provider down since " in line and "ProviderError" in line
+    assert "config" in fix
+    line, fix = check(out, "FAIL", f"relay 127.0.0.1:{relay.port} dependencies")
+    assert "NOT READY: relay_store down since " in line
+    assert "RELAY_REDIS_URL" in fix
 
 
 def test_wrong_turn_secret(stack: Stack) -> None:

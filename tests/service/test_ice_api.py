@@ -120,9 +120,10 @@ async def test_unconfigured_provider_is_ice_unavailable(ice_client: IceClientFac
     response = await client.get("/api/v1/rtc/ice", headers=bearer())
     assert response.status == 503
     assert_error(await response.json(), "ice_unavailable")
+    # Ready: ice_unavailable is its answer (the contract's revised readiness).
     ready = await client.get("/readyz")
-    assert ready.status == 503
-    assert "provider" in (await ready.json())["message"]
+    assert ready.status == 200
+    assert (await ready.json())["degraded"] == ["provider"]
 
 
 async def test_unknown_query_parameters_are_ignored(ice_client: IceClientFactory) -> None:
@@ -231,11 +232,19 @@ async def test_health_ready_metrics(ice_client: IceClientFactory) -> None:
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
     assert ready.status == 200
-    assert (await ready.json())["checks"] == {
-        "redis": "ok",
-        "revocations": "ok",
-        "directory": "ok",
-        "provider": "ok",
+    # Required: only the revoked set (it answers without Redis, the directory or a provider).
+    assert await ready.json() == {
+        "status": "ready",
+        "checks": {"revocations": "ok"},
+        "degraded": [],
+    }
+    deps = await (await client.get("/healthz/deps")).json()
+    assert deps["ready"] is True
+    assert {name: (d["state"], d["required"]) for name, d in deps["dependencies"].items()} == {
+        "redis": ("up", False),
+        "revocations": ("up", True),
+        "directory": ("up", False),
+        "provider": ("up", False),
     }
     await client.get("/api/v1/rtc/ice", headers=bearer())
     metrics = await (await client.get("/metrics")).text()

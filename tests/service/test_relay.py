@@ -703,7 +703,11 @@ async def test_store_down_is_unavailable_then_recovers(
     body = await ready.json()
     assert body["error"] == "unavailable" and "relay_store" in body["message"]
     assert body["checks"]["relay_store"] != "ok"
-    assert body["checks"]["redis"] == "ok"
+    deps = await (await client.get("/healthz/deps")).json()
+    assert deps["ready"] is False
+    assert deps["dependencies"]["relay_store"]["state"] == "down"
+    assert deps["dependencies"]["relay_store"]["required"] is True
+    assert deps["dependencies"]["redis"]["state"] == "up"
     # Validation still answers first: a bad request is a 400, not a 503.
     assert_error(await pull(client, B, "0"), 400, "invalid_payload")
 

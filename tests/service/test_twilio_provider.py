@@ -249,12 +249,20 @@ async def test_twilio_unconfigured(
     client = await twilio_client(ice_client, twilio, **blanks)
     async with client.get(ICE, headers=bearer("0xabc")) as response:
         assert_ice_unavailable(response, await response.json())
+    # Ready: ice_unavailable is its answer; /healthz/deps says why.
     async with client.get("/readyz") as ready:
-        assert ready.status == 503
+        assert ready.status == 200
         report = await ready.json()
-    assert "provider" in report["message"]
-    assert report["checks"]["provider"].startswith("failed")
-    assert report["checks"]["redis"] == "ok"
+    assert report["degraded"] == ["provider"]
+    async with client.get("/healthz/deps") as deps:
+        dependencies = (await deps.json())["dependencies"]
+    assert dependencies["provider"] == {
+        "state": "down",
+        "since": dependencies["provider"]["since"],
+        "required": False,
+        "error": "ProviderError",
+    }
+    assert dependencies["redis"]["state"] == "up"
     assert twilio.requests == []
 
 

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .keys import READINESS_KEY
+from .keys import add_dependency
 
 REDIS_KEY = web.AppKey("rtc_redis", Redis)
 
@@ -31,8 +31,10 @@ def make_redis(url: str) -> Redis:
 
 
 def redis_context(
-    key: web.AppKey[Redis], url: str, readiness_name: str = "redis"
+    key: web.AppKey[Redis], url: str, name: str = "redis", *, required: bool
 ) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The client at `key`, and its ping as the dependency `name` (rtc_common.health)."""
+
     async def context(app: web.Application) -> AsyncIterator[None]:
         client = make_redis(url)
         app[key] = client
@@ -40,7 +42,7 @@ def redis_context(
         async def ping() -> None:
             await client.ping()
 
-        app[READINESS_KEY][readiness_name] = ping
+        add_dependency(app, name, ping, required=required)
         yield
         await client.aclose()
 

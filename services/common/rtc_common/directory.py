@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 
 from .clients import as_text, make_redis
 from .errors import unavailable
-from .keys import READINESS_KEY
+from .keys import add_dependency
 from .metrics import DIRECTORY_ERRORS, FLAG_STALE_SERVED
 from .settings import CommonSettings
 
@@ -303,7 +303,9 @@ def directory_context(settings: CommonSettings) -> Callable[[web.Application], A
         app[FLAGS_KEY] = FlagCache(
             directory, ttl=settings.flag_cache_seconds, stale_max=settings.flag_stale_max_seconds
         )
-        app[READINESS_KEY]["directory"] = directory.ping
+        # Not required: without it a request is answered 503 `unavailable` (flags from their
+        # cache until FLAG_STALE_MAX_SECONDS), and every instance shares the same directory.
+        add_dependency(app, "directory", directory.ping, required=False)
         yield
         await directory.close()
 

@@ -22,8 +22,21 @@ STARTED_KEY = web.RequestKey("rtc_started", float)
 # Headers a handler wants on its answer whatever the outcome (e.g. RateLimit-* on a 403).
 EXTRA_HEADERS_KEY = web.RequestKey("rtc_extra_headers", CIMultiDict[str])
 SETTINGS_KEY = web.AppKey("rtc_settings", CommonSettings)
+# The dependencies a service cannot answer without (/readyz), and every dependency
+# (/healthz/deps): filled by add_dependency().
 READINESS_KEY = web.AppKey("rtc_readiness", dict[str, ReadinessCheck])
+DEPENDENCIES_KEY = web.AppKey("rtc_dependencies", dict[str, ReadinessCheck])
 SAMPLING_KEY = web.AppKey("rtc_metrics_sampling", MetricsSampling)
+
+
+def add_dependency(
+    app: web.Application, name: str, check: ReadinessCheck, *, required: bool
+) -> None:
+    """A dependency shown in /healthz/deps; `required`: the service is not ready while it fails
+    (rtc_common.health says which are)."""
+    app[DEPENDENCIES_KEY][name] = check
+    if required:
+        app[READINESS_KEY][name] = check
 
 
 def extra_headers(request: web.Request) -> CIMultiDict[str]:

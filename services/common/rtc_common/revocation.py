@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from .clients import as_text
 from .errors import ApiError
-from .keys import READINESS_KEY
+from .keys import add_dependency
 from .metrics import REVOKED_WALLETS
 from .tasks import stop_task
 
@@ -224,7 +224,7 @@ def revocations_context(
         async def loaded() -> None:
             await revocations.loaded.wait()  # bounded by the readiness timeout
 
-        app[READINESS_KEY]["revocations"] = loaded
+        add_dependency(app, "revocations", loaded, required=True)
         yield
         await stop_task(task)
 

@@ -13,12 +13,12 @@ from importlib import resources
 from aiohttp import web
 
 from .auth import Authenticator, auth_middleware, public
-from .errors import error_body
-from .keys import READINESS_KEY, SAMPLING_KEY, SETTINGS_KEY, ReadinessCheck
-from .metrics import READY, READY_CHECK, render_metrics
+from .health import add_health_routes, readiness_sampler
+from .keys import DEPENDENCIES_KEY, READINESS_KEY, SAMPLING_KEY, SETTINGS_KEY
+from .metrics import render_metrics
 from .middlewares import cors_middleware, request_context_middleware
 from .revocation import REVOCATIONS_KEY
-from .sampling import READINESS_TIMEOUT, MetricsSampling, Sampler
+from .sampling import MetricsSampling
 from .settings import CommonSettings
 
 log = logging.getLogger("rtc.web")
@@ -51,45 +51,6 @@ def client_ip(
         if not is_trusted(address):
             return address
     return forwarded[0] if forwarded else peer
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def run_readiness(app: web.Application) -> dict[str, str]:
-    """Every readiness check of the app, concurrently: name -> "ok" or "failed: <type>"."""
-    checks = app[READINESS_KEY]
-
-    async def run(check: ReadinessCheck) -> str:
-        try:
-            async with asyncio.timeout(READINESS_TIMEOUT):
-                await check()
-        except Exception as exc:  # readiness reports any failure, it must not raise
-            return f"failed: {type(exc).__name__}"
-        return "ok"
-
-    names = list(checks)
-    return dict(zip(names, await asyncio.gather(*(run(checks[n]) for n in names)), strict=True))
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    results = await run_readiness(request.app)
-    failing = [name for name, result in results.items() if result != "ok"]
-    if failing:
-        body = {**error_body("unavailable", "not ready: " + ", ".join(failing)), "checks": results}
-        return web.json_response(body, status=503)
-    return web.json_response({"status": "ready", "checks": results})
-
-
-def _readiness_sampler(app: web.Application) -> Sampler:
-    async def sample() -> None:
-        results = await run_readiness(app)
-        for name, result in results.items():
-            READY_CHECK.labels(name).set(1 if result == "ok" else 0)
-        READY.set(1 if all(r == "ok" for r in results.values()) else 0)
-
-    return sample
 
 
 async def _stop_sampling(app: web.Application) -> None:
@@ -161,10 +122,11 @@ def create_base_app(
     *,
     client_max_size: int = 64 * 1024,
 ) -> web.Application:
-    """An application with the shared middlewares and /healthz, /readyz, /metrics.
+    """An application with the shared middlewares and /healthz, /readyz, /healthz/deps, /metrics.
 
-    Services add their routes, readiness checks (`app[READINESS_KEY][name] = check`) and
-    cleanup contexts, `revocations_context` among them (the authenticator's revoked set).
+    Services add their routes, dependencies (`keys.add_dependency`, required or not: see
+    rtc_common.health) and cleanup contexts, `revocations_context` among them (the
+    authenticator's revoked set).
     """
     authenticator = authenticator or Authenticator(settings)
     app = web.Application(
@@ -178,12 +140,12 @@ def create_base_app(
     app[SETTINGS_KEY] = settings
     app[REVOCATIONS_KEY] = authenticator.revocations
     app[READINESS_KEY] = {}
-    app[SAMPLING_KEY] = MetricsSampling(samplers=[_readiness_sampler(app)])
+    app[DEPENDENCIES_KEY] = {}
+    app[SAMPLING_KEY] = MetricsSampling(samplers=[readiness_sampler(app)])
     arm_report, disarm_report = slow_shutdown_report()
     app.on_shutdown.insert(0, arm_report)
     app.on_shutdown.append(_stop_sampling)
     app.on_cleanup.append(disarm_report)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
+    add_health_routes(app)
     app.router.add_get("/metrics", _metrics)
     return app

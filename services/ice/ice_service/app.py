@@ -17,7 +17,7 @@ from rtc_common.clients import REDIS_KEY, redis_context
 from rtc_common.directory import FLAGS_KEY, directory_context
 from rtc_common.errors import ApiError, invalid_payload, unauthorized
 from rtc_common.jsonbody import read_json
-from rtc_common.keys import READINESS_KEY, extra_headers, route_label
+from rtc_common.keys import add_dependency, extra_headers, route_label
 from rtc_common.metrics import labelled
 from rtc_common.ratelimit import RateLimiter
 from rtc_common.revocation import REVOCATIONS_KEY, revocations_context
@@ -185,7 +185,8 @@ async def _ice_dependencies(app: web.Application) -> AsyncIterator[None]:
         if all(isinstance(p, UnconfiguredProvider) for p in (primary, fallback) if p is not None):
             raise ProviderError("no ICE provider is configured")
 
-    app[READINESS_KEY]["provider"] = provider_ready
+    # Not required: without a provider ice-service answers 503 ice_unavailable (an answer).
+    add_dependency(app, "provider", provider_ready, required=False)
     if settings.admin_token is not None:
         app[ADMIN_LIMITER_KEY] = RateLimiter(
             redis, scope="admin", limit=settings.admin_rate_limit_per_min
@@ -220,7 +221,8 @@ def _turn_revoker(app: web.Application, settings: IceSettings) -> asyncio.Task[N
 def create_app(settings: IceSettings) -> web.Application:
     app = create_base_app(settings)
     app[ICE_SETTINGS_KEY] = settings
-    app.cleanup_ctx.append(redis_context(REDIS_KEY, settings.redis_url))
+    # Not required: the rate limits fall back to per-process ones while Redis is down.
+    app.cleanup_ctx.append(redis_context(REDIS_KEY, settings.redis_url, required=False))
     app.cleanup_ctx.append(revocations_context(REDIS_KEY))
     app.cleanup_ctx.append(directory_context(settings))
     app.cleanup_ctx.append(_ice_dependencies)

@@ -273,10 +273,13 @@ def create_app(settings: RelaySettings) -> web.Application:
         settings, client_max_size=settings.relay_max_payload_bytes * 6 + 64 * 1024
     )
     app[RELAY_SETTINGS_KEY] = settings
-    app.cleanup_ctx.append(redis_context(REDIS_KEY, settings.redis_url))
+    # Not required: the rate limit falls back to a per-process one while this Redis is down.
+    app.cleanup_ctx.append(redis_context(REDIS_KEY, settings.redis_url, required=False))
     app.cleanup_ctx.append(revocations_context(REDIS_KEY))
     app.cleanup_ctx.append(
-        redis_context(RELAY_REDIS_KEY, settings.effective_relay_redis_url, "relay_store")
+        redis_context(
+            RELAY_REDIS_KEY, settings.effective_relay_redis_url, "relay_store", required=True
+        )
     )
     app.cleanup_ctx.append(directory_context(settings))
     app.cleanup_ctx.append(_relay_dependencies)

@@ -14,7 +14,7 @@ from rtc_common.auth import Authenticator
 from rtc_common.bus import AddressedBus
 from rtc_common.clients import REDIS_KEY, redis_context
 from rtc_common.directory import DIRECTORY_KEY, AccessCache, directory_context
-from rtc_common.keys import READINESS_KEY
+from rtc_common.keys import add_dependency
 from rtc_common.middlewares import refuse_websocket_compression
 from rtc_common.relay_store import RelayStore
 from rtc_common.revocation import revocations_context
@@ -65,7 +65,7 @@ async def _signal_dependencies(app: web.Application) -> AsyncIterator[None]:
     async def pubsub_ready() -> None:
         await manager.probe(wait=1.0)
 
-    app[READINESS_KEY]["pubsub"] = pubsub_ready
+    add_dependency(app, "pubsub", pubsub_ready, required=True)
     watchdog = asyncio.create_task(_watchdog(app))
     yield
     await stop_task(watchdog)
@@ -192,10 +192,13 @@ def create_app(settings: SignalSettings) -> web.Application:
     app[MANAGER_KEY] = manager
     app[NAMESPACE_KEY] = namespace
     app[ANNOUNCER_KEY] = announcer
-    app.cleanup_ctx.append(redis_context(REDIS_KEY, settings.redis_url))
+    app.cleanup_ctx.append(redis_context(REDIS_KEY, settings.redis_url, required=True))
     app.cleanup_ctx.append(revocations_context(REDIS_KEY))
     app.cleanup_ctx.append(
-        redis_context(RELAY_REDIS_KEY, settings.effective_relay_redis_url, "relay_store")
+        # Not required: only relay:ack needs it (answered `unavailable` meanwhile).
+        redis_context(
+            RELAY_REDIS_KEY, settings.effective_relay_redis_url, "relay_store", required=False
+        )
     )
     app.cleanup_ctx.append(directory_context(settings))
     app.cleanup_ctx.append(_signal_dependencies)

@@ -4,7 +4,8 @@ Every check is real: the provider configuration as ice-service would load it, a 
 call, TURN allocations on coturn with credentials minted from TURN_SECRET (a datagram relayed out
 and back, clock skew estimated from credentials that expire around now; during a rotation, whether
 coturn still accepts TURN_SECRET_PREVIOUS), the gateway's routes,
-Redis, the directory and its `rtc.ice` flag, and each signal instance's pub/sub listener.
+Redis, the directory and its `rtc.ice` flag, each signal instance's pub/sub listener, and each
+service instance's own view of its dependencies (`/healthz/deps`).
 
 The target is the local stack by default (the run folder's `env` and `stack.json`); `--env-file`,
 `--gateway` and `--signal` point it elsewhere, and the process environment overrides the env file.
@@ -27,6 +28,7 @@ from .config import TurnUri, check_config, parse_turn_uri, providers_of
 from .coturn import FAR_FUTURE, TURN_WALLET, check_coturn, check_coturn_server
 from .gateway import check_gateway
 from .rendering import Result, Status, render, scrub
+from .services import check_services
 from .signaling import check_signal
 from .stores import ICE_FLAG, check_stores
 from .target import TOKEN_ENV, Target, redact_url, resolve_target
@@ -54,6 +56,7 @@ __all__ = [
     "check_coturn",
     "check_coturn_server",
     "check_gateway",
+    "check_services",
     "check_signal",
     "check_stores",
     "check_twilio",
@@ -79,6 +82,7 @@ async def run_checks(target: Target) -> list[Result]:
             check_gateway(target, common, session),
             check_stores(target, common),
             check_signal(target, session),
+            check_services(target, session),
         ]
         results = await asyncio.gather(*groups)
     return config + [r for group in results for r in group]
@@ -125,6 +129,14 @@ def add_parser(sub: Any) -> None:
         metavar="URL",
         help="a signal-service instance's own URL (repeat per instance; default: stack.json)",
     )
+    for kind in ("ice", "relay"):
+        doctor.add_argument(
+            f"--{kind}",
+            action="append",
+            metavar="URL",
+            help=f"a {kind}-service instance's own URL, for its /healthz/deps (repeat per"
+            " instance; default: stack.json)",
+        )
     doctor.add_argument(
         "--timeout", type=float, default=3.0, help="seconds per network probe (default 3)"
     )

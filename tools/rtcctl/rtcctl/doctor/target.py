@@ -28,6 +28,8 @@ class Target:
     signal_urls: list[str]
     signal_source: str
     timeout: float
+    # ("ice" | "relay", the instance's own URL): whose /healthz/deps the doctor reads.
+    service_urls: list[tuple[str, str]] = field(default_factory=list)
     token: str | None = None
     secrets: set[str] = field(default_factory=set)
 
@@ -71,6 +73,11 @@ def resolve_target(args: argparse.Namespace) -> Target:
         signal_source = str(run_dir / "stack.json")
     else:
         signal_urls, signal_source = [], ""
+    service_urls = [("ice", url.rstrip("/")) for url in getattr(args, "ice", None) or []]
+    service_urls += [("relay", url.rstrip("/")) for url in getattr(args, "relay", None) or []]
+    if not service_urls and ports is not None and stack_gateway == gateway:
+        service_urls = [("ice", f"http://127.0.0.1:{port}") for port in ports.ice]
+        service_urls += [("relay", f"http://127.0.0.1:{port}") for port in ports.relay]
     target = Target(
         env=env,
         env_source=env_source,
@@ -79,6 +86,7 @@ def resolve_target(args: argparse.Namespace) -> Target:
         signal_source=signal_source,
         timeout=args.timeout,
         token=env.get(TOKEN_ENV) or None,
+        service_urls=service_urls,
     )
     for name in (
         "JWT_SECRET",
