@@ -166,6 +166,8 @@ export class Outbox {
   #workers = new Map();
   /** @type {Map<string, () => void>} wake a worker sleeping in its backoff */
   #kicks = new Map();
+  /** @type {Set<string>} conversations kicked while an attempt was under way */
+  #kicked = new Set();
   /** @type {Map<string, {resolve: (o: Outcome) => void, reject: (e: Error) => void}[]>} */
   #waiters = new Map();
   #running = false;
@@ -206,18 +208,38 @@ export class Outbox {
     this.#workers.set(convId, this.#drain(convId));
   }
 
-  /** Retry now instead of at the end of the backoff (the connection came back). */
+  get running() {
+    return this.#running;
+  }
+
+  /** Retry now instead of at the end of the backoff (the connection came back); an attempt
+   * under way is followed by the next one at once. */
   kick() {
+    for (const convId of this.#workers.keys()) this.#kicked.add(convId);
     for (const kick of this.#kicks.values()) kick();
   }
 
-  /** @param {string} messageId @returns {Promise<Outcome>} */
+  /** Resolved when `messageId` settles (register it before the message can settle).
+   * @param {string} messageId @returns {Promise<Outcome>} */
   settled(messageId) {
     return new Promise((resolve, reject) => {
       const list = this.#waiters.get(messageId) ?? [];
       list.push({ resolve, reject });
       this.#waiters.set(messageId, list);
     });
+  }
+
+  /** A settled message's outcome to its waiters (a message found settled already).
+   * @param {OutgoingMessage} message */
+  resolveSettled(message) {
+    /** @type {Outcome} */
+    const outcome = message.state === "failed"
+      ? { kind: "failed", code: message.error ?? "failed" }
+      : { kind: "sent", delivery: { to: message.to, messageId: message.messageId,
+          transport: message.transport ?? "relay", forced: false, rtcTries: 0,
+          candidatePair: null, relayId: null, duplicate: true } };
+    for (const waiter of this.#waiters.get(message.messageId) ?? []) waiter.resolve(outcome);
+    this.#waiters.delete(message.messageId);
   }
 
   close() {
@@ -234,6 +256,7 @@ export class Outbox {
   async #drain(convId) {
     /** @type {Map<string, number>} */
     const attempts = new Map();
+    let failed = false;
     try {
       while (this.#running) {
         const queued = (await this.store.all()).filter((m) => m.state === "queued" && m.convId === convId);
@@ -241,6 +264,7 @@ export class Outbox {
         const message = queued[0];
         const done = (attempts.get(message.messageId) ?? message.attempts) + 1;
         attempts.set(message.messageId, done);
+        this.#kicked.delete(convId); // a kick during this attempt skips the backoff after it
         /** @type {Outcome} */
         let outcome;
         try {
@@ -254,6 +278,7 @@ export class Outbox {
           // Still queued; the app may show the retries (the count is kept in memory only).
           this.onState({ ...message, attempts: done, error: outcome.reason, updatedAt: Date.now() });
           const wait = retryDelayMs(done - 1, this.retryDelayMs, this.retryDelayMaxMs, outcome.retryAfterMs);
+          if (this.#kicked.delete(convId)) continue;
           await new Promise((resolve) => {
             const timer = setTimeout(resolve, wait);
             this.#kicks.set(convId, () => {
@@ -278,13 +303,25 @@ export class Outbox {
         for (const waiter of this.#waiters.get(message.messageId) ?? []) waiter.resolve(outcome);
         this.#waiters.delete(message.messageId);
       }
+    } catch (err) {
+      // The store failed (quota, a closed database): the worker starts again after a while.
+      this.logger?.warn("rtc-sdk: outbox worker failed", { error: String(/** @type {any} */ (err)?.name ?? err) });
+      failed = true;
     } finally {
+      this.#kicked.delete(convId);
       this.#workers.delete(convId);
-      // An add that came while this worker was finishing finds it still registered: look again.
-      if (this.#running) {
-        const left = (await this.store.all()).some((m) => m.state === "queued" && m.convId === convId);
-        if (left) this.wake(convId);
-      }
+    }
+    if (!this.#running) return;
+    if (failed) {
+      setTimeout(() => this.wake(convId), this.retryDelayMaxMs);
+      return;
+    }
+    // An add that came while this worker was finishing found it still registered: look again.
+    try {
+      const left = (await this.store.all()).some((m) => m.state === "queued" && m.convId === convId);
+      if (left) this.wake(convId);
+    } catch {
+      setTimeout(() => this.wake(convId), this.retryDelayMaxMs);
     }
   }
 }

@@ -621,6 +621,17 @@ export class RtcClient extends EventTarget {
       signalId: newId("restart"),
     });
     if (!ack.ok) throw new RtcError(String(ack.error ?? "refused"), "restart offer refused");
+    const deadline = Date.now() + this.negotiationTimeoutMs;
+    while (session.restarting && !session.closed) {
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) {
+        // No answer: back to the stable state, then a new connection (the caller's fallback).
+        await pc.setLocalDescription({ type: "rollback" }).catch(() => {});
+        session.remoteSet = true;
+        throw new RtcError("negotiation_timeout", "no answer to the ICE restart");
+      }
+      await link.changed(remaining);
+    }
     session.iceGeneration = this.iceFetches;
     this.#emit("iceRestart", { peer: link.remote, generation: session.iceGeneration });
   }
@@ -1121,10 +1132,13 @@ export class RtcClient extends EventTarget {
     if (!session || (!session.initiator && !restarted) || session.remoteSet) return;
     if (session.pc.signalingState !== "have-local-offer") return;
     session.remoteSet = true;
-    session.restarting = false;
     session.restartable = sdp.sdp.includes(RESTART_CAP);
     await session.pc.setRemoteDescription({ type: "answer", sdp: stripRestartCap(sdp.sdp) });
     await this.#flushRemoteCandidates(session);
+    if (restarted) {
+      session.restarting = false;
+      link.notify();
+    }
   }
 
   /** @param {any} data */
@@ -1195,15 +1209,14 @@ export class RtcClient extends EventTarget {
    * @returns {Promise<Delivery>}
    */
   async send(to, payload, options = {}) {
-    const message = await this.enqueue(to, payload, options);
-    if (message.state !== "queued") {
-      if (message.state === "failed") throw new RtcError(message.error ?? "failed", "refused earlier");
-      return {
-        to: message.to, messageId: message.messageId, transport: message.transport ?? "relay",
-        forced: false, rtcTries: 0, candidatePair: null, relayId: null, duplicate: true,
-      };
-    }
-    const outcome = await this.outbox.settled(message.messageId);
+    if (this.#closed) throw new RtcError("closed", "the client was closed");
+    const messageId = options.messageId ?? newId("m");
+    // Registered before the message is stored: it cannot settle unseen.
+    const settled = this.outbox.settled(messageId);
+    const message = await this.enqueue(to, payload, { messageId });
+    const now = (await this.outbox.store.all()).find((m) => m.messageId === messageId) ?? message;
+    if (now.state !== "queued") this.outbox.resolveSettled(now);
+    const outcome = await settled;
     if (outcome.kind === "sent") return outcome.delivery;
     if (outcome.kind === "failed") throw new RtcError(outcome.code, "relay enqueue refused", outcome.status ?? null);
     throw new RtcError("failed", "not sent");

@@ -132,7 +132,7 @@ async def coturn_sessions(stack: Stack, wallet: str) -> int:
         answer = await cli._command(reader, writer, b"psp :" + wallet.encode())
     finally:
         writer.close()
-    return sum(1 for _, user in _SESSION.findall(answer) if user.decode() == wallet)
+    return sum(1 for _, _, user in _SESSION.findall(answer) if user.decode() == wallet)
 
 
 async def test_revoke_ends_sockets_ice_relay_and_turn_everywhere(
@@ -240,6 +240,18 @@ async def test_timed_revocation_runs_out(stack: Stack, http: aiohttp.ClientSessi
         return status == 200
 
     await wait_for_async(let_in, 5.0, "the revocation to run out", interval=0.2)
+    # Credentials issued after it ran out are not the pre-revoke ones: coturn keeps their
+    # session (the sweep would have ended it within 0.5 s; three sweeps are watched).
+    username, password = await ice_credentials(http, stack, wallet)
+    relay = await RelayedUdp().open(("127.0.0.1", stack.coturn.port), username, password)
+    try:
+        watched_until = time.monotonic() + 1.5
+        while time.monotonic() < watched_until:
+            assert await coturn_sessions(stack, wallet) == 1
+            await asyncio.sleep(0.25)
+        assert await relay.delivers(1.0)
+    finally:
+        relay.close()
 
 
 @pytest.mark.parametrize(
@@ -417,3 +429,13 @@ async def test_rtcctl_revoke_and_undo(
     assert wrong not in done.stderr + done.stdout
     done = await asyncio.to_thread(rtcctl, stack, tmp_path, "not a wallet", ADMIN_TOKEN=ADMIN_TOKEN)
     assert done.returncode == 2 and "not a valid wallet" in done.stderr
+    # The token never crosses a network in clear (http:// only on this host).
+    remote = subprocess.run(
+        [RTCCTL, "revoke", wallet, "--gateway", "http://gateway.example:8080"],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ADMIN_TOKEN": ADMIN_TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert remote.returncode == 2 and "https://" in remote.stderr

@@ -331,13 +331,20 @@ class RtcClient:
         """`enqueue()`, then wait until the message is accepted: over the data channel (ACK
         window x tries), else by relay-service with force, retried through outages. Raises
         RtcClientError(code) when it is refused for good (400, 403, 413, ...)."""
+        if self._closed:
+            raise RtcClientError("closed", "the client was closed")
+        message_id = message_id or new_id("m")
+        # Registered before the message is stored: it cannot settle unseen.
+        settled = self._sender.waiter(message_id)
         message = await self.enqueue(to, payload, message_id=message_id)
-        if message.state == "failed":
-            raise RtcClientError(message.error or "failed", "refused earlier")
-        if message.state == "sent":
+        message = self.outbox.get(message_id) or message  # it may have settled meanwhile
+        if message.state != "queued":
+            self._sender.forget(message_id, settled)
+            if message.state == "failed":
+                raise RtcClientError(message.error or "failed", "refused earlier")
             transport = message.transport or "relay"
             return Delivery(message.to, message.message_id, transport, False, 0, duplicate=True)
-        outcome = await self._sender.settled(message.message_id)
+        outcome = await settled
         if isinstance(outcome, Sent):
             return outcome.delivery
         assert isinstance(outcome, Failed)

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDict
 
 from rtc_client.errors import RtcClientError
 from rtc_client.model import Transport, conv_id, normalize_wallet
@@ -70,7 +71,7 @@ class HttpApi:
 
     async def request_with_headers(
         self, method: str, path: str, body: Any = None
-    ) -> tuple[int, Any, dict[str, str]]:
+    ) -> tuple[int, Any, CIMultiDict[str]]:
         """One call; a 401 asks the token provider (if any) for a fresh token and is tried once
         more with it."""
         token = self.token
@@ -89,7 +90,7 @@ class HttpApi:
         self.token = await asyncio.shield(self._renewing)
         return self.token
 
-    async def _once(self, method: str, path: str, body: Any) -> tuple[int, Any, dict[str, str]]:
+    async def _once(self, method: str, path: str, body: Any) -> tuple[int, Any, CIMultiDict[str]]:
         async with self.session.request(
             method,
             self.base_url + path,
@@ -102,7 +103,7 @@ class HttpApi:
                 data = await response.json(content_type=None) if text else None
             except ValueError:
                 data = None
-            return response.status, data, dict(response.headers)
+            return response.status, data, CIMultiDict(response.headers)
 
     async def fetch_ice(self) -> dict[str, Any]:
         """`GET /api/v1/rtc/ice`: the answer's body, parsed by the caller."""

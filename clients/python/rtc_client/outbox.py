@@ -9,6 +9,7 @@ recipient deduplicate a retry that had in fact arrived.
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import time
@@ -19,7 +20,7 @@ from typing import Literal
 from rtc_client.model import Transport
 
 MessageState = Literal["queued", "sent", "failed"]
-# Settled messages kept for `messages()` (older ones are deleted at start).
+# Settled messages kept for `messages()` (older ones are deleted as new ones settle).
 KEEP_SETTLED = 1000
 
 # relay-service's answers: what to do next.
@@ -54,10 +55,16 @@ class OutboxStore:
         if directory is None:
             target = ":memory:"
         else:
+            # Message payloads: the folder and the file are the user's only (SQLite gives its
+            # -wal and -shm files the database file's permissions).
             folder = Path(directory)
-            folder.mkdir(parents=True, exist_ok=True)
-            target = str(folder / f"outbox-{wallet}.sqlite3")
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = folder / f"outbox-{wallet}.sqlite3"
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            path.chmod(0o600)
+            target = str(path)
         self.path = target
+        self._settled_since_prune = 0
         self._db = sqlite3.connect(target, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -76,6 +83,12 @@ class OutboxStore:
                 attempts INTEGER NOT NULL DEFAULT 0,
                 updated_at REAL NOT NULL)"""
         )
+        self._db.execute("CREATE INDEX IF NOT EXISTS outbox_queued ON outbox (state, conv_id, seq)")
+        self._prune()
+
+    def _prune(self) -> None:
+        """Settled messages beyond the last KEEP_SETTLED are forgotten."""
+        self._settled_since_prune = 0
         self._db.execute(
             "DELETE FROM outbox WHERE state != 'queued' AND seq NOT IN "
             "(SELECT seq FROM outbox WHERE state != 'queued' ORDER BY seq DESC LIMIT ?)",
@@ -128,6 +141,9 @@ class OutboxStore:
             " WHERE message_id = ?",
             (state, transport, error, attempts, time.time(), message_id),
         )
+        self._settled_since_prune += 1
+        if self._settled_since_prune >= KEEP_SETTLED // 10:
+            self._prune()
         message = self.get(message_id)
         assert message is not None
         return message

@@ -66,6 +66,10 @@ class Sender:
         for conv in dict.fromkeys(m.conv_id for m in self.store.queued()):
             self.wake(conv)
 
+    @property
+    def running(self) -> bool:
+        return self._running
+
     def wake(self, conv_id: str) -> None:
         if not self._running:
             return
@@ -74,14 +78,23 @@ class Sender:
             self._workers[conv_id] = asyncio.ensure_future(self._drain(conv_id))
 
     def kick(self) -> None:
-        """Retry now instead of at the end of the backoff (the connection came back)."""
+        """Retry now instead of at the end of the backoff (the connection came back); an attempt
+        under way is followed by the next one at once."""
         for event in self._kicks.values():
             event.set()
 
-    async def settled(self, message_id: str) -> Outcome:
+    def waiter(self, message_id: str) -> asyncio.Future[Outcome]:
+        """Resolved when `message_id` settles (register it before the message can settle)."""
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(message_id, []).append(future)
-        return await future
+        return future
+
+    def forget(self, message_id: str, future: asyncio.Future[Outcome]) -> None:
+        futures = self._waiters.get(message_id, [])
+        if future in futures:
+            futures.remove(future)
+        if not futures:
+            self._waiters.pop(message_id, None)
 
     async def close(self) -> None:
         self._running = False
@@ -97,7 +110,21 @@ class Sender:
                     future.set_exception(RtcClientError("closed", "the client was closed"))
 
     async def _drain(self, conv_id: str) -> None:
+        try:
+            await self._send_all(conv_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store failed (disk full, locked): retried later
+            log.warning("outbox worker failed", extra={"error": type(exc).__name__})
+            self._workers.pop(conv_id, None)
+            self._kicks.pop(conv_id, None)
+            if self._running:
+                await asyncio.sleep(self.options.retry_delay_max)
+                self.wake(conv_id)
+
+    async def _send_all(self, conv_id: str) -> None:
         attempts: dict[str, int] = {}
+        kick = self._kicks[conv_id]
         while self._running:
             queued = self.store.queued(conv_id)
             if not queued:
@@ -106,6 +133,7 @@ class Sender:
                 self._kicks.pop(conv_id, None)
                 return
             message = queued[0]
+            kick.clear()  # a kick during this attempt skips the backoff after it
             done = attempts.get(message.message_id, message.attempts)
             try:
                 outcome = await self._attempt(message)
@@ -146,7 +174,6 @@ class Sender:
         if kick is None:
             await asyncio.sleep(seconds)
             return
-        kick.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(kick.wait(), seconds)
 

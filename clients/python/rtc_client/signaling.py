@@ -189,12 +189,18 @@ class Signaling:
         if old is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old.shutdown(), 5)
-        if self.closed or self._http_session is None:
-            return
-        try:
-            await self._connect(self._http_session)
-        except RtcClientError as exc:
-            await self.end(exc.code)
+        delay = self.options.reconnection_delay
+        while not self.closed and self._http_session is not None and self.end_reason is None:
+            try:
+                await self._connect(self._http_session)
+                return
+            except RtcClientError as exc:
+                if exc.code != "signal_connect_failed":
+                    await self.end(exc.code)  # refused (the fresh token too): final
+                    return
+            # Unreachable for now: tried again, with the reconnect loop's backoff.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.options.reconnection_delay_max)
 
     async def end(self, reason: str) -> None:
         """Final until a new client starts: the socket closes and the app is told once."""

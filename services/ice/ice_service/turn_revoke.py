@@ -3,9 +3,11 @@
 A TURN REST credential stays valid at coturn until the expiry in its username, whatever happens
 here: a revoked wallet's clients could keep relaying, and allocate again, with credentials issued
 before the revoke. So, from the revoke until TURN_CRED_TTL has passed (every credential issued
-before it has expired by then), every SWEEP_SECONDS the wallet's sessions are listed (`psp
-:<wallet>`) and cancelled (`cs <id>`). Credentials issued after the revoke do not exist: the ICE
-route answers 403 `revoked`.
+before it has expired by then) or the revocation ends, every SWEEP_SECONDS the wallet's sessions
+are listed (`psp :<wallet>`) and those whose username expires no later than revoke + TTL (the
+pre-revoke credentials) are cancelled (`cs <id>`). The ICE route issues none while the wallet is
+revoked (403 `revoked`); after a timed revocation the new credentials expire later and are left
+alone.
 
 The CLI is a password-protected telnet-style interface (`cli-ip`, `cli-port`, `cli-password` in
 turnserver.conf); docs/operating.md says where it listens in each deployment.
@@ -26,11 +28,11 @@ from .metrics import TURN_ADMIN_FAILURES, TURN_SESSIONS_ENDED
 log = logging.getLogger("ice.turn_revoke")
 
 SWEEP_SECONDS = 0.5
-CLI_TIMEOUT_SECONDS = 3.0
+CLI_TIMEOUT_SECONDS = 3.0  # per connection and per command
 # A sweep reads at most this much of one answer (coturn's per-user quota bounds it well below).
 CLI_ANSWER_MAX_BYTES = 1024 * 1024
 # `    1) id=000000000000000001, user <1796654233:0xabc>:`
-_SESSION = re.compile(rb"\bid=([0-9]+), user <[0-9]+:([^>\r\n]*)>")
+_SESSION = re.compile(rb"\bid=([0-9]+), user <([0-9]+):([^>\r\n]*)>")
 PROMPT = b"> "  # (in a session line a username's `>` is followed by `:`, never a space)
 # Telnet negotiation (IAC WILL/WONT/DO/DONT <option>) coturn sends around its prompts.
 _TELNET = re.compile(rb"\xff[\xfb-\xfe].")
@@ -44,34 +46,37 @@ class CoturnCli:
         self.host, self.port = host, int(port)
         self._password = password.encode()
 
-    async def end_sessions(self, wallets: set[str]) -> int:
-        """Cancel every session whose REST username is `<expiry>:<wallet>` for a wallet in
-        `wallets` (exactly: `psp` matches substrings). Returns how many were cancelled."""
+    async def end_sessions(self, wallets: list[tuple[str, float]]) -> int:
+        """Cancel the sessions whose REST username is `<expiry>:<wallet>` with `expiry` at most
+        the wallet's bound, for each (wallet, bound) in order (the wallet exactly: `psp` matches
+        substrings). Returns how many were cancelled."""
         async with asyncio.timeout(CLI_TIMEOUT_SECONDS):
             reader, writer = await asyncio.open_connection(self.host, self.port)
-            try:
+        try:
+            async with asyncio.timeout(CLI_TIMEOUT_SECONDS):
                 await self._read(reader, b"Enter password: ")
                 writer.write(self._password + b"\r\n")
                 await self._read(reader, PROMPT)
-                ended = 0
-                for wallet in sorted(wallets):
-                    answer = await self._command(reader, writer, b"psp :" + wallet.encode())
-                    for session_id, user in _SESSION.findall(answer):
-                        if user.decode(errors="replace") == wallet:
-                            await self._command(reader, writer, b"cs " + session_id)
-                            ended += 1
-                return ended
-            finally:
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+            ended = 0
+            for wallet, bound in wallets:
+                answer = await self._command(reader, writer, b"psp :" + wallet.encode())
+                for session_id, expiry, user in _SESSION.findall(answer):
+                    if user.decode(errors="replace") == wallet and int(expiry) <= bound:
+                        await self._command(reader, writer, b"cs " + session_id)
+                        ended += 1
+            return ended
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
 
     async def _command(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, command: bytes
     ) -> bytes:
-        writer.write(command + b"\r\n")
-        await writer.drain()
-        return await self._read(reader, PROMPT)
+        async with asyncio.timeout(CLI_TIMEOUT_SECONDS):
+            writer.write(command + b"\r\n")
+            await writer.drain()
+            return await self._read(reader, PROMPT)
 
     @staticmethod
     async def _read(reader: asyncio.StreamReader, until: bytes) -> bytes:
@@ -93,8 +98,9 @@ class TurnRevoker:
     def __init__(self, cli: CoturnCli, revocations: Revocations, cred_ttl: float) -> None:
         self._cli = cli
         self._ttl = cred_ttl
-        # wallet -> when every credential issued before its revoke has expired (epoch s)
-        self._until: dict[str, float] = {}
+        # wallet -> (the latest expiry a pre-revoke credential can carry, when to stop sweeping)
+        self._until: dict[str, tuple[float, float]] = {}
+        self._sweeps = 0
         self._wake = asyncio.Event()
         revocations.subscribe(self.on_revocation)
         for wallet, revocation in revocations.items():
@@ -109,9 +115,10 @@ class TurnRevoker:
             self._until.pop(wallet, None)
             return
         # +1 s: coturn compares the username's expiry with its own clock, to the second.
-        until = revocation.at + self._ttl + 1
+        bound = revocation.at + self._ttl + 1
+        until = bound if revocation.until is None else min(bound, revocation.until)
         if until > time.time():
-            self._until[wallet] = until
+            self._until[wallet] = (bound, until)
             self._wake.set()
 
     async def run(self) -> None:
@@ -120,11 +127,16 @@ class TurnRevoker:
                 self._wake.clear()
                 await self._wake.wait()
             now = time.time()
-            for wallet in [w for w, until in self._until.items() if until <= now]:
+            for wallet in [w for w, (_, until) in self._until.items() if until <= now]:
                 del self._until[wallet]
             if self._until:
+                # A different wallet first each sweep: a slow CLI cannot starve the last ones.
+                order = sorted(self._until)
+                self._sweeps += 1
+                start = self._sweeps % len(order)
+                order = order[start:] + order[:start]
                 try:
-                    ended = await self._cli.end_sessions(set(self._until))
+                    ended = await self._cli.end_sessions([(w, self._until[w][0]) for w in order])
                 except (OSError, TimeoutError, ValueError) as exc:
                     TURN_ADMIN_FAILURES.inc()
                     log.warning("coturn's admin CLI failed", extra={"error": type(exc).__name__})

@@ -233,6 +233,9 @@ class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         await self.enter_room(sid, f"user:{state.wallet}")
         if rtc:
             await self.enter_room(sid, f"rtc:{state.wallet}")
+        if self.authenticator.revocations.is_revoked(state.wallet):
+            # Revoked while this handshake awaited Redis: on_revocation did not see it yet.
+            self.server.start_background_task(self.end_session, sid, "revoked")
         self._schedule_expiry(sid, state)
         SOCKETS.inc()
         SIGNALS.labels("connect", "ok").inc()

@@ -4,10 +4,12 @@ route through the gateway, authorised by ADMIN_TOKEN (or ADMIN_TOKEN_FILE)."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +45,21 @@ def _admin_token(env: dict[str, str]) -> str | None:
     return env.get("ADMIN_TOKEN") or None
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: urllib would follow it with the Authorization header, to any
+    host."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def _is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def cmd_revoke(args: argparse.Namespace) -> int:
     env = _env(args.run_dir)
     try:
@@ -56,17 +73,27 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     if args.undo and args.seconds is not None:
         print("rtcctl revoke: --undo takes no --for", file=sys.stderr)
         return 2
+    gateway = _gateway(args, env)
+    parts = urllib.parse.urlsplit(gateway)
+    if parts.scheme != "https" and not (parts.scheme == "http" and _is_loopback(parts.hostname)):
+        print(
+            "rtcctl revoke: the gateway must be an https:// URL (http:// only on this host):"
+            " the admin token must not cross a network in clear",
+            file=sys.stderr,
+        )
+        return 2
     body: dict[str, object] = {"wallet": args.wallet}
     if args.seconds is not None:
         body["seconds"] = args.seconds
     request = urllib.request.Request(  # noqa: S310 (an operator-given http(s) URL)
-        _gateway(args, env) + REVOKE_PATH,
+        gateway + REVOKE_PATH,
         data=json.dumps(body).encode(),
         method="DELETE" if args.undo else "POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as response:  # noqa: S310
+        opener = urllib.request.build_opener(_NoRedirect)
+        with opener.open(request, timeout=args.timeout) as response:
             answer = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         try:
