@@ -141,15 +141,14 @@ TWILIO_ENV = {
     ("env", "base_url"),
     [
         ({}, "https://api.twilio.com"),
+        ({"TWILIO_REGION": "us1"}, "https://api.twilio.com"),
         ({"TWILIO_REGION": "ie1", "TWILIO_EDGE": "dublin"}, "https://api.dublin.ie1.twilio.com"),
-        (
-            {"TWILIO_REGION": "ie1", "TWILIO_EDGE": "frankfurt"},
-            "https://api.frankfurt.ie1.twilio.com",
-        ),
         ({"TWILIO_REGION": "ie1"}, "https://api.dublin.ie1.twilio.com"),
         ({"TWILIO_REGION": "au1"}, "https://api.sydney.au1.twilio.com"),
-        ({"TWILIO_REGION": "us1"}, "https://api.ashburn.us1.twilio.com"),
-        ({"TWILIO_REGION": "zz9", "TWILIO_EDGE": "mars"}, "https://api.mars.zz9.twilio.com"),
+        (
+            {"TWILIO_REGION": "us1", "TWILIO_EDGE": "umatilla"},
+            "https://api.umatilla.us1.twilio.com",
+        ),
         # Twilio's own clients default the region to us1 when only an edge is given.
         ({"TWILIO_EDGE": "sydney"}, "https://api.sydney.us1.twilio.com"),
         (
@@ -170,10 +169,35 @@ async def test_regional_host(env: dict[str, str], base_url: str) -> None:
         assert provider.url == f"{base_url}{TOKENS_PATH}"
 
 
-def test_unknown_region_without_edge_fails_at_load() -> None:
-    with pytest.raises(SettingsError, match="TWILIO_EDGE") as refused:
-        load_settings(IceSettings, {**TWILIO_ENV, "TWILIO_REGION": "zz9"})
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        # The old edge-style ids are no processing regions: api.de1.twilio.com is gone.
+        ({"TWILIO_REGION": "de1"}, "Unset TWILIO_REGION"),
+        ({"TWILIO_REGION": "sg1"}, "singapore edge"),
+        ({"TWILIO_REGION": "br1", "TWILIO_EDGE": "sao-paulo"}, "not a Twilio processing region"),
+        ({"TWILIO_REGION": "jp1"}, "tokyo edge"),
+        ({"TWILIO_REGION": "us2", "TWILIO_EDGE": "umatilla"}, "TWILIO_REGION=us2"),
+        ({"TWILIO_REGION": "zz9"}, "us1, ie1 or au1"),
+        ({"TWILIO_REGION": "ie1", "TWILIO_EDGE": "frankfurt"}, "set TWILIO_EDGE=dublin"),
+        ({"TWILIO_REGION": "au1", "TWILIO_EDGE": "tokyo"}, "set TWILIO_EDGE=sydney"),
+        ({"TWILIO_EDGE": "ie1"}, "set TWILIO_EDGE=dublin"),
+        ({"TWILIO_EDGE": "mars"}, "not a Twilio edge"),
+    ],
+)
+def test_regions_that_build_no_working_host_fail_at_load(env: dict[str, str], says: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(IceSettings, {**TWILIO_ENV, **env})
+    assert says in str(refused.value), str(refused.value)
     assert API_SECRET not in str(refused.value)
+
+
+def test_regions_without_network_traversal_are_warned() -> None:
+    settings = load_settings(IceSettings, {**TWILIO_ENV, "TWILIO_REGION": "ie1"})
+    warnings = [m for m, variables in settings.startup_warnings() if "TWILIO_REGION" in variables]
+    assert len(warnings) == 1 and "Network Traversal" in warnings[0]
+    plain = load_settings(IceSettings, TWILIO_ENV)
+    assert not [v for _, v in plain.startup_warnings() if "TWILIO_REGION" in v]
 
 
 # 3. Failures: 503 ice_unavailable, or the fallback's answer.

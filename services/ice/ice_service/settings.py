@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from rtc_common.ice.settings import (
-    TWILIO_DEFAULT_EDGES,
+    TWILIO_REGION_EDGES,
     IceProviderSettings,
     IceSettings,
     Provider,
 )
 
-__all__ = ["TWILIO_DEFAULT_EDGES", "IceProviderSettings", "IceSettings", "Provider"]
+__all__ = ["TWILIO_REGION_EDGES", "IceProviderSettings", "IceSettings", "Provider"]

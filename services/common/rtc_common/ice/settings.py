@@ -19,10 +19,13 @@ from ..settings import CommonSettings, CsvList
 
 Provider = Literal["twilio", "coturn"]
 
-# Twilio's regional hosts are api.<edge>.<region>.twilio.com; these are each region's default
-# edge, used when TWILIO_REGION is set without TWILIO_EDGE (the edge-less form is retired).
-TWILIO_DEFAULT_EDGES = {
+# Twilio's processing regions and the edge named in each one's API host (docs/deploying.md,
+# "Twilio regions", cites Twilio's pages): api.twilio.com is US1, Twilio picks the edge.
+TWILIO_REGION_EDGES = {"us1": None, "ie1": "dublin", "au1": "sydney"}
+# The old edge-style ids, which are not processing regions: the edge each one named.
+TWILIO_LEGACY_IDS = {
     "us1": "ashburn",
+    "us2": "umatilla",
     "ie1": "dublin",
     "de1": "frankfurt",
     "au1": "sydney",
@@ -30,6 +33,42 @@ TWILIO_DEFAULT_EDGES = {
     "sg1": "singapore",
     "br1": "sao-paulo",
 }
+_PUBLIC_EDGES = ("ashburn", "umatilla", "dublin", "frankfurt", "sao-paulo", "singapore", "sydney")
+TWILIO_EDGES = frozenset(
+    {*_PUBLIC_EDGES, "tokyo", "roaming", "london-ix", "san-jose-ix"}
+    | {f"{edge}-ix" for edge in (*_PUBLIC_EDGES, "tokyo")}
+)
+
+
+def twilio_region_problem(region: str | None, edge: str | None) -> str | None:
+    """Why TWILIO_REGION/TWILIO_EDGE name no working Tokens host, and what to set instead."""
+    if edge and edge in TWILIO_LEGACY_IDS and edge not in TWILIO_EDGES:
+        return (
+            f"TWILIO_EDGE={edge} is an old edge id: the edge is now"
+            f" {TWILIO_LEGACY_IDS[edge]}; set TWILIO_EDGE={TWILIO_LEGACY_IDS[edge]} or leave it"
+            " unset (Twilio routes API calls to the nearest edge itself)"
+        )
+    if edge and edge not in TWILIO_EDGES:
+        return f"TWILIO_EDGE={edge} is not a Twilio edge ({', '.join(sorted(TWILIO_EDGES))})"
+    if region is None:
+        return None
+    if region not in TWILIO_REGION_EDGES:
+        if region in TWILIO_LEGACY_IDS:
+            return (
+                f"TWILIO_REGION={region} is not a Twilio processing region (those are us1, ie1"
+                f" and au1): {region} was the id of the {TWILIO_LEGACY_IDS[region]} edge, and"
+                f" api.{region}.twilio.com stopped working on 2026-04-28. Unset TWILIO_REGION"
+                " (api.twilio.com, Twilio picks the nearest edge), or set TWILIO_REGION=ie1 for"
+                " data processed in the EU"
+            )
+        return f"TWILIO_REGION={region} is not a Twilio processing region: us1, ie1 or au1"
+    wanted = TWILIO_REGION_EDGES[region]
+    if wanted is not None and edge not in (None, wanted):
+        return (
+            f"TWILIO_REGION={region} is served at api.{wanted}.{region}.twilio.com: set"
+            f" TWILIO_EDGE={wanted} or leave it unset"
+        )
+    return None
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -109,13 +148,24 @@ class IceProviderSettings(CommonSettings):
     def _providers(self) -> IceProviderSettings:
         if self.rtc_provider_fallback == self.rtc_provider:
             raise ValueError("RTC_PROVIDER_FALLBACK must differ from RTC_PROVIDER")
-        if (
-            self.twilio_region
-            and not self.twilio_edge
-            and self.twilio_region not in TWILIO_DEFAULT_EDGES
-        ):
-            raise ValueError(f"TWILIO_EDGE is required for TWILIO_REGION={self.twilio_region}")
+        problem = twilio_region_problem(self.twilio_region, self.twilio_edge)
+        if problem and not self.twilio_api_base_url:
+            raise ValueError(problem)
         return self
+
+    def startup_warnings(self) -> list[tuple[str, tuple[str, ...]]]:
+        warnings = super().startup_warnings()
+        uses_twilio = "twilio" in (self.rtc_provider, self.rtc_provider_fallback)
+        if uses_twilio and self.twilio_region in ("ie1", "au1") and not self.twilio_api_base_url:
+            warnings.append(
+                (
+                    f"TWILIO_REGION={self.twilio_region}: Twilio does not list Network Traversal"
+                    " (the Tokens API) among this region's products; if Tokens calls fail there,"
+                    " unset TWILIO_REGION (US1) with a US1 API key",
+                    ("TWILIO_REGION",),
+                )
+            )
+        return warnings
 
     def missing_for(self, provider: Provider) -> list[str]:
         """Names of the variables `provider` needs and does not have."""
@@ -134,10 +184,11 @@ class IceProviderSettings(CommonSettings):
     def twilio_base_url(self) -> str:
         if self.twilio_api_base_url:
             return self.twilio_api_base_url
-        if not self.twilio_region and not self.twilio_edge:
-            return "https://api.twilio.com"
         region = self.twilio_region or "us1"
-        edge = self.twilio_edge or TWILIO_DEFAULT_EDGES[region]
+        edge = self.twilio_edge or TWILIO_REGION_EDGES.get(region)
+        if edge is None:
+            return "https://api.twilio.com"  # US1; Twilio picks the edge
+        # Twilio's own clients: an edge without a region is US1's.
         return f"https://api.{edge}.{region}.twilio.com"
 
 
