@@ -131,28 +131,14 @@ class HttpApi:
     async def relay_enqueue(
         self, to: str, message_id: str, payload: str, force: bool
     ) -> dict[str, Any]:
-        """POST /api/v1/relay/enqueue (idempotent by messageId), retried on 429/5xx/network."""
-        to = normalize_wallet(to)
-        body = {
-            "to": to,
-            "convId": conv_id(self.wallet, to),
-            "messageId": message_id,
-            "payload": payload,
-            "force": force,
-        }
+        """POST /api/v1/relay/enqueue (idempotent by messageId), retried 3 times on 429/5xx/no
+        answer (the outbox retries for as long as it takes; this is the direct call)."""
         delay = 0.25
         for attempt in range(4):
-            try:
-                status, data = await self.request("POST", "/api/v1/relay/enqueue", body)
-            except (aiohttp.ClientError, TimeoutError):
-                if attempt == 3:
-                    raise
-                status, data = 0, None
+            status, data, _ = await self.relay_enqueue_once(to, message_id, payload, force)
             if status in (200, 202) and isinstance(data, dict):
                 return data
-            if status not in _RETRYABLE_STATUS and status != 0:
-                raise http_error(status, data, "relay enqueue")
-            if attempt == 3:
+            if (status not in _RETRYABLE_STATUS and status != 0) or attempt == 3:
                 raise http_error(status, data, "relay enqueue")
             await asyncio.sleep(delay)
             delay *= 2
