@@ -397,7 +397,8 @@ async def run(gateway: str, turn: tuple[str, int], replicas: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["wait", "hardening", "run", "scale"])
+    parser.add_argument("action", choices=["wait", "hardening", "run", "scale", "fresh", "rolling"])
+    parser.add_argument("--env-file", help="fresh: the operator's env file (for rtcctl doctor)")
     parser.add_argument("--gateway", help="wait, run: the published gateway's URL")
     parser.add_argument("--turn", default="127.0.0.1:3478")
     parser.add_argument("--replicas", type=int, default=3)
@@ -414,6 +415,14 @@ def main() -> int:
             asyncio.run(wait(args.gateway, args.replicas))
         elif args.action == "hardening":
             check_hardening(args.project, args.replicas)
+        elif args.action == "fresh":
+            from compose_fresh import check_fresh
+
+            asyncio.run(check_fresh(args.gateway, args.env_file))
+        elif args.action == "rolling":
+            from compose_rolling import check_rolling
+
+            asyncio.run(check_rolling(args.gateway))
         elif args.action == "scale":
             from compose_scale import check_scaling  # it imports this module's helpers
 

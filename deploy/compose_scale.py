@@ -38,6 +38,7 @@ class Flow:
     acked: set[str] = field(default_factory=set)
     unacked: set[str] = field(default_factory=set)
     refusals: dict[str, int] = field(default_factory=dict)
+    interval: float = INTERVAL
 
     def delivered(self) -> set[str]:
         return {
@@ -68,7 +69,7 @@ class Flow:
                 await asyncio.sleep(0.2)
             else:
                 self.unacked.add(signal_id)
-            await asyncio.sleep(INTERVAL)
+            await asyncio.sleep(self.interval)
 
 
 async def scale_to(replicas: int, gateway_log_mark: str) -> float:
@@ -179,7 +180,7 @@ async def check_scaling(gateway: str, numbers_from: int = 100) -> None:
             await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
 
-async def report(flows: list[Flow]) -> None:
+async def report(flows: list[Flow], what: str = "scale") -> None:
     async def all_delivered() -> bool:
         return all(flow.acked <= flow.delivered() for flow in flows)
 
@@ -193,7 +194,7 @@ async def report(flows: list[Flow]) -> None:
         for code, count in flow.refusals.items():
             refusals[code] = refusals.get(code, 0) + count
     say(
-        f"scale: {acked} offers acked, {lost} of them not delivered; {unacked} never acked;"
+        f"{what}: {acked} offers acked, {lost} of them not delivered; {unacked} never acked;"
         f" refusals retried: {refusals or 'none'}"
     )
     if lost:

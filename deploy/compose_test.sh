@@ -3,11 +3,15 @@
 # registry. Debian's podman runs the containers and serves the Docker API on a socket in a temp
 # folder; docker-compose 1.29 drives it with docker-compose.yml + deploy/compose.test.yml (local
 # base images: a debootstrap'ed Debian bookworm, cached in podman's image store after the first
-# run). Then, through the published gateway port only, deploy/compose_check.py checks ICE
+# run). First an operator's first start (deploy/compose_fresh.py): deploy/env.example from a
+# temp folder with only its secrets filled, no ICE provider; gateway, signaling and relay must
+# serve, ICE answer ice_unavailable. Then, through the published gateway port only,
+# deploy/compose_check.py checks ICE
 # credentials against the coturn profile (a real TURN allocation), signaling between users on
 # different signal-service replicas, a relay message enqueued and pulled, and a replica stopped
 # with its client reconnecting to another; then signal-service is scaled 2 -> 4 -> 2 while
-# clients signal through the gateway (deploy/compose_scale.py). Before those, every container's hardening (read-only
+# clients signal through the gateway (deploy/compose_scale.py); then, two replicas of each
+# service, each replica is restarted in turn under load (deploy/compose_rolling.py). Before those, every container's hardening (read-only
 # root, no capabilities, no-new-privileges, memory and pids limits) and the networks (the stores
 # reachable from the services only, the services' /metrics from the monitoring network, Redis
 # only with its password). Everything is torn down at the end (also on failure):
@@ -23,6 +27,7 @@ step() { echo "==> [$(($(date +%s) - started))s] $*"; }
 fail() { echo "compose-test: FAILED: $*" >&2; exit 1; }
 
 PROJECT=${RTC_COMPOSE_PROJECT:-rtc-compose-test}
+FRESH_PROJECT=$PROJECT-fresh
 REPLICAS=${SIGNAL_REPLICAS:-3}
 PY=$ROOT/.venv/bin/python
 [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -76,11 +81,24 @@ COMPOSE=(docker-compose -p "$PROJECT" --env-file "$RUN/env" -f docker-compose.ym
 # clients still spread over the signal replicas.
 SERVICE_PID=
 HEALTH_PID=
+fresh_down() {
+    [ -n "${FRESH_COMPOSE[*]:-}" ] || return 0
+    "${FRESH_COMPOSE[@]}" down -v --remove-orphans -t 5 >"$RUN/fresh-down.log" 2>&1 || true
+    leftovers=$(podman ps -aq --filter "label=com.docker.compose.project=$FRESH_PROJECT")
+    [ -z "$leftovers" ] || podman rm -f -t 0 $leftovers >/dev/null 2>&1 || true
+    for net in $(podman network ls -q --filter "label=com.docker.compose.project=$FRESH_PROJECT"); do
+        podman network rm -f "$net" >/dev/null 2>&1 || true
+    done
+    for vol in $(podman volume ls -q --filter "label=com.docker.compose.project=$FRESH_PROJECT"); do
+        podman volume rm -f "$vol" >/dev/null 2>&1 || true
+    done
+}
 cleanup() {
     status=$?
     trap - EXIT INT TERM
     if [ -n "$SERVICE_PID" ] && [ -z "${KEEP_STACK:-}" ]; then
         step "tear down"
+        fresh_down
         ids=$(podman ps -aq --no-trunc --filter "label=com.docker.compose.project=$PROJECT" \
             | paste -sd '|' -)
         "${COMPOSE[@]}" down -v --remove-orphans -t 5 >"$RUN/down.log" 2>&1 \
@@ -158,8 +176,10 @@ for _ in $(seq 100); do [ -S "$RUN/podman.sock" ] && break; sleep 0.1; done
 # container's HEALTHCHECK ourselves (what dockerd does), so `depends_on: service_healthy` works.
 (
     while sleep 2; do
-        for id in $(podman ps -q --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null); do
-            podman healthcheck run "$id" >/dev/null 2>&1 || true
+        for project in "$PROJECT" "$FRESH_PROJECT"; do
+            for id in $(podman ps -q --filter "label=com.docker.compose.project=$project" 2>/dev/null); do
+                podman healthcheck run "$id" >/dev/null 2>&1 || true
+            done
         done
     done
 ) &
@@ -195,9 +215,48 @@ TURN_RELAY_IP=127.0.0.1
 TURN_MIN_PORT=49300
 TURN_MAX_PORT=49340
 TURN_ALLOW_LOOPBACK_PEERS=true
-ICE_RATE_LIMIT_PER_MIN=100
+ICE_RATE_LIMIT_PER_MIN=100000
+RELAY_RATE_LIMIT_PER_MIN=100000
+# Every test client arrives from one (source-NATed) address: the per-address limits are raised
+# for the rolling restart's load (400 requests/s and 100 sockets through the gateway).
+GATEWAY_RATE_LIMIT=5000
+GATEWAY_RATE_BURST=5000
+GATEWAY_CONN_LIMIT=5000
 EOF
 chmod 600 "$RUN/env"
+
+# --- 4a. an operator's first start: deploy/env.example, only its secrets filled --------------
+# From a folder of its own (never a developer's .env), passed with --env-file; the gateway is
+# published on a free loopback port (8080 may be taken here). The test override supplies the
+# locally built images and the Redis directory (no MongoDB image here), as for the rest.
+FRESH=$RUN/fresh
+mkdir -p "$FRESH"
+FRESH_PORT=$(free_port SOCK_STREAM)
+sed -e "s|^JWT_SECRET=.*|JWT_SECRET=$JWT_SECRET|" \
+    -e "s|^REDIS_PASSWORD=.*|REDIS_PASSWORD=$REDIS_PASSWORD|" \
+    -e "s|^MONGO_INITDB_ROOT_USERNAME=.*|MONGO_INITDB_ROOT_USERNAME=rtc|" \
+    -e "s|^MONGO_INITDB_ROOT_PASSWORD=.*|MONGO_INITDB_ROOT_PASSWORD=$MONGO_PASSWORD|" \
+    -e "s|^GATEWAY_BIND=.*|GATEWAY_BIND=127.0.0.1|" \
+    -e "s|^GATEWAY_PORT=.*|GATEWAY_PORT=$FRESH_PORT|" \
+    deploy/env.example >"$FRESH/.env"
+chmod 600 "$FRESH/.env"
+FRESH_COMPOSE=(docker-compose -p "$FRESH_PROJECT"
+               --env-file "$FRESH/.env" -f "$ROOT/docker-compose.yml" -f "$ROOT/deploy/compose.test.yml")
+step "an operator's first start: deploy/env.example with its secrets only (gateway on 127.0.0.1:$FRESH_PORT)"
+if ! "${FRESH_COMPOSE[@]}" up -d --build >"$RUN/fresh-up.log" 2>&1; then
+    tail -n 40 "$RUN/fresh-up.log"
+    fail "docker-compose up (env.example)"
+fi
+export COMPOSE_CMD="${FRESH_COMPOSE[*]}"
+if ! "$PY" deploy/compose_check.py wait --gateway "http://127.0.0.1:$FRESH_PORT" --replicas 1 \
+    || ! JWT_SECRET=$JWT_SECRET "$PY" deploy/compose_check.py fresh \
+        --gateway "http://127.0.0.1:$FRESH_PORT" --env-file "$FRESH/.env"; then
+    "${FRESH_COMPOSE[@]}" ps || true
+    "${FRESH_COMPOSE[@]}" logs --tail 30 2>&1 | tail -n 80 || true
+    fail "an operator's first start"
+fi
+fresh_down
+FRESH_COMPOSE=()
 
 step "docker-compose up -d --build --scale signal-service=$REPLICAS (gateway on 127.0.0.1:$GATEWAY_PORT)"
 if ! "${COMPOSE[@]}" up -d --build --scale "signal-service=$REPLICAS" >"$RUN/up.log" 2>&1; then
@@ -232,3 +291,8 @@ step "signal-service scaled 2 -> 4 -> 2 under signaling load"
 JWT_SECRET=$JWT_SECRET REDIS_PASSWORD=$REDIS_PASSWORD "$PY" deploy/compose_check.py scale \
     --gateway "http://127.0.0.1:$GATEWAY_PORT" \
     || { "${COMPOSE[@]}" logs --tail 40 gateway signal-service 2>&1 | tail -n 120 || true; fail "scale"; }
+
+step "rolling restart of every service, one replica at a time, under load"
+JWT_SECRET=$JWT_SECRET REDIS_PASSWORD=$REDIS_PASSWORD "$PY" deploy/compose_check.py rolling \
+    --gateway "http://127.0.0.1:$GATEWAY_PORT" \
+    || { "${COMPOSE[@]}" logs --tail 40 gateway 2>&1 | tail -n 60 || true; fail "rolling"; }

@@ -1,0 +1,205 @@
+"""`compose_check.py rolling`: every service restarted one replica at a time, under steady load
+through the gateway, on two replicas of each.
+
+Load for the whole run: ICE 200 requests/s, relay 200 messages/s (each with its own messageId),
+100 sockets (50 senders) signaling 50 offers/s. Each replica in turn gets SIGTERM (`podman
+restart`, its graceful stop) and is waited for until healthy again, ice-service's first, then
+relay-service's, then signal-service's. Passes when no ICE or relay request failed (nginx tries
+the other replica where the request is safe to repeat: GETs, and relay's POSTs, idempotent by
+messageId), sockets only reconnected, presence is right afterwards and every acked offer was
+delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import aiohttp
+from compose_check import Client, eventually, instances_of, token
+from compose_common import CheckFailed, compose, redis_cli, say
+from compose_scale import Flow, report
+from rtc_testkit.contract import conv_id
+
+SERVICES = ("ice-service", "relay-service", "signal-service")
+ICE_PER_SECOND = 200
+RELAY_PER_SECOND = 200
+SOCKETS = 100
+OFFERS_PER_SECOND = 50
+HEALTHY_WITHIN = 60.0
+
+
+@dataclass
+class Load:
+    """One kind of request at a steady rate, every answer counted."""
+
+    name: str
+    per_second: int
+    sent: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def failed(self) -> int:
+        return sum(n for status, n in self.statuses.items() if not status.startswith("2"))
+
+    async def run(self, stop: asyncio.Event, request: object) -> None:
+        period = 1.0 / self.per_second
+        next_at = time.monotonic()
+        while not stop.is_set():
+            task = asyncio.ensure_future(self._one(request))
+            self.in_flight.add(task)
+            task.add_done_callback(self.in_flight.discard)
+            self.sent += 1
+            next_at += period
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        if self.in_flight:
+            await asyncio.wait(self.in_flight, timeout=15)
+
+    async def _one(self, request: object) -> None:
+        try:
+            status = await request()  # type: ignore[operator]
+        except Exception as exc:  # no answer at all: a failure too
+            status = type(exc).__name__
+        self.statuses[str(status)] += 1
+
+
+def _containers(service: str) -> list[str]:
+    return sorted(compose("ps", "-q", service).split())
+
+
+def _podman(*args: str) -> str:
+    done = subprocess.run(
+        ["podman", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    if done.returncode != 0:
+        raise CheckFailed(f"podman {' '.join(args)}: {done.stderr.strip()[-300:]}")
+    return done.stdout.strip()
+
+
+async def restart_one(container: str) -> float:
+    """SIGTERM (10 s grace), start again, healthy: the seconds it took."""
+    started = time.monotonic()
+    await asyncio.to_thread(_podman, "restart", "-t", "10", container)
+
+    async def healthy() -> bool:
+        status = await asyncio.to_thread(
+            _podman, "inspect", "-f", "{{.State.Health.Status}}", container
+        )
+        return status == "healthy"
+
+    await eventually(f"{container[:12]} healthy again", healthy, HEALTHY_WITHIN)
+    return time.monotonic() - started
+
+
+async def check_rolling(gateway: str, numbers_from: int = 300) -> None:
+    await asyncio.to_thread(
+        compose, "up", "-d", "--no-recreate", "--no-build",
+        "--scale", "ice-service=2", "--scale", "relay-service=2", "--scale", "signal-service=2",
+    )  # fmt: skip
+
+    async def listed() -> bool:
+        log = await asyncio.to_thread(compose, "logs", "--no-color", "gateway")
+        return "ice 2, signal 2, relay 2" in log[log.rfind("upstreams") :]
+
+    await eventually("the gateway listing 2 replicas of each service", listed, 60)
+    say("rolling: 2 replicas of each service behind the gateway")
+
+    # Users: ICE callers, relay senders and recipients, signaling pairs (mutual contacts).
+    ice_wallets = [f"0xa{n:04x}" for n in range(300)]
+    senders = [f"0xb{n:04x}" for n in range(100)]
+    recipients = [f"0xc{n:04x}" for n in range(100)]
+    socket_wallets = [f"0xd{n:04x}" for n in range(SOCKETS)]
+    pairs = list(zip(senders, recipients, strict=True)) + [
+        (socket_wallets[2 * i], socket_wallets[2 * i + 1]) for i in range(SOCKETS // 2)
+    ]
+    await asyncio.to_thread(
+        redis_cli,
+        *[["SADD", f"rtc:contacts:{a}", b] for a, b in pairs],
+        *[["SADD", f"rtc:contacts:{b}", a] for a, b in pairs],
+    )
+    tokens = {w: token(w) for w in [*ice_wallets, *senders, *socket_wallets]}
+    clients = [Client(w, numbers_from + n) for n, w in enumerate(socket_wallets)]
+    for client in clients:
+        await client.join(gateway)
+    flows = [
+        Flow(clients[2 * i], clients[2 * i + 1], interval=SOCKETS / 2 / OFFERS_PER_SECOND)
+        for i in range(SOCKETS // 2)
+    ]
+    ice, relay = Load("ICE", ICE_PER_SECOND), Load("relay", RELAY_PER_SECOND)
+    stop = asyncio.Event()
+    counter = iter(range(10**9))
+    timeout = aiohttp.ClientTimeout(total=20)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+
+        async def ice_request() -> int:
+            wallet = ice_wallets[next(counter) % len(ice_wallets)]
+            headers = {"Authorization": f"Bearer {tokens[wallet]}"}
+            async with http.get(gateway + "/api/v1/rtc/ice", headers=headers) as response:
+                await response.read()
+                return response.status
+
+        async def relay_request() -> int:
+            n = next(counter)
+            sender, recipient = senders[n % len(senders)], recipients[n % len(recipients)]
+            body = {
+                "to": recipient,
+                "convId": conv_id(sender, recipient),
+                "messageId": f"roll-{uuid.uuid4().hex}",
+                "payload": "rolling restart",
+            }
+            headers = {"Authorization": f"Bearer {tokens[sender]}"}
+            async with http.post(
+                gateway + "/api/v1/relay/enqueue", json=body, headers=headers
+            ) as response:
+                await response.read()
+                return response.status
+
+        tasks = [
+            asyncio.create_task(ice.run(stop, ice_request)),
+            asyncio.create_task(relay.run(stop, relay_request)),
+            *(asyncio.create_task(flow.run(stop)) for flow in flows),
+        ]
+        per_service: dict[str, list[float]] = {}
+        try:
+            for service in SERVICES:
+                for container in await asyncio.to_thread(_containers, service):
+                    took = await restart_one(container)
+                    per_service.setdefault(service, []).append(took)
+                say(
+                    f"rolling: {service} restarted one replica at a time: "
+                    + ", ".join(f"{t:.1f} s" for t in per_service[service])
+                    + f"; so far ICE {ice.sent} sent / {ice.failed} failed,"
+                    f" relay {relay.sent} / {relay.failed}"
+                )
+        finally:
+            stop.set()
+            for task in tasks:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(task, 30)
+    try:
+        everyone = clients
+
+        async def settled() -> bool:
+            if not all(c.connected for c in everyone):
+                return False
+            where = await instances_of(*(c.wallet for c in everyone))
+            return all(len(where.get(c.wallet, ())) == 1 for c in everyone)
+
+        await eventually("every socket connected, placed once by presence", settled, 40)
+        reconnected = sum(1 for c in everyone if c.connects > 1)
+        say(
+            f"rolling: ICE {ice.sent} requests, {ice.failed} failed {dict(ice.statuses)};"
+            f" relay {relay.sent} messages, {relay.failed} failed {dict(relay.statuses)};"
+            f" {reconnected} of {len(everyone)} sockets reconnected, presence right"
+        )
+        await report(flows, "rolling")
+        if ice.failed or relay.failed:
+            raise CheckFailed(f"failed requests: ICE {ice.failed}, relay {relay.failed}")
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
