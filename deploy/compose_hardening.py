@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from typing import Any
 
 import yaml
@@ -178,6 +179,12 @@ def check_hardening(project: str, replicas: int) -> None:
     ceiling = size_bytes(spec["redis"]["environment"]["REDIS_MAXMEMORY"])
     if config != ["maxmemory", str(ceiling), "maxmemory-policy", "noeviction"]:
         raise CheckFailed(f"redis memory settings: {config}, ceiling {ceiling} noeviction")
+    for _ in range(3):
+        # A gauge sampled every 5 s: a scrape right after the start may precede its first value.
+        if monitoring.get("store_max_bytes") == ceiling:
+            break
+        time.sleep(5)
+        monitoring = network_probe(project, "monitoring")
     if monitoring.get("store_max_bytes") != ceiling:
         raise CheckFailed(f"relay-service reports maxmemory {monitoring.get('store_max_bytes')}")
     say(f"redis: maxmemory {ceiling} noeviction, reported by relay-service's /metrics")

@@ -18,6 +18,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -43,6 +44,10 @@ class Load:
     sent: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+    # (status, request id, body) of the first failures, for the report
+    samples: list[tuple[str, str, str]] = field(default_factory=list)
+    # requests sent again because the gateway closed the idle keep-alive connection under them
+    resent: int = 0
 
     @property
     def failed(self) -> int:
@@ -52,7 +57,7 @@ class Load:
         period = 1.0 / self.per_second
         next_at = time.monotonic()
         while not stop.is_set():
-            task = asyncio.ensure_future(self._one(request))
+            task = asyncio.ensure_future(self._one(request()))  # type: ignore[operator]
             self.in_flight.add(task)
             task.add_done_callback(self.in_flight.discard)
             self.sent += 1
@@ -61,12 +66,26 @@ class Load:
         if self.in_flight:
             await asyncio.wait(self.in_flight, timeout=15)
 
-    async def _one(self, request: object) -> None:
-        try:
-            status = await request()  # type: ignore[operator]
-        except Exception as exc:  # no answer at all: a failure too
-            status = type(exc).__name__
+    async def _one(self, send: object) -> None:
+        """`send(fresh)`: one request, the same one each time it is called."""
+        for attempt in (1, 2, 3):
+            try:
+                # A retry on a new connection (a pooled one may be closed as well).
+                status, request_id, body = await send(fresh=attempt > 1)  # type: ignore[operator]
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # A reused keep-alive connection the gateway closed (its workers at a reload)
+                # before any answer: sent again, as HTTP clients do (RFC 9112 9.3.1; relay's
+                # messageId makes it safe). Three times in a row is a failure.
+                status, request_id, body = type(exc).__name__, "", ""
+                if attempt < 3:
+                    self.resent += 1
+                    continue
+            except Exception as exc:  # no answer at all: a failure too
+                status, request_id, body = type(exc).__name__, "", ""
+            break
         self.statuses[str(status)] += 1
+        if not str(status).startswith("2") and len(self.samples) < 5:
+            self.samples.append((str(status), request_id, body[:200]))
 
 
 def _containers(service: str) -> list[str]:
@@ -135,18 +154,29 @@ async def check_rolling(gateway: str, numbers_from: int = 300) -> None:
     stop = asyncio.Event()
     counter = iter(range(10**9))
     timeout = aiohttp.ClientTimeout(total=20)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
+    fresh_connector = aiohttp.TCPConnector(force_close=True)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as pooled,
+        aiohttp.ClientSession(timeout=timeout, connector=fresh_connector) as unpooled,
+    ):
+        Answer = tuple[int, str, str]
 
-        async def ice_request() -> int:
+        def ice_request() -> Callable[[bool], Awaitable[Answer]]:
             wallet = ice_wallets[next(counter) % len(ice_wallets)]
             headers = {"Authorization": f"Bearer {tokens[wallet]}"}
-            async with http.get(gateway + "/api/v1/rtc/ice", headers=headers) as response:
-                await response.read()
-                return response.status
 
-        async def relay_request() -> int:
+            async def send(fresh: bool = False) -> Answer:
+                http = unpooled if fresh else pooled
+                async with http.get(gateway + "/api/v1/rtc/ice", headers=headers) as response:
+                    text = await response.text()
+                    return response.status, response.headers.get("X-Request-ID", ""), text
+
+            return send
+
+        def relay_request() -> Callable[[bool], Awaitable[Answer]]:
             n = next(counter)
             sender, recipient = senders[n % len(senders)], recipients[n % len(recipients)]
+            # One messageId for every attempt: a resend is the same message (deduplicated).
             body = {
                 "to": recipient,
                 "convId": conv_id(sender, recipient),
@@ -154,11 +184,15 @@ async def check_rolling(gateway: str, numbers_from: int = 300) -> None:
                 "payload": "rolling restart",
             }
             headers = {"Authorization": f"Bearer {tokens[sender]}"}
-            async with http.post(
-                gateway + "/api/v1/relay/enqueue", json=body, headers=headers
-            ) as response:
-                await response.read()
-                return response.status
+
+            async def send(fresh: bool = False) -> Answer:
+                http = unpooled if fresh else pooled
+                url = gateway + "/api/v1/relay/enqueue"
+                async with http.post(url, json=body, headers=headers) as response:
+                    text = await response.text()
+                    return response.status, response.headers.get("X-Request-ID", ""), text
+
+            return send
 
         tasks = [
             asyncio.create_task(ice.run(stop, ice_request)),
@@ -198,8 +232,22 @@ async def check_rolling(gateway: str, numbers_from: int = 300) -> None:
             f" relay {relay.sent} messages, {relay.failed} failed {dict(relay.statuses)};"
             f" {reconnected} of {len(everyone)} sockets reconnected, presence right"
         )
-        await report(flows, "rolling")
+        say(
+            f"rolling: sent again after the gateway closed a kept-alive connection: ICE"
+            f" {ice.resent}, relay {relay.resent}"
+        )
         if ice.failed or relay.failed:
+            log = await asyncio.to_thread(compose, "logs", "--no-color", "gateway")
+            for load in (ice, relay):
+                for status, request_id, body in load.samples:
+                    lines = [line for line in log.splitlines() if request_id and request_id in line]
+                    say(f"{load.name} {status} {request_id} {body} gateway: {lines[:2]}")
+            errors = [line for line in log.splitlines() if "[error]" in line or "[warn]" in line]
+            for line in errors[-10:]:
+                say(f"gateway: {line[-300:]}")
+            with contextlib.suppress(CheckFailed):
+                await report(flows, "rolling")
             raise CheckFailed(f"failed requests: ICE {ice.failed}, relay {relay.failed}")
+        await report(flows, "rolling")
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)

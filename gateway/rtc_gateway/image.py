@@ -39,7 +39,16 @@ def resolve(upstream: Upstream) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
-def servers(upstream: Upstream) -> tuple[str, int]:
+# ice and relay replicas are interchangeable for every request: one that fails is never set
+# aside (max_fails=0), the request just goes to the next (proxy_next_upstream). Setting aside
+# after one failure (max_fails=1) set aside the last good replica too during a rolling restart,
+# for its fail_timeout: nginx then had no live upstream and answered 503 (compose-test measured).
+STATELESS_SERVER = "max_fails=0"
+# Socket.IO sessions stick to a replica (hash): a failed one is set aside briefly.
+STICKY_SERVER = "max_fails=1 fail_timeout=5s"
+
+
+def servers(upstream: Upstream, options: str = STICKY_SERVER) -> tuple[str, int]:
     """The `server` lines of one upstream, and how many are live. A name that does not resolve
     yet gets a placeholder marked down: nginx answers 503 until a later look-up finds it."""
     addresses = resolve(upstream)
@@ -47,16 +56,16 @@ def servers(upstream: Upstream) -> tuple[str, int]:
         down = f"server 127.0.0.1:{upstream.port} down;  # {upstream.host} does not resolve yet"
         return f"        {down}", 0
     bracketed = [f"[{a}]" if ":" in a else a for a in addresses]
-    lines = server_lines((f"{a}:{upstream.port}" for a in bracketed), "max_fails=1 fail_timeout=5s")
+    lines = server_lines((f"{a}:{upstream.port}" for a in bracketed), options)
     return lines, len(addresses)
 
 
 def render(settings: ImageSettings) -> tuple[str, str]:
     """nginx.conf and a summary of its upstreams ("ice 1, signal 3, relay 1")."""
     (ice, n_ice), (signal, n_signal), (relay, n_relay) = (
-        servers(settings.ice),
+        servers(settings.ice, STATELESS_SERVER),
         servers(settings.signal),
-        servers(settings.relay),
+        servers(settings.relay, STATELESS_SERVER),
     )
     text = render_conf(
         run_dir=settings.run_dir,

@@ -221,9 +221,11 @@ async def _relay_dependencies(app: web.Application) -> AsyncIterator[None]:
         idempotency_seconds=settings.relay_idempotency_seconds,
     )
     app[ACCESS_KEY] = AccessCache(app[DIRECTORY_KEY], ttl=settings.flag_cache_seconds)
-    # No per-process fallback: with Redis down, relay answers 503 anyway.
+    # A per-process fallback while the limiter's Redis fails: whether the message can be stored
+    # is the store's answer (503 when it is down), not the limiter's (a rolling restart once
+    # turned a limiter hiccup into a 503 for a message the store would have taken).
     app[LIMITER_KEY] = RateLimiter(
-        app[REDIS_KEY], scope="relay", limit=settings.relay_rate_limit_per_min, fallback=False
+        app[REDIS_KEY], scope="relay", limit=settings.relay_rate_limit_per_min
     )
     pusher = RelayPusher(app[REDIS_KEY], channel=settings.socketio_channel)
     app[PUSHER_KEY] = pusher
