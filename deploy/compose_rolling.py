@@ -242,6 +242,9 @@ async def check_rolling(gateway: str, numbers_from: int = 300) -> None:
                 for status, request_id, body in load.samples:
                     lines = [line for line in log.splitlines() if request_id and request_id in line]
                     say(f"{load.name} {status} {request_id} {body} gateway: {lines[:2]}")
+            relay_log = await asyncio.to_thread(compose, "logs", "--no-color", "relay-service")
+            for line in [x for x in relay_log.splitlines() if "unavailable" in x][:6]:
+                say(f"relay-service: {line[-300:]}")
             errors = [line for line in log.splitlines() if "[error]" in line or "[warn]" in line]
             for line in errors[-10:]:
                 say(f"gateway: {line[-300:]}")

@@ -137,10 +137,10 @@ async def enqueue(request: web.Request) -> web.Response:
             payload=body.payload,
             forced=body.force,
         )
-    except RedisError:
+    except RedisError as exc:
         # Not stored, so never a 2xx: the client retries with the same messageId.
         ENQUEUE_REFUSED.labels("unavailable").inc()
-        log.warning("relay store unavailable on enqueue")
+        log.warning("relay store unavailable on enqueue", extra={"error": type(exc).__name__})
         raise unavailable("relay store unavailable, retry with the same messageId") from None
     EXPIRED.inc(result.expired)
     if result.status == "queue_full":
