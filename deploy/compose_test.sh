@@ -83,17 +83,23 @@ COMPOSE=(docker-compose -p "$PROJECT" --env-file "$RUN/env" -f docker-compose.ym
 # clients still spread over the signal replicas.
 SERVICE_PID=
 HEALTH_PID=
+# Whatever `down` left of a project (a failed start): its containers, networks and volumes, by
+# the project's label.
+remove_leftovers() { # PROJECT
+    local label="label=com.docker.compose.project=$1" leftovers
+    leftovers=$(podman ps -aq --filter "$label")
+    [ -z "$leftovers" ] || podman rm -f -t 0 $leftovers >/dev/null 2>&1 || true
+    for net in $(podman network ls -q --filter "$label"); do
+        podman network rm -f "$net" >/dev/null 2>&1 || true
+    done
+    for vol in $(podman volume ls -q --filter "$label"); do
+        podman volume rm -f "$vol" >/dev/null 2>&1 || true
+    done
+}
 fresh_down() {
     [ -n "${FRESH_COMPOSE[*]:-}" ] || return 0
     "${FRESH_COMPOSE[@]}" down -v --remove-orphans -t 5 >"$RUN/fresh-down.log" 2>&1 || true
-    leftovers=$(podman ps -aq --filter "label=com.docker.compose.project=$FRESH_PROJECT")
-    [ -z "$leftovers" ] || podman rm -f -t 0 $leftovers >/dev/null 2>&1 || true
-    for net in $(podman network ls -q --filter "label=com.docker.compose.project=$FRESH_PROJECT"); do
-        podman network rm -f "$net" >/dev/null 2>&1 || true
-    done
-    for vol in $(podman volume ls -q --filter "label=com.docker.compose.project=$FRESH_PROJECT"); do
-        podman volume rm -f "$vol" >/dev/null 2>&1 || true
-    done
+    remove_leftovers "$FRESH_PROJECT"
 }
 cleanup() {
     status=$?
@@ -105,15 +111,7 @@ cleanup() {
             | paste -sd '|' -)
         "${COMPOSE[@]}" down -v --remove-orphans -t 5 >"$RUN/down.log" 2>&1 \
             || { echo "compose down failed:"; tail -n 20 "$RUN/down.log"; }
-        # Whatever down left (a failed start): by the project's label.
-        leftovers=$(podman ps -aq --filter "label=com.docker.compose.project=$PROJECT")
-        [ -z "$leftovers" ] || podman rm -f -t 0 $leftovers >/dev/null 2>&1 || true
-        for net in $(podman network ls -q --filter "label=com.docker.compose.project=$PROJECT"); do
-            podman network rm -f "$net" >/dev/null 2>&1 || true
-        done
-        for vol in $(podman volume ls -q --filter "label=com.docker.compose.project=$PROJECT"); do
-            podman volume rm -f "$vol" >/dev/null 2>&1 || true
-        done
+        remove_leftovers "$PROJECT"
         # The conmons of the last exec sessions end exit_command_delay after them.
         conmon_of_ours="^/usr/bin/conmon .* -c (${ids:-none}) "
         for _ in $(seq 40); do

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aioice.turn import create_turn_endpoint
+from ice_service.turn_revoke import CoturnCli
 from rtc_testkit.contract import ADMIN_TOKEN, bearer, new_wallet, relay_message, sid
 from rtc_testkit.peer import Peers
 from rtc_testkit.processes import metric_value, wait_for_async
@@ -117,22 +118,8 @@ async def ice_credentials(http: aiohttp.ClientSession, stack: Stack, wallet: str
 
 async def coturn_sessions(stack: Stack, wallet: str) -> int:
     """How many sessions coturn's CLI lists for exactly `wallet`."""
-    from ice_service.turn_revoke import (
-        _SESSION,
-        PROMPT,
-        CoturnCli,
-    )  # the parser under test elsewhere
-
     cli = CoturnCli(stack.coturn.cli_address, stack.coturn.cli_password)
-    reader, writer = await asyncio.open_connection(cli.host, cli.port)
-    try:
-        await cli._read(reader, b"Enter password: ")
-        writer.write(stack.coturn.cli_password.encode() + b"\r\n")
-        await cli._read(reader, PROMPT)
-        answer = await cli._command(reader, writer, b"psp :" + wallet.encode())
-    finally:
-        writer.close()
-    return sum(1 for _, _, user in _SESSION.findall(answer) if user.decode() == wallet)
+    return len(await cli.sessions(wallet))
 
 
 async def test_revoke_ends_sockets_ice_relay_and_turn_everywhere(

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
 
 from rtc_common.revocation import Revocation, Revocations
 
@@ -46,10 +47,29 @@ class CoturnCli:
         self.host, self.port = host, int(port)
         self._password = password.encode()
 
+    async def sessions(self, wallet: str) -> list[tuple[bytes, int]]:
+        """(session id, username expiry) of `wallet`'s sessions."""
+        async with self._connected() as (reader, writer):
+            return await self._list(reader, writer, wallet)
+
     async def end_sessions(self, wallets: list[tuple[str, float]]) -> int:
         """Cancel the sessions whose REST username is `<expiry>:<wallet>` with `expiry` at most
-        the wallet's bound, for each (wallet, bound) in order (the wallet exactly: `psp` matches
-        substrings). Returns how many were cancelled."""
+        the wallet's bound, for each (wallet, bound) in order. Returns how many were
+        cancelled."""
+        ended = 0
+        async with self._connected() as (reader, writer):
+            for wallet, bound in wallets:
+                for session_id, expiry in await self._list(reader, writer, wallet):
+                    if expiry <= bound:
+                        await self._command(reader, writer, b"cs " + session_id)
+                        ended += 1
+        return ended
+
+    @contextlib.asynccontextmanager
+    async def _connected(
+        self,
+    ) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        """A CLI connection, logged in."""
         async with asyncio.timeout(CLI_TIMEOUT_SECONDS):
             reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
@@ -57,18 +77,22 @@ class CoturnCli:
                 await self._read(reader, b"Enter password: ")
                 writer.write(self._password + b"\r\n")
                 await self._read(reader, PROMPT)
-            ended = 0
-            for wallet, bound in wallets:
-                answer = await self._command(reader, writer, b"psp :" + wallet.encode())
-                for session_id, expiry, user in _SESSION.findall(answer):
-                    if user.decode(errors="replace") == wallet and int(expiry) <= bound:
-                        await self._command(reader, writer, b"cs " + session_id)
-                        ended += 1
-            return ended
+            yield reader, writer
         finally:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _list(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wallet: str
+    ) -> list[tuple[bytes, int]]:
+        """`psp :<wallet>` (it matches substrings), kept to the sessions of exactly `wallet`."""
+        answer = await self._command(reader, writer, b"psp :" + wallet.encode())
+        return [
+            (session_id, int(expiry))
+            for session_id, expiry, user in _SESSION.findall(answer)
+            if user.decode(errors="replace") == wallet
+        ]
 
     async def _command(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, command: bytes
