@@ -8,9 +8,10 @@ client needs (a relay message, a telemetry event, a signal: three or four levels
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
 from .errors import invalid_payload
 
@@ -45,3 +46,23 @@ async def read_json(request: web.Request, *, max_depth: int = MAX_JSON_DEPTH) ->
     if too_deep(data, max_depth):
         raise invalid_payload(f"JSON nested deeper than {max_depth} levels")
     return data
+
+
+def error_fields(exc: ValidationError, whole: str = "body") -> str:
+    """The fields a validation failed on, sorted ("a, b.c"; `whole` for the object itself), never
+    their values."""
+    return ", ".join(sorted({".".join(str(p) for p in e["loc"]) or whole for e in exc.errors()}))
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
+    """The request's JSON object as `model`, or 400 invalid_payload naming the bad fields."""
+    data = await read_json(request)
+    if not isinstance(data, dict):
+        raise invalid_payload("body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_payload(f"invalid fields: {error_fields(exc)}") from None

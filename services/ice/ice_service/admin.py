@@ -12,12 +12,12 @@ import logging
 from typing import Annotated, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from redis.exceptions import RedisError
 from rtc_common.auth import is_valid_wallet, normalize_wallet, public
 from rtc_common.clients import REDIS_KEY
 from rtc_common.errors import ApiError, invalid_payload, unauthorized, unavailable
-from rtc_common.jsonbody import read_json
+from rtc_common.jsonbody import parse_body
 from rtc_common.keys import extra_headers
 from rtc_common.logs import info_line, wallet_hash
 from rtc_common.ratelimit import RateLimiter
@@ -73,14 +73,7 @@ BodyT = TypeVar("BodyT", RevokeRequest, LiftRequest)
 
 async def _body(request: web.Request, model: type[BodyT]) -> tuple[str, BodyT]:
     """The validated body and its wallet, normalised."""
-    data = await read_json(request)
-    if not isinstance(data, dict):
-        raise invalid_payload("body must be a JSON object")
-    try:
-        body = model.model_validate(data)
-    except ValidationError as exc:
-        fields = sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()})
-        raise invalid_payload("invalid fields: " + ", ".join(fields)) from None
+    body = await parse_body(request, model)
     wallet = normalize_wallet(body.wallet)
     if not is_valid_wallet(wallet):
         raise invalid_payload("invalid fields: wallet")

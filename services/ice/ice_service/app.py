@@ -16,7 +16,7 @@ from rtc_common.auth import IDENTITY_KEY, allow_anonymous
 from rtc_common.clients import REDIS_KEY, redis_context
 from rtc_common.directory import FLAGS_KEY, directory_context
 from rtc_common.errors import ApiError, invalid_payload, unauthorized
-from rtc_common.jsonbody import read_json
+from rtc_common.jsonbody import error_fields, read_json
 from rtc_common.keys import add_dependency, extra_headers, route_label
 from rtc_common.metrics import labelled
 from rtc_common.ratelimit import RateLimiter
@@ -142,8 +142,7 @@ async def post_telemetry(request: web.Request) -> web.Response:
     try:
         event = TelemetryEvent.model_validate(data)
     except ValidationError as exc:
-        fields = sorted({".".join(str(p) for p in err["loc"]) or "body" for err in exc.errors()})
-        raise invalid_payload("invalid telemetry event: " + ", ".join(fields)) from None
+        raise invalid_payload(f"invalid telemetry event: {error_fields(exc)}") from None
     TRANSPORT.labels(
         event.transport, event.candidateType or "unknown", str(event.forced).lower()
     ).inc()

@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rtc_common.auth import conv_id, get_identity, is_valid_wallet, normalize_wallet
 from rtc_common.clients import REDIS_KEY, redis_context
 from rtc_common.directory import DIRECTORY_KEY, AccessCache, directory_context
 from rtc_common.errors import ApiError, invalid_payload, unavailable
-from rtc_common.jsonbody import read_json
+from rtc_common.jsonbody import parse_body
 from rtc_common.keys import SAMPLING_KEY, extra_headers
 from rtc_common.ratelimit import RateLimiter
 from rtc_common.relay_store import QueueLimits, RelayMessage, RelayStore, queued_at_ms
@@ -73,24 +73,6 @@ class AckRequest(BaseModel):
     ids: Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=1000)]
 
 
-def _fields(exc: ValidationError) -> str:
-    return ", ".join(sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()}))
-
-
-BodyT = TypeVar("BodyT", bound=BaseModel)
-
-
-async def _parse_body(request: web.Request, model: type[BodyT]) -> BodyT:
-    """The request's JSON object as `model`, or 400 invalid_payload naming the bad fields."""
-    data = await read_json(request)
-    if not isinstance(data, dict):
-        raise invalid_payload("body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise invalid_payload(f"invalid fields: {_fields(exc)}") from None
-
-
 def message_body(message: RelayMessage) -> dict[str, Any]:
     return {
         "id": message.id,
@@ -111,7 +93,7 @@ async def enqueue(request: web.Request) -> web.Response:
     extra_headers(request).update(verdict.headers())
     verdict.raise_if_limited()
 
-    body = await _parse_body(request, EnqueueRequest)
+    body = await parse_body(request, EnqueueRequest)
     try:
         payload_bytes = len(body.payload.encode())
     except UnicodeEncodeError:  # JSON may escape a lone surrogate (\ud800): not UTF-8
@@ -198,7 +180,7 @@ async def pull(request: web.Request) -> web.Response:
 
 async def ack(request: web.Request) -> web.Response:
     wallet = get_identity(request).wallet
-    body = await _parse_body(request, AckRequest)
+    body = await parse_body(request, AckRequest)
     try:
         acked = await request.app[STORE_KEY].ack(wallet, body.ids)
     except RedisError:

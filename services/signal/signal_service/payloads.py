@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from rtc_common.jsonbody import MAX_JSON_DEPTH, too_deep
+from rtc_common.jsonbody import MAX_JSON_DEPTH, error_fields, too_deep
 
 CANDIDATE_MAX_BYTES = 2048
 SIGNAL_ID_MAX = 128
@@ -69,5 +69,4 @@ def parse(model: type[_Strict], data: object) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        fields = sorted({".".join(str(p) for p in err["loc"]) or "payload" for err in exc.errors()})
-        raise PayloadError("invalid fields: " + ", ".join(fields)) from None
+        raise PayloadError(f"invalid fields: {error_fields(exc, 'payload')}") from None
