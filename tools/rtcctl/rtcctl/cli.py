@@ -23,10 +23,7 @@ from . import doctor, local, revoke
 
 
 def _settings(run_dir: Path) -> CommonSettings:
-    env_file = run_dir / "env"
-    values = local.read_env_file(env_file) if env_file.exists() else {}
-    values.update(os.environ)
-    return load_settings(CommonSettings, values)
+    return load_settings(CommonSettings, local.run_env(run_dir / "env"))
 
 
 def cmd_token(args: argparse.Namespace) -> int:

@@ -386,6 +386,32 @@ def wait_ready(run_dir: Path, timeout: float = 60.0) -> bool:
     return True
 
 
+def run_env(env_file: Path) -> dict[str, str]:
+    """What every rtcctl command reads its settings from: `env_file` (when it exists),
+    overridden by the process environment."""
+    values = read_env_file(env_file) if env_file.exists() else {}
+    values.update(os.environ)
+    return values
+
+
+def stack_gateway(run_dir: Path) -> str | None:
+    """The local stack's gateway URL, from its stack.json (None without one)."""
+    path = run_dir / "stack.json"
+    if not path.exists():
+        return None
+    try:
+        return f"http://127.0.0.1:{int(json.loads(path.read_text())['gateway'])}"
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def gateway_url(run_dir: Path, env: dict[str, str], given: str | None = None) -> str:
+    """The gateway to talk to: `given` (a flag), RTC_GATEWAY_URL, the local stack's, or the
+    default port on this host."""
+    chosen = given or env.get("RTC_GATEWAY_URL") or stack_gateway(run_dir)
+    return (chosen or "http://127.0.0.1:8080").rstrip("/")
+
+
 def default_run_dir() -> Path:
     configured = os.environ.get("RTC_RUN_DIR")
     if configured:

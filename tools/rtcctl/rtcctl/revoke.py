@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import os
 import sys
 import urllib.error
 import urllib.parse
@@ -19,24 +18,6 @@ from rtc_common.settings import read_secret_file
 from . import local
 
 REVOKE_PATH = "/api/v1/rtc/admin/revoke"
-
-
-def _env(run_dir: Path) -> dict[str, str]:
-    env_file = run_dir / "env"
-    values = local.read_env_file(env_file) if env_file.exists() else {}
-    values.update(os.environ)
-    return values
-
-
-def _gateway(args: argparse.Namespace, env: dict[str, str]) -> str:
-    if args.gateway:
-        return str(args.gateway).rstrip("/")
-    if env.get("RTC_GATEWAY_URL"):
-        return env["RTC_GATEWAY_URL"].rstrip("/")
-    stack = args.run_dir / "stack.json"
-    if stack.exists():
-        return f"http://127.0.0.1:{json.loads(stack.read_text())['gateway']}"
-    return "http://127.0.0.1:8080"
 
 
 def _admin_token(env: dict[str, str]) -> str | None:
@@ -61,7 +42,7 @@ def _is_loopback(host: str | None) -> bool:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    env = _env(args.run_dir)
+    env = local.run_env(args.run_dir / "env")
     try:
         token = _admin_token(env)
     except ValueError as exc:
@@ -73,7 +54,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     if args.undo and args.seconds is not None:
         print("rtcctl revoke: --undo takes no --for", file=sys.stderr)
         return 2
-    gateway = _gateway(args, env)
+    gateway = local.gateway_url(args.run_dir, env, args.gateway)
     parts = urllib.parse.urlsplit(gateway)
     if parts.scheme != "https" and not (parts.scheme == "http" and _is_loopback(parts.hostname)):
         print(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,19 +50,15 @@ def _stack_ports(run_dir: Path) -> local.StackPorts | None:
 def resolve_target(args: argparse.Namespace) -> Target:
     run_dir: Path = args.run_dir
     env_file: Path = args.env_file or run_dir / "env"
-    env: dict[str, str] = {}
+    env = local.run_env(env_file)
     if env_file.exists():
-        env.update(local.read_env_file(env_file))
         env_source = f"{env_file} + process environment"
     else:
         env_source = f"process environment ({env_file} not found)"
-    env.update(os.environ)
 
     ports = _stack_ports(run_dir)
     stack_gateway = f"http://127.0.0.1:{ports.gateway}" if ports else None
-    gateway = (
-        args.gateway or env.get("RTC_GATEWAY_URL") or stack_gateway or "http://127.0.0.1:8080"
-    ).rstrip("/")
+    gateway = local.gateway_url(run_dir, env, args.gateway)
 
     if args.signal:
         signal_urls = [url.rstrip("/") for url in args.signal]
