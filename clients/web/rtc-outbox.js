@@ -208,10 +208,6 @@ export class Outbox {
     this.#workers.set(convId, this.#drain(convId));
   }
 
-  get running() {
-    return this.#running;
-  }
-
   /** Retry now instead of at the end of the backoff (the connection came back); an attempt
    * under way is followed by the next one at once. */
   kick() {

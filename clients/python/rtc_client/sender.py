@@ -66,10 +66,6 @@ class Sender:
         for conv in dict.fromkeys(m.conv_id for m in self.store.queued()):
             self.wake(conv)
 
-    @property
-    def running(self) -> bool:
-        return self._running
-
     def wake(self, conv_id: str) -> None:
         if not self._running:
             return

@@ -72,9 +72,6 @@ class Revocations:
         self._listeners: list[Listener] = []
         self.loaded = asyncio.Event()
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def is_revoked(self, wallet: str) -> bool:
         entry = self._entries.get(wallet)
         if entry is None:
@@ -84,9 +81,6 @@ class Revocations:
         del self._entries[wallet]  # a timed revocation that ran out
         REVOKED_WALLETS.set(len(self._entries))
         return False
-
-    def get(self, wallet: str) -> Revocation | None:
-        return self._entries.get(wallet) if self.is_revoked(wallet) else None
 
     def items(self) -> list[tuple[str, Revocation]]:
         now = time.time()

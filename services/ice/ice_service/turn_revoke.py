@@ -130,10 +130,6 @@ class TurnRevoker:
         for wallet, revocation in revocations.items():
             self.on_revocation(wallet, revocation)
 
-    @property
-    def watched(self) -> set[str]:
-        return set(self._until)
-
     def on_revocation(self, wallet: str, revocation: Revocation | None) -> None:
         if revocation is None:
             self._until.pop(wallet, None)
