@@ -49,6 +49,12 @@ export class MemoryStore {
   #items = new Map();
   #seq = 0;
 
+  /** @param {string} messageId @returns {Promise<OutgoingMessage | undefined>} */
+  async get(messageId) {
+    const found = this.#items.get(messageId);
+    return found && { ...found };
+  }
+
   /** @param {OutgoingMessage} message */
   async add(message) {
     const known = this.#items.get(message.messageId);
@@ -114,13 +120,13 @@ export class IndexedDbStore {
   }
 
   /** @param {string} messageId @returns {Promise<OutgoingMessage | undefined>} */
-  #byId(messageId) {
+  get(messageId) {
     return this.#run("readonly", (store) => store.index("messageId").get(messageId));
   }
 
   /** @param {OutgoingMessage} message */
   async add(message) {
-    const known = await this.#byId(message.messageId);
+    const known = await this.get(message.messageId);
     if (known) return known;
     const { seq: _ignored, ...record } = message;
     const seq = /** @type {number} */ (await this.#run("readwrite", (store) => store.add(record)));

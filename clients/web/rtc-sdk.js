@@ -1214,7 +1214,7 @@ export class RtcClient extends EventTarget {
     // Registered before the message is stored: it cannot settle unseen.
     const settled = this.outbox.settled(messageId);
     const message = await this.enqueue(to, payload, { messageId });
-    const now = (await this.outbox.store.all()).find((m) => m.messageId === messageId) ?? message;
+    const now = (await this.outbox.store.get(messageId)) ?? message;
     if (now.state !== "queued") this.outbox.resolveSettled(now);
     const outcome = await settled;
     if (outcome.kind === "sent") return outcome.delivery;
