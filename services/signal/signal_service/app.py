@@ -69,9 +69,18 @@ async def _signal_dependencies(app: web.Application) -> AsyncIterator[None]:
     watchdog = asyncio.create_task(_watchdog(app))
     yield
     await stop_task(watchdog)
-    # Leave quickly and let the other instances' reapers settle presence for our sockets.
-    with contextlib.suppress(RedisError):
-        await presence.leave()
+    # Leave quickly and let the other instances' reapers settle presence for our sockets. A
+    # second try when Redis did not answer the first (a stall of a second or two, as compose-test
+    # saw once while podman stopped a container); otherwise the reapers forget this instance
+    # after PRESENCE_INSTANCE_TTL_SECONDS.
+    for attempt in (1, 2):
+        try:
+            await presence.leave()
+            break
+        except RedisError as exc:
+            log.warning(
+                "presence leave failed", extra={"error": type(exc).__name__, "try": attempt}
+            )
     if manager.thread is not None:
         with contextlib.suppress(Exception):
             await stop_task(manager.thread)
