@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import yaml
-from compose_common import CheckFailed, compose, redis_cli, say
+from compose_common import SECRET_NAMES, CheckFailed, compose, redis_cli, say
 
 SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 # Every process of a container, as the kernel sees it (not what the runtime says it asked for).
@@ -155,6 +155,14 @@ def check_hardening(project: str, replicas: int) -> None:
         if password in json.dumps([info["Config"].get("Cmd"), info.get("Args")]):
             raise CheckFailed(f"REDIS_PASSWORD on the command line of {info['Name']}")
     say("REDIS_PASSWORD is on no container's command line")
+    if os.environ.get("SECRETS_AS_FILES"):
+        # Compose secrets: files under /run/secrets, no secret in any container's environment.
+        for info in infos:
+            env = json.dumps(info["Config"].get("Env"))
+            for name in SECRET_NAMES:
+                if os.environ.get(name) and os.environ[name] in env:
+                    raise CheckFailed(f"{name} in the environment of {info['Name']}")
+        say(f"secrets as files: none of {len(SECRET_NAMES)} secrets in any container's environment")
 
     monitoring = network_probe(project, "monitoring")
     backend = network_probe(project, "backend")

@@ -73,7 +73,10 @@ class Flow:
 
 
 async def scale_to(replicas: int, gateway_log_mark: str) -> float:
-    """`up -d --no-recreate --scale signal-service=N`; seconds until the gateway lists N."""
+    """`up -d --no-recreate --scale signal-service=N`; seconds until the gateway lists N and
+    all N are healthy. The gateway lists a replica once its name resolves, which may be before
+    it listens: a client arriving then goes to the next replica (as it should), which would
+    leave the new replicas without the clients this check sends them."""
     await asyncio.to_thread(
         compose, "up", "-d", "--no-recreate", "--no-build", "--scale",
         f"signal-service={replicas}", "signal-service",
@@ -85,7 +88,13 @@ async def scale_to(replicas: int, gateway_log_mark: str) -> float:
         tail = log[log.rfind("upstreams") :] if "upstreams" in log else ""
         return gateway_log_mark in tail
 
+    async def healthy() -> bool:
+        states = await asyncio.to_thread(compose, "ps", "signal-service")
+        lines = [line for line in states.splitlines() if "signal-service" in line]
+        return len(lines) == replicas and all("(healthy)" in line for line in lines)
+
     await eventually(f"the gateway listing {gateway_log_mark!r}", listed, 30)
+    await eventually(f"{replicas} healthy signal-service replicas", healthy, 30)
     return time.monotonic() - started
 
 
@@ -111,7 +120,7 @@ async def check_scaling(gateway: str, numbers_from: int = 100) -> None:
         say(f"scale: {len(first)} clients on {sorted(two)}, {PAIRS} senders offering every 0.1 s")
 
         took = await scale_to(4, "signal 4,")
-        say(f"scale: 2 -> 4 replicas, the gateway listed 4 after {took:.1f} s")
+        say(f"scale: 2 -> 4 replicas, listed by the gateway and healthy after {took:.1f} s")
         for client in late:
             await client.join(gateway)
         # Offers towards the new clients too: some of them are on replicas about to go.
@@ -132,7 +141,7 @@ async def check_scaling(gateway: str, numbers_from: int = 100) -> None:
 
         started = time.monotonic()
         took = await scale_to(2, "signal 2,")
-        say(f"scale: 4 -> 2 replicas, the gateway listed 2 after {took:.1f} s")
+        say(f"scale: 4 -> 2 replicas, the gateway lists 2 after {took:.1f} s")
         everyone = first + late
 
         async def settled() -> dict[str, set[str]] | None:

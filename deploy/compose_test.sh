@@ -26,7 +26,12 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 started=$(date +%s)
 step() { echo "==> [$(($(date +%s) - started))s] $*"; }
-fail() { echo "compose-test: FAILED: $*" >&2; exit 1; }
+fail() {
+    # The check's own reason again, after the logs printed since (CI shows the end of the output).
+    [ ! -s "${CHECK_REPORT:-}" ] || sed 's/^/compose-test: CHECK FAILED: /' "$CHECK_REPORT" >&2
+    echo "compose-test: FAILED: $*" >&2
+    exit 1
+}
 
 PROJECT=${RTC_COMPOSE_PROJECT:-rtc-compose-test}
 FRESH_PROJECT=$PROJECT-fresh
@@ -55,6 +60,7 @@ fi
 
 RUN=$(mktemp -d /tmp/rtc-compose-test.XXXXXX)
 chmod 700 "$RUN"
+export CHECK_REPORT=$RUN/check-failed
 # podman's defaults fail on these machines: crun cannot raise RLIMIT_NOFILE, and the cgroup
 # layout is hybrid without systemd. This file is used by the podman CLI and by the service.
 # exit_command_delay: the conmon of an exec session (`compose exec redis redis-cli`) outlives it
@@ -74,8 +80,9 @@ network_backend = "netavark"
 EOF
 export CONTAINERS_CONF=$RUN/containers.conf
 export DOCKER_HOST=unix://$RUN/podman.sock
+# The main stack takes its secrets as files (deploy/compose.secrets.yml, SECRETS_DIR in its env).
 COMPOSE=(docker-compose -p "$PROJECT" --env-file "$RUN/env" -f docker-compose.yml
-         -f deploy/compose.test.yml --profile coturn)
+         -f deploy/compose.secrets.yml -f deploy/compose.test.yml --profile coturn)
 
 # The gateway is published on 127.0.0.1 only. Connections to it arrive source-NATed (every
 # client has the same address), so deploy/compose.test.yml sets the gateway's affinity key to
@@ -192,22 +199,47 @@ s=socket.socket(socket.AF_INET, getattr(socket, sys.argv[1])); s.bind(("127.0.0.
 }
 GATEWAY_PORT=$(free_port SOCK_STREAM)
 TURN_PORT=$(free_port SOCK_DGRAM)
+new_secret() { "$PY" -c 'import secrets; print(secrets.token_urlsafe(32))'; }
 JWT_SECRET=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(48))')
-TURN_SECRET=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(32))')
-REDIS_PASSWORD=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(32))')
+TURN_SECRET=$(new_secret)
+REDIS_PASSWORD=$(new_secret)
 # Required by docker-compose.yml; no MongoDB runs here (the directory is Redis).
-MONGO_PASSWORD=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(32))')
+MONGO_PASSWORD=$(new_secret)
+ADMIN_TOKEN=$(new_secret)
+# The main stack's secrets as an operator lays them out for deploy/compose.secrets.yml: a 0700
+# folder of 0444 files (the containers read them as their own users). Tokens are RS256, checked
+# with a multi-line PEM public key; the checks sign with its private key.
+SECRETS_DIR=$RUN/secrets
+mkdir -m 700 "$SECRETS_DIR"
+printf '%s\n' "$REDIS_PASSWORD" >"$SECRETS_DIR/redis_password"
+printf '%s\n' "$MONGO_PASSWORD" >"$SECRETS_DIR/mongo_password"
+printf '%s\n' "$TURN_SECRET" >"$SECRETS_DIR/turn_secret"
+printf '%s\n' "$ADMIN_TOKEN" >"$SECRETS_DIR/admin_token"
+new_secret >"$SECRETS_DIR/log_pseudonym_key"
+"$PY" - "$RUN/jwt_private_key.pem" "$SECRETS_DIR/jwt_public_key.pem" <<'PYEOF'
+import sys
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+with open(sys.argv[1], "wb") as out:
+    out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()))
+with open(sys.argv[2], "wb") as out:
+    out.write(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo))
+PYEOF
+chmod 600 "$RUN/jwt_private_key.pem"
+chmod 444 "$SECRETS_DIR"/*
+JWT_PRIVATE_KEY=$(cat "$RUN/jwt_private_key.pem")
 cat >"$RUN/env" <<EOF
 GATEWAY_BIND=127.0.0.1
 GATEWAY_PORT=$GATEWAY_PORT
 GATEWAY_RESOLVE_SECONDS=2
-JWT_SECRET=$JWT_SECRET
-REDIS_PASSWORD=$REDIS_PASSWORD
+SECRETS_DIR=$SECRETS_DIR
+JWT_ALGORITHMS=RS256
 MONGO_INITDB_ROOT_USERNAME=rtc
-MONGO_INITDB_ROOT_PASSWORD=$MONGO_PASSWORD
 ALLOW_BEARER_AUTH=true
 RTC_PROVIDER=coturn
-TURN_SECRET=$TURN_SECRET
 TURN_URIS=turn:127.0.0.1:$TURN_PORT?transport=udp,turn:127.0.0.1:$TURN_PORT?transport=tcp
 TURN_PORT=$TURN_PORT
 TURN_LISTENING_IP=127.0.0.1
@@ -276,19 +308,22 @@ if ! "$PY" deploy/compose_check.py wait --gateway "http://127.0.0.1:$GATEWAY_POR
 fi
 
 # --- 5. the checks ----------------------------------------------------------------------------
+# What the checks know of the stack's secrets (to use them, and to look for them where they must
+# not be: logs, command lines, the containers' environment).
+export REDIS_PASSWORD MONGO_PASSWORD TURN_SECRET ADMIN_TOKEN JWT_PRIVATE_KEY SECRETS_AS_FILES=1
+
 step "hardening and networks of every container"
-REDIS_PASSWORD=$REDIS_PASSWORD "$PY" deploy/compose_check.py hardening --project "$PROJECT" \
-    --replicas "$REPLICAS" || fail "hardening"
+"$PY" deploy/compose_check.py hardening --project "$PROJECT" --replicas "$REPLICAS" \
+    || fail "hardening"
 
 step "checks through the gateway"
-JWT_SECRET=$JWT_SECRET TURN_SECRET=$TURN_SECRET REDIS_PASSWORD=$REDIS_PASSWORD \
-    MONGO_PASSWORD=$MONGO_PASSWORD "$PY" deploy/compose_check.py run \
+"$PY" deploy/compose_check.py run \
     --gateway "http://127.0.0.1:$GATEWAY_PORT" --turn "127.0.0.1:$TURN_PORT" \
     --replicas "$REPLICAS" \
     || { "${COMPOSE[@]}" logs --tail 40 gateway signal-service 2>&1 | tail -n 120 || true; fail "checks"; }
 
 step "signal-service scaled 2 -> 4 -> 2 under signaling load"
-JWT_SECRET=$JWT_SECRET REDIS_PASSWORD=$REDIS_PASSWORD "$PY" deploy/compose_check.py scale \
+"$PY" deploy/compose_check.py scale \
     --gateway "http://127.0.0.1:$GATEWAY_PORT" \
     || { "${COMPOSE[@]}" logs --tail 40 gateway signal-service 2>&1 | tail -n 120 || true; fail "scale"; }
 
@@ -297,7 +332,7 @@ JWT_SECRET=$JWT_SECRET REDIS_PASSWORD=$REDIS_PASSWORD "$PY" deploy/compose_check
 # during signal-service's restarts (docs/reliability.md, "Rolling restarts").
 if [ -n "${COMPOSE_ROLLING:-}" ]; then
     step "rolling restart of every service, one replica at a time, under load"
-    JWT_SECRET=$JWT_SECRET REDIS_PASSWORD=$REDIS_PASSWORD "$PY" deploy/compose_check.py rolling \
+    "$PY" deploy/compose_check.py rolling \
         --gateway "http://127.0.0.1:$GATEWAY_PORT" \
         || { "${COMPOSE[@]}" logs --tail 40 gateway 2>&1 | tail -n 60 || true; fail "rolling"; }
 fi

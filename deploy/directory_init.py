@@ -8,6 +8,9 @@ Run with the ice-service image (`python /app/directory_init.py`), reading the se
   documents `{key, enabled: true}` for `DIRECTORY_INIT_FLAGS` (default `rtc.ice`).
 - Redis directory (`DIRECTORY_URL`, or `REDIS_URL` when unset, `redis://...`): only the flags.
 
+Passwords are added as the services add them: `REDIS_PASSWORD` (or `REDIS_PASSWORD_FILE`) to a
+redis:// URL, `DIRECTORY_PASSWORD` (or `DIRECTORY_PASSWORD_FILE`) to a mongodb:// URL's user.
+
 A flag that already exists is left as it is (an operator's `rtcctl flags disable rtc.ice`
 survives a redeploy); every step is idempotent. The directory may still be starting: the script
 retries for up to `DIRECTORY_INIT_WAIT_SECONDS` (default 60). Exit status 0 when done, 1 when the
@@ -20,7 +23,10 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
+
+from rtc_common.settings import read_secret_file, with_directory_password, with_redis_password
 
 DEFAULTS = {
     "REDIS_URL": "redis://127.0.0.1:6379/0",
@@ -38,6 +44,24 @@ REDIS_FLAGS_KEY = "rtc:flags"
 def setting(env: Mapping[str, str], name: str) -> str:
     value = env.get(name, "").strip()
     return value or DEFAULTS.get(name, "")
+
+
+def secret(env: Mapping[str, str], name: str) -> str:
+    """`name`'s value, or the content of the file `<name>_FILE` names ("" when neither)."""
+    value, path = setting(env, name), setting(env, f"{name}_FILE")
+    if value and path:
+        raise ValueError(f"{name} and {name}_FILE are both set: use one of them")
+    return read_secret_file(f"{name}_FILE", Path(path)) if path else value
+
+
+def directory_url(env: Mapping[str, str]) -> str:
+    """The directory's URL with the password the services would add to it."""
+    url = setting(env, "DIRECTORY_URL") or setting(env, "REDIS_URL")
+    if redis_password := secret(env, "REDIS_PASSWORD"):
+        url = with_redis_password(url, redis_password)
+    if directory_password := secret(env, "DIRECTORY_PASSWORD"):
+        url = with_directory_password(url, directory_password)
+    return url
 
 
 def init_mongo(url: str, env: Mapping[str, str], *, timeout_ms: int = 2000) -> list[str]:
@@ -103,7 +127,11 @@ def main(
     log: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> int:
     env = os.environ if env is None else env
-    url = setting(env, "DIRECTORY_URL") or setting(env, "REDIS_URL")
+    try:
+        url = directory_url(env)
+    except ValueError as exc:  # names the variable, never the secret
+        log(f"directory-init: {exc}")
+        return 2
     try:
         wait = float(setting(env, "DIRECTORY_INIT_WAIT_SECONDS"))
     except ValueError:

@@ -17,6 +17,8 @@
 #     ranges 10/8, 172.16/12 and 192.168/16 (the rest of the list stays denied).
 # Limits: TURN_TCP_RELAY (false: no-tcp-relay), TURN_USER_QUOTA (12 allocations per user),
 #   TURN_TOTAL_QUOTA (800 allocations), TURN_MAX_BPS (1000000 bytes/s per session); 0: no limit.
+# Secrets as files (compose secrets): TURN_SECRET_FILE, TURN_SECRET_PREVIOUS_FILE and
+#   TURN_ADMIN_PASSWORD_FILE instead of the values (one trailing newline is dropped).
 # A value that is not what its variable takes stops the start (exit 64) with a message.
 # Test hooks (tests/service/test_coturn_peers.py): TURN_CONFIG_DIR (/etc/rtc-coturn: the template and
 #   denied-peers.txt), TURN_RUN_DIR (/tmp: the rendered config, pid file and user db),
@@ -188,6 +190,19 @@ peer_lines() { # KEY WHAT [list]
         END { exit bad ? 64 : 0 }'
 }
 
+# NAME from the file NAME_FILE names, as the services read their *_FILE variables.
+from_file() {
+    eval "value=\${$1:-} path=\${$1_FILE:-}"
+    [ -n "$path" ] || return 0
+    [ -z "$value" ] || { log "$1 and $1_FILE are both set: use one of them"; exit 64; }
+    [ -r "$path" ] || { log "$1_FILE cannot be read"; exit 64; }
+    value=$(cat "$path")
+    [ -n "$value" ] || { log "$1_FILE is empty"; exit 64; }
+    export "$1=$value"
+}
+from_file TURN_SECRET
+from_file TURN_SECRET_PREVIOUS
+from_file TURN_ADMIN_PASSWORD
 : "${TURN_SECRET:?TURN_SECRET is required (the same secret as ice-service)}"
 export TURN_SECRET_PREVIOUS="${TURN_SECRET_PREVIOUS:-}"
 export TURN_PORT="${TURN_PORT:-3478}"

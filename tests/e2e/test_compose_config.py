@@ -17,17 +17,19 @@ import pytest
 import yaml
 from ice_service.settings import IceSettings
 from relay_service.settings import RelaySettings
+from rtc_common.settings import load_settings
 from signal_service.settings import SignalSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 TEST_OVERRIDE = ROOT / "deploy" / "compose.test.yml"
+SECRETS_OVERRIDE = ROOT / "deploy" / "compose.secrets.yml"
 ENV_EXAMPLE = ROOT / "deploy" / "env.example"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 # Fixed by the images (HOST, PORT), derived per container (INSTANCE_ID), or not a variable.
 NOT_CONFIGURED = {"HOST", "PORT", "SERVICE_NAME", "INSTANCE_ID"}
 # Set by docker-compose.yml itself: the stack's own stores, with their credentials.
-STORE_URLS = {"REDIS_URL", "RELAY_REDIS_URL", "DIRECTORY_URL"}
+STORE_URLS = {"REDIS_URL", "RELAY_REDIS_URL", "DIRECTORY_URL", "DIRECTORY_PASSWORD"}
 # What .env must hold for docker-compose.yml to render (env.example leaves secrets empty).
 SECRETS = {
     "REDIS_PASSWORD": "redis-password-0123456789",
@@ -192,8 +194,10 @@ def test_dotenv_is_git_ignored() -> None:
 
 
 @needs_compose
-@pytest.mark.parametrize("missing", sorted(SECRETS))
-def test_compose_refuses_to_render_without_a_store_secret(missing: str) -> None:
+def test_compose_refuses_to_render_without_the_mongo_user() -> None:
+    # The passwords may be files (compose secrets): the redis and mongo containers refuse to
+    # start without them (test_redis_refuses_a_password_that_breaks_the_urls).
+    missing = "MONGO_INITDB_ROOT_USERNAME"
     done = compose("-f", str(COMPOSE), "config", "-q", secrets={**SECRETS, missing: ""})
     assert done.returncode != 0
     assert f"{missing} is required in .env" in done.stderr
@@ -201,21 +205,36 @@ def test_compose_refuses_to_render_without_a_store_secret(missing: str) -> None:
         assert value not in done.stderr + done.stdout, f"the error shows {name}"
 
 
+def settings_of(env: dict[str, Any], **more: str) -> RelaySettings:
+    """What a service makes of a rendered environment (rendered values, None for empty)."""
+    values = {k: str(v) for k, v in env.items() if v not in (None, "")}
+    return load_settings(RelaySettings, {"JWT_SECRET": "j" * 48, **values, **more})
+
+
 @needs_compose
 @pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, TEST_OVERRIDE]], ids=["prod", "test"])
-def test_every_redis_url_carries_the_password(files: list[Path]) -> None:
+def test_every_store_url_gets_the_password(files: list[Path]) -> None:
     services = rendered(*files)["services"]
     url = f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0"
     for name in PYTHON_SERVICES:
         env = services[name]["environment"]
-        assert env["REDIS_URL"] == url, name
-        assert env["RELAY_REDIS_URL"] == url, name
+        # Not in the URLs (they may come from files): the services add them.
+        assert env["REDIS_URL"] == env["RELAY_REDIS_URL"] == "redis://redis:6379/0", name
+        settings = settings_of(env)
+        assert settings.redis_url == url, name
+        assert settings.effective_relay_redis_url == url, name
         if env["DIRECTORY_URL"].startswith("redis"):
-            assert env["DIRECTORY_URL"] == url, name
+            assert settings.directory_url == url, name
+        else:
+            user = SECRETS["MONGO_INITDB_ROOT_USERNAME"]
+            password = SECRETS["MONGO_INITDB_ROOT_PASSWORD"]
+            assert settings.directory_url == (
+                f"mongodb://{user}:{password}@mongo:27017/?authSource=admin"
+            )
     redis = services["redis"]
     # redis-cli in the container (healthcheck, `exec redis redis-cli`) authenticates with it.
     assert redis["environment"]["REDISCLI_AUTH"] == SECRETS["REDIS_PASSWORD"]
-    assert redis["healthcheck"]["test"][-1].startswith("redis-cli ping")
+    assert "redis-cli ping | grep -q PONG" in redis["healthcheck"]["test"][-1]
 
 
 @needs_compose
@@ -239,6 +258,7 @@ def test_redis_runs_with_a_password_and_a_memory_ceiling() -> None:
         ("has@an-at-sign-and-more", "letters, digits and . _ ~ - only"),
         ("has:a-colon-and-more-chars", "letters, digits and . _ ~ - only"),
         ("short-pass", "at least 16 characters"),
+        ("", "at least 16 characters"),
     ],
 )
 def test_redis_refuses_a_password_that_breaks_the_urls(password: str, complaint: str) -> None:
@@ -254,7 +274,7 @@ def test_redis_refuses_a_password_that_breaks_the_urls(password: str, complaint:
     )
     assert done.returncode == 64, done.stderr
     assert "REDIS_PASSWORD" in done.stderr and complaint in done.stderr
-    assert password not in done.stderr
+    assert not password or password not in done.stderr
 
 
 @needs_compose
@@ -272,7 +292,7 @@ def test_mongo_authentication_is_on() -> None:
     user, password = SECRETS["MONGO_INITDB_ROOT_USERNAME"], SECRETS["MONGO_INITDB_ROOT_PASSWORD"]
     expected = f"mongodb://{user}:{password}@mongo:27017/?authSource=admin"
     for name in PYTHON_SERVICES:
-        assert services[name]["environment"]["DIRECTORY_URL"] == expected, name
+        assert settings_of(services[name]["environment"]).directory_url == expected, name
 
 
 def networks_of(service: dict[str, Any]) -> set[str]:
@@ -333,3 +353,120 @@ def test_env_example_marks_the_store_secrets_required() -> None:
     for name in SECRETS:
         assert "Required" in comment_above(name), name
     assert "noeviction" in comment_above("REDIS_MAXMEMORY")
+
+
+# -- secrets as files (deploy/compose.secrets.yml) ----------------------------------------------
+
+# What each container mounts: only the secrets it reads.
+SERVICE_SECRETS = {"redis_password", "mongo_password", "jwt_public_key.pem", "log_pseudonym_key"}
+SECRET_MOUNTS = {
+    "ice-service": {*SERVICE_SECRETS, "turn_secret", "admin_token"},
+    "signal-service": SERVICE_SECRETS,
+    "relay-service": SERVICE_SECRETS,
+    "directory-init": {"redis_password", "mongo_password"},
+    "redis": {"redis_password"},
+    "mongo": {"mongo_password"},
+    "coturn": {"turn_secret"},
+    "gateway": set(),
+}  # fmt: skip
+
+
+def secret_files(folder: Path) -> dict[str, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    public = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    values = {
+        "redis_password": "redis-password-from-a-file",
+        "mongo_password": "mongo-password-from-a-file",
+        "jwt_public_key.pem": pem,
+        "log_pseudonym_key": "pseudonym-key-from-a-file-0123456789",
+        "turn_secret": "turn-secret-from-a-file",
+        "admin_token": "admin-token-from-a-file-0123456789abcdef",
+    }
+    folder.mkdir(mode=0o700)
+    for name, value in values.items():
+        (folder / name).write_text(value if value.endswith("\n") else value + "\n")
+    return values
+
+
+@needs_compose
+def test_secrets_as_files(tmp_path: Path) -> None:
+    folder = tmp_path / "secrets"
+    values = secret_files(folder)
+    env = {"MONGO_INITDB_ROOT_USERNAME": "rtc-root", "SECRETS_DIR": str(folder)}
+    done = compose(
+        "-f", str(COMPOSE), "-f", str(SECRETS_OVERRIDE), "--profile", "coturn", "config",
+        secrets={**env, "JWT_ALGORITHMS": "RS256"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    document = yaml.safe_load(done.stdout)
+    assert {name: s["file"] for name, s in document["secrets"].items()} == {
+        name: str(folder / name) for name in values
+    }
+    for name, service in document["services"].items():
+        if name in ("prometheus", "grafana"):
+            continue
+        mounted = {secret["source"] for secret in service.get("secrets", [])}
+        assert mounted == SECRET_MOUNTS[name], name
+        environment = service.get("environment", {})
+        named = {
+            v.removeprefix("/run/secrets/")
+            for k, v in environment.items()
+            if k.endswith("_FILE") and v
+        }
+        assert named == mounted, name  # every mounted secret is read, and only those
+        for value in values.values():
+            assert value.strip() not in done.stdout  # the values stay in their files
+
+    # What the services make of it, the files where the containers find them.
+    for name in ("ice-service", "signal-service", "relay-service"):
+        environment = {
+            k: str(v).replace("/run/secrets", str(folder))
+            for k, v in document["services"][name]["environment"].items()
+            if v not in (None, "")
+        }
+        settings = load_settings(IceSettings, environment)
+        assert settings.redis_url == f"redis://:{values['redis_password']}@redis:6379/0"
+        assert settings.directory_url == (
+            f"mongodb://rtc-root:{values['mongo_password']}@mongo:27017/?authSource=admin"
+        )
+        assert settings.jwt_public_key is not None
+        assert settings.jwt_public_key.get_secret_value() == values["jwt_public_key.pem"].strip()
+        assert settings.log_pseudonym_key is not None
+        if name == "ice-service":
+            assert settings.turn_secret is not None and settings.admin_token is not None
+            assert settings.turn_secret.get_secret_value() == values["turn_secret"]
+            assert settings.admin_token.get_secret_value() == values["admin_token"]
+
+
+@needs_compose
+@pytest.mark.parametrize(
+    ("content", "env", "complaint"),
+    [
+        ("short-from-file\n", {}, "at least 16 characters"),  # read from the file
+        (None, {}, "REDIS_PASSWORD_FILE cannot be read"),
+        ("long-enough-password-0123\n", {"REDISCLI_AUTH": "x" * 20}, "are both set"),
+    ],
+)
+def test_redis_reads_its_password_file(
+    tmp_path: Path, content: str | None, env: dict[str, str], complaint: str
+) -> None:
+    script = rendered()["services"]["redis"]["command"][-1].replace("$$", "$")
+    path = tmp_path / "redis_password"
+    if content is not None:
+        path.write_text(content)
+    done = subprocess.run(
+        ["sh", "-ec", script],
+        env={
+            "PATH": os.environ["PATH"], "REDIS_MAXMEMORY": "1mb", "REDISCLI_AUTH": "",
+            "REDIS_PASSWORD_FILE": str(path), **env,
+        },
+        capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+    assert done.returncode == 64, done.stderr
+    assert complaint in done.stderr
+    assert "from-file" not in done.stderr and "0123" not in done.stderr

@@ -448,6 +448,44 @@ def test_invalid_values_stop_the_entrypoint(
     assert not (tmp_path / "turnserver.conf").exists()
 
 
+def test_secrets_come_from_files(tmp_path: Path) -> None:
+    # Compose secrets: each secret a file, one trailing newline dropped; the value never printed.
+    (tmp_path / "turn").write_text("turn-secret-from-a-file\n")
+    (tmp_path / "previous").write_text("previous-secret-from-a-file")
+    (tmp_path / "admin").write_text("admin-password-from-a-file\n")
+    lines = rendered(
+        tmp_path,
+        TURN_SECRET="",
+        TURN_SECRET_FILE=str(tmp_path / "turn"),
+        TURN_SECRET_PREVIOUS_FILE=str(tmp_path / "previous"),
+        TURN_ADMIN_PASSWORD_FILE=str(tmp_path / "admin"),
+    )
+    assert "static-auth-secret=turn-secret-from-a-file" in lines
+    assert "static-auth-secret=previous-secret-from-a-file" in lines
+    assert "cli-password=admin-password-from-a-file" in lines
+
+
+@pytest.mark.parametrize(
+    ("content", "env", "message"),
+    [
+        (None, {"TURN_SECRET": ""}, "TURN_SECRET_FILE cannot be read"),
+        ("", {"TURN_SECRET": ""}, "TURN_SECRET_FILE is empty"),
+        ("from-a-file", {}, "TURN_SECRET and TURN_SECRET_FILE are both set"),
+    ],
+)
+def test_a_bad_secret_file_stops_the_entrypoint(
+    tmp_path: Path, content: str | None, env: dict[str, str], message: str
+) -> None:
+    path = tmp_path / "turn"
+    if content is not None:
+        path.write_text(content)
+    done = render(tmp_path, TURN_SECRET_FILE=str(path), **env)
+    assert done.returncode == 64, (done.returncode, done.stderr)
+    assert message in done.stderr
+    assert TURN_SECRET not in done.stderr and "from-a-file" not in done.stderr
+    assert not (tmp_path / "turnserver.conf").exists()
+
+
 # --- real coturn with each rendered config ----------------------------------------------------
 
 

@@ -149,6 +149,34 @@ def test_redis_directory_flag_created_once(redis_server: RedisServer) -> None:
     assert lines == ["directory-init: redis: flag rtc.ice already set, kept"]
 
 
+def test_passwords_from_files_as_the_services_add_them(tmp_path: Path) -> None:
+    (tmp_path / "redis").write_text("redis-pw\n")
+    (tmp_path / "mongo").write_text("mongo-pw\n")
+    files = {
+        "REDIS_PASSWORD_FILE": str(tmp_path / "redis"),
+        "DIRECTORY_PASSWORD_FILE": str(tmp_path / "mongo"),
+    }
+    url = directory_init.directory_url({"DIRECTORY_URL": "mongodb://rtc@mongo:27017/", **files})
+    assert url == "mongodb://rtc:mongo-pw@mongo:27017/"
+    assert directory_init.directory_url({"REDIS_URL": "redis://redis:6379/0", **files}) == (
+        "redis://:redis-pw@redis:6379/0"
+    )
+    lines: list[str] = []
+    env = {"DIRECTORY_URL": "redis://redis:6379/0", "REDIS_PASSWORD": "redis-pw", **files}
+    assert directory_init.main(env, log=lines.append) == 2
+    assert lines == [
+        "directory-init: REDIS_PASSWORD and REDIS_PASSWORD_FILE are both set: use one of them"
+    ]
+    lines.clear()
+    missing = {"DIRECTORY_PASSWORD_FILE": str(tmp_path / "absent")}
+    assert (
+        directory_init.main({"DIRECTORY_URL": "mongodb://rtc@m/", **missing}, log=lines.append) == 2
+    )
+    assert lines == [
+        "directory-init: DIRECTORY_PASSWORD_FILE cannot be read (No such file or directory)"
+    ]
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

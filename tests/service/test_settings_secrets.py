@@ -346,6 +346,38 @@ def test_redis_password_default_url_and_directory(tmp_path: Path) -> None:
     assert local.directory_url == "redis://:pw@127.0.0.1:1/2"
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mongodb://rtc@mongo:27017/?authSource=admin",
+         f"mongodb://rtc:{QUOTED}@mongo:27017/?authSource=admin"),
+        ("mongodb+srv://rtc@cluster.example/rtc", f"mongodb+srv://rtc:{QUOTED}@cluster.example/rtc"),
+        ("mongodb://rtc@a:27017,b:27017/?replicaSet=rs", f"mongodb://rtc:{QUOTED}@a:27017,b:27017/?replicaSet=rs"),
+        # A password in the URL wins; no user: nothing to give it to (the driver would refuse).
+        ("mongodb://rtc:inline@mongo:27017", "mongodb://rtc:inline@mongo:27017"),
+        ("mongodb://mongo:27017", "mongodb://mongo:27017"),
+    ],
+)  # fmt: skip
+def test_directory_password_goes_to_the_mongodb_user(
+    url: str, expected: str, tmp_path: Path
+) -> None:
+    env = {"JWT_SECRET": JWT_SECRET, "DIRECTORY_URL": url}
+    assert (
+        load_settings(CommonSettings, {**env, "DIRECTORY_PASSWORD": REDIS_PASSWORD}).directory_url
+        == expected
+    )
+    path = tmp_path / "mongo_password"
+    path.write_text(REDIS_PASSWORD + "\n")
+    settings = load_settings(CommonSettings, {**env, "DIRECTORY_PASSWORD_FILE": str(path)})
+    assert settings.directory_url == expected
+    # The Redis password is not the directory's, nor the other way round.
+    other = load_settings(CommonSettings, {**env, "REDIS_PASSWORD": "redis-only"})
+    assert other.directory_url == url
+    redis_dir = {"JWT_SECRET": JWT_SECRET, "DIRECTORY_URL": "redis://127.0.0.1:1/2"}
+    plain = load_settings(CommonSettings, {**redis_dir, "DIRECTORY_PASSWORD": "mongo-only"})
+    assert plain.directory_url == "redis://127.0.0.1:1/2"
+
+
 @pytest.fixture
 def redis_with_password(tmp_path: Path) -> Iterator[str]:
     """A redis-server that refuses clients without REDIS_PASSWORD; yields its URL (no password)."""

@@ -66,6 +66,17 @@ def read_secret_file(variable: str, path: Path) -> str:
 
 def with_redis_password(url: str, password: str) -> str:
     """`url` with `password` added, unless it already carries one (then it wins)."""
+    return _with_password(url, password, ("redis", "rediss"))
+
+
+def with_directory_password(url: str, password: str) -> str:
+    """A mongodb:// `url` with `password` given to its user, unless it carries one."""
+    if not urlsplit(url).username:
+        return url
+    return _with_password(url, password, ("mongodb", "mongodb+srv"))
+
+
+def _with_password(url: str, password: str, schemes: tuple[str, ...]) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         # redis-py reads a unix socket's password from the query string.
@@ -74,7 +85,7 @@ def with_redis_password(url: str, password: str) -> str:
         # Appended as text: urlunsplit would drop the empty host of unix:///path.
         separator = "&" if parts.query else ("" if url.endswith("?") else "?")
         return f"{url}{separator}password={quote(password, safe='')}"
-    if parts.scheme not in ("redis", "rediss") or parts.password:
+    if parts.scheme not in schemes or parts.password:
         return url
     userinfo, _, hostport = parts.netloc.rpartition("@")
     user = userinfo.partition(":")[0]
@@ -111,6 +122,9 @@ class CommonSettings(BaseSettings):
     redis_password: SecretStr | None = None
     redis_password_file: str | None = None
     directory_url: str | None = None
+    # Given to the user of a mongodb:// DIRECTORY_URL that carries no password.
+    directory_password: SecretStr | None = None
+    directory_password_file: str | None = None
     mongo_db: str = "rtc"
     mongo_flags_collection: str = "featureflags"
     mongo_contacts_collection: str = "contacts"
@@ -154,6 +168,7 @@ class CommonSettings(BaseSettings):
         "jwt_public_key",
         "jwt_public_key_previous",
         "redis_password",
+        "directory_password",
         "log_pseudonym_key",
     )
 
@@ -229,6 +244,11 @@ class CommonSettings(BaseSettings):
             for name in _REDIS_URL_FIELDS:
                 if name in cls.model_fields and isinstance(data.get(name), str):
                     data[name] = with_redis_password(data[name], password)
+        password = data.get("directory_password")
+        if password and isinstance(data.get("directory_url"), str):
+            if not isinstance(password, str):
+                password = password.get_secret_value()
+            data["directory_url"] = with_directory_password(data["directory_url"], password)
         return data
 
     @model_validator(mode="after")

@@ -145,9 +145,11 @@ async def _watchdog(app: web.Application) -> None:
         except Exception as exc:
             PUBSUB_PROBE_FAILURES.inc()
             PUBSUB_LISTENER_UP.set(0)
-            failed_probes += 1
+            # Only failures while subscribed count: those of an outage (the listener knows it
+            # lost Redis) would otherwise restart the subscription just made once Redis is back.
+            failed_probes = failed_probes + 1 if manager.subscribed else 0
             log.warning("pub/sub self-probe failed", extra={"error": type(exc).__name__})
-            if failed_probes >= 2 and manager.subscribed:
+            if failed_probes >= 2:
                 # Subscribed yet deaf: the silent listener failure. Start the subscription over.
                 await manager.resubscribe()
         await asyncio.sleep(settings.presence_heartbeat_seconds)
