@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from compose_check import Client, eventually, instances_of, token
-from compose_common import CheckFailed, compose, redis_cli, say
+from compose_common import STARTED, CheckFailed, compose, redis_cli, say
 from compose_scale import Flow, report
 from rtc_testkit.contract import conv_id
 
@@ -48,6 +48,8 @@ class Load:
     samples: list[tuple[str, str, str]] = field(default_factory=list)
     # requests sent again because the gateway closed the idle keep-alive connection under them
     resent: int = 0
+    # when each failure was answered (seconds on the checks' clock), to set beside the restarts
+    failed_at: list[float] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -84,8 +86,10 @@ class Load:
                 status, request_id, body = type(exc).__name__, "", ""
             break
         self.statuses[str(status)] += 1
-        if not str(status).startswith("2") and len(self.samples) < 5:
-            self.samples.append((str(status), request_id, body[:200]))
+        if not str(status).startswith("2"):
+            self.failed_at.append(time.monotonic() - STARTED)
+            if len(self.samples) < 5:
+                self.samples.append((str(status), request_id, body[:200]))
 
 
 def _containers(service: str) -> list[str]:
@@ -101,10 +105,26 @@ def _podman(*args: str) -> str:
     return done.stdout.strip()
 
 
-async def restart_one(container: str) -> float:
+# (service, from, to) of each restart, on the checks' clock
+RESTARTS: list[tuple[str, float, float]] = []
+
+
+def windows_of(times: list[float]) -> str:
+    """Failure times as spans (a gap of a second starts a new one), with counts."""
+    spans: list[list[float]] = []
+    for t in sorted(times):
+        if spans and t - spans[-1][1] <= 1.0:
+            spans[-1][1], spans[-1][2] = t, spans[-1][2] + 1
+        else:
+            spans.append([t, t, 1])
+    return ", ".join(f"{a:.1f}-{b:.1f} s: {int(n)}" for a, b, n in spans) or "none"
+
+
+async def restart_one(container: str, service: str = "") -> float:
     """SIGTERM (10 s grace), start again, healthy: the seconds it took."""
     started = time.monotonic()
     await asyncio.to_thread(_podman, "restart", "-t", "10", container)
+    stopped_started = time.monotonic()
 
     async def healthy() -> bool:
         status = await asyncio.to_thread(
@@ -113,6 +133,7 @@ async def restart_one(container: str) -> float:
         return status == "healthy"
 
     await eventually(f"{container[:12]} healthy again", healthy, HEALTHY_WITHIN)
+    RESTARTS.append((service, started - STARTED, stopped_started - STARTED))
     return time.monotonic() - started
 
 
@@ -142,6 +163,8 @@ async def check_rolling(gateway: str, numbers_from: int = 300) -> None:
         *[["SADD", f"rtc:contacts:{a}", b] for a, b in pairs],
         *[["SADD", f"rtc:contacts:{b}", a] for a, b in pairs],
     )
+    # Redis's own record of its stalls (fsync, forks, slow commands) over 100 ms, for the report.
+    await asyncio.to_thread(redis_cli, ["CONFIG", "SET", "latency-monitor-threshold", "100"])
     tokens = {w: token(w) for w in [*ice_wallets, *senders, *socket_wallets]}
     clients = [Client(w, numbers_from + n) for n, w in enumerate(socket_wallets)]
     for client in clients:
@@ -203,7 +226,7 @@ async def check_rolling(gateway: str, numbers_from: int = 300) -> None:
         try:
             for service in SERVICES:
                 for container in await asyncio.to_thread(_containers, service):
-                    took = await restart_one(container)
+                    took = await restart_one(container, service)
                     per_service.setdefault(service, []).append(took)
                 say(
                     f"rolling: {service} restarted one replica at a time: "
@@ -236,7 +259,18 @@ async def check_rolling(gateway: str, numbers_from: int = 300) -> None:
             f"rolling: sent again after the gateway closed a kept-alive connection: ICE"
             f" {ice.resent}, relay {relay.resent}"
         )
+        stalls = await asyncio.to_thread(redis_cli, ["LATENCY", "LATEST"], ["INFO", "persistence"])
+        delayed = [line for line in stalls if line.startswith("aof_delayed_fsync")]
+        events = [line for line in stalls if ":" not in line and line.strip()]
+        say(f"rolling: Redis's latency events over 100 ms (event, at, ms, max ms): {events}")
+        say(f"rolling: Redis {delayed}")
+        say(
+            "rolling: restarts (SIGTERM to started again): "
+            + ", ".join(f"{name} {a:.1f}-{b:.1f} s" for name, a, b in RESTARTS)
+        )
         if ice.failed or relay.failed:
+            say(f"rolling: ICE failures at {windows_of(ice.failed_at)}")
+            say(f"rolling: relay failures at {windows_of(relay.failed_at)}")
             log = await asyncio.to_thread(compose, "logs", "--no-color", "gateway")
             for load in (ice, relay):
                 for status, request_id, body in load.samples:

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from compose_check import Client, eventually, instances_of, signal_exchange
-from compose_common import CheckFailed, compose, redis_cli, say
+from compose_common import STARTED, CheckFailed, compose, redis_cli, say
 from rtc_testkit.contract import offer
 
 PAIRS = 6
@@ -39,6 +39,8 @@ class Flow:
     unacked: set[str] = field(default_factory=set)
     refusals: dict[str, int] = field(default_factory=dict)
     interval: float = INTERVAL
+    # when each offer was acked (seconds on the checks' clock), to place a lost one in time
+    acked_at: dict[str, float] = field(default_factory=dict)
 
     def delivered(self) -> set[str]:
         return {
@@ -63,6 +65,7 @@ class Flow:
                 else:
                     if isinstance(ack, dict) and ack.get("ok"):
                         self.acked.add(signal_id)
+                        self.acked_at[signal_id] = time.monotonic() - STARTED
                         break
                     code = str(ack.get("error") if isinstance(ack, dict) else ack)
                 self.refusals[code] = self.refusals.get(code, 0) + 1
@@ -207,4 +210,11 @@ async def report(flows: list[Flow], what: str = "scale") -> None:
         f" refusals retried: {refusals or 'none'}"
     )
     if lost:
+        for flow in flows:
+            for signal_id in sorted(flow.acked - flow.delivered()):
+                say(
+                    f"{what}: lost {signal_id}, acked at {flow.acked_at[signal_id]:.1f} s;"
+                    f" sender {flow.sender.wallet} ({flow.sender.connects} connects), receiver"
+                    f" {flow.receiver.wallet} ({flow.receiver.connects} connects)"
+                )
         raise CheckFailed(f"{lost} acked offers were not delivered")

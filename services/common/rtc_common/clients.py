@@ -12,6 +12,7 @@ from redis.retry import Retry
 from .keys import add_dependency
 
 REDIS_KEY = web.AppKey("rtc_redis", Redis)
+CONNECT_TIMEOUT_SECONDS = 1.5
 
 
 def as_text(value: bytes | str) -> str:
@@ -23,7 +24,8 @@ def make_redis(url: str) -> Redis:
     """A Redis client that fails fast when Redis is down (callers have fallbacks or answer 503)."""
     return Redis.from_url(
         url,
-        socket_connect_timeout=1.0,
+        # Room for one lost DNS answer asked again after 1 s (compose's dns_opt timeout:1).
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         socket_timeout=2.0,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
         health_check_interval=15,

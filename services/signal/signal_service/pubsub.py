@@ -32,6 +32,7 @@ from rtc_common.bus import (
     instance_channel,
     wallet_of_room,
 )
+from rtc_common.clients import CONNECT_TIMEOUT_SECONDS
 from rtc_common.rooms import IndexedRooms
 
 from .metrics import BUS_MESSAGES, PUBLISH_FAILURES
@@ -55,7 +56,7 @@ PUBLISH_FAILED: contextvars.ContextVar[bool] = contextvars.ContextVar(
 class ObservedRedisManager(IndexedRooms, socketio.AsyncRedisManager):  # type: ignore[misc]
     def __init__(self, url: str, channel: str, instance_id: str | None = None) -> None:
         options: dict[str, Any] = {
-            "socket_connect_timeout": 1.0,
+            "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
             "socket_keepalive": True,
             "health_check_interval": 10,
         }
