@@ -907,3 +907,28 @@ def test_hostile_input_never_500(
         assert "Traceback" not in log and "unhandled error" not in log
     finally:
         relay.stop()
+
+
+async def test_contacts_checked_in_the_enqueue_script_when_the_directory_is_the_store(
+    relay_client: RelayFactory, redis_server: RedisServer
+) -> None:
+    # One Redis for the directory and the store (the compose stack without MongoDB): the enqueue
+    # script checks the contact sets itself, so a removed contact is refused at once, where
+    # the directory cache would have kept the allow for FLAG_CACHE_SECONDS.
+    client = await relay_client(RELAY_REDIS_URL=redis_server.url, FLAG_CACHE_SECONDS="300")
+    add_contacts(redis_server, A, B)
+    assert (await enqueue(client, A, relay_message(A, B, "fold-1"))).status == 202
+    redis_server.client().srem(f"rtc:contacts:{B}", A)  # B drops A: one direction left
+    refused = await enqueue(client, A, relay_message(A, B, "fold-2"))
+    assert_error(refused, 403, "forbidden")
+    assert refused.body["message"] == "sender and recipient are not mutual contacts"
+    # Refused before anything is stored or remembered, retries of a stored id included.
+    assert_error(await enqueue(client, A, relay_message(A, B, "fold-1")), 403, "forbidden")
+    assert queue_length(redis_server, B) == 1
+    assert list(redis_server.client().scan_iter("relay:idem:*fold-2")) == []
+    for sender, to in [(C, B), (B, C)]:
+        assert_error(
+            await enqueue(client, sender, relay_message(sender, to, "x")), 403, "forbidden"
+        )
+    add_contacts(redis_server, A, B)
+    assert (await enqueue(client, A, relay_message(A, B, "fold-3"))).status == 202

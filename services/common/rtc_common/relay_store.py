@@ -78,13 +78,18 @@ local function expire(queue, acct, ttl_ms)
 end
 """
 
-# KEYS: idem, queue, acct. ARGV: max_queue, ttl_ms, from, convId, messageId, payload, forced,
-# max_bytes, sender_max_n, sender_max_bytes.
-# Returns {status, id, forced, expired}: status 0 = stored, 1 = duplicate, 2 = queue full,
-# 3 = the sender's share of the queue is full; expired = entries past their TTL trimmed now.
+# KEYS: idem, queue, acct[, the sender's contacts, the recipient's contacts]. ARGV: max_queue,
+# ttl_ms, from, convId, messageId, payload, forced, max_bytes, sender_max_n, sender_max_bytes,
+# to. Returns {status, id, forced, expired}: status 0 = stored, 1 = duplicate, 2 = queue full,
+# 3 = the sender's share of the queue is full, 4 = not mutual contacts (checked only with the
+# contact keys: a Redis directory in this Redis); expired = entries past their TTL trimmed now.
 _ENQUEUE = (
     _RELEASE
     + """
+if #KEYS == 5 and (redis.call('SISMEMBER', KEYS[4], ARGV[11]) == 0
+                   or redis.call('SISMEMBER', KEYS[5], ARGV[3]) == 0) then
+  return {4, '', '', 0}
+end
 local existing = redis.call('GET', KEYS[1])
 if existing then
   local sep = string.find(existing, '|', 1, true)
@@ -156,13 +161,18 @@ return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 
+ENQUEUE_STATUSES = {
+    0: "stored", 1: "duplicate", 2: "queue_full", 3: "sender_share_full", 4: "not_contacts"
+}  # fmt: skip
+
+
 def queued_at_ms(stream_id: str) -> int:
     return int(stream_id.split("-", 1)[0])
 
 
 @dataclass(frozen=True, slots=True)
 class Enqueued:
-    status: str  # "stored" | "duplicate" | "queue_full" | "sender_share_full"
+    status: str  # "stored" | "duplicate" | "queue_full" | "sender_share_full" | "not_contacts"
     id: str
     forced: bool
     expired: int = 0  # entries of the recipient's queue dropped for their TTL on the way
@@ -224,8 +234,12 @@ class RelayStore:
         limits: QueueLimits | None = None,
         ttl_seconds: int = 604800,
         idempotency_seconds: int = 86400,
+        contacts_prefix: str | None = None,
     ) -> None:
+        """`contacts_prefix`: the Redis directory's contact sets live in this Redis under it;
+        enqueue then checks mutual contacts in its own script (one round trip, no cache)."""
         self._redis = redis
+        self.contacts_prefix = contacts_prefix
         self.limits = limits or QueueLimits()
         self._ttl_ms = ttl_seconds * 1000
         self._idempotency_ms = idempotency_seconds * 1000
@@ -239,9 +253,12 @@ class RelayStore:
         self, *, sender: str, to: str, conv_id: str, message_id: str, payload: str, forced: bool
     ) -> Enqueued:
         limits = self.limits
+        keys = [f"{IDEM_PREFIX}{sender}:{message_id}", QUEUE_PREFIX + to, ACCOUNT_PREFIX + to]
+        if self.contacts_prefix is not None:
+            keys += [self.contacts_prefix + sender, self.contacts_prefix + to]
         status, stream_id, stored_forced, expired = await self._batcher.run(
             self._enqueue,
-            [f"{IDEM_PREFIX}{sender}:{message_id}", QUEUE_PREFIX + to, ACCOUNT_PREFIX + to],
+            keys,
             [
                 limits.max_queue,
                 self._ttl_ms,
@@ -253,9 +270,10 @@ class RelayStore:
                 limits.max_bytes,
                 limits.sender_max_messages,
                 limits.sender_max_bytes,
+                to,
             ],
         )
-        kind = {0: "stored", 1: "duplicate", 2: "queue_full", 3: "sender_share_full"}[int(status)]
+        kind = ENQUEUE_STATUSES[int(status)]
         return Enqueued(kind, as_text(stream_id), as_text(stored_forced) == "1", int(expired))
 
     async def pull(self, wallet: str, limit: int) -> Pulled:

@@ -13,7 +13,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rtc_common.auth import conv_id, get_identity, is_valid_wallet, normalize_wallet
 from rtc_common.clients import REDIS_KEY, redis_context
-from rtc_common.directory import DIRECTORY_KEY, AccessCache, directory_context
+from rtc_common.directory import (
+    DIRECTORY_KEY,
+    REDIS_CONTACTS_PREFIX,
+    AccessCache,
+    directory_context,
+)
 from rtc_common.errors import ApiError, invalid_payload, unavailable
 from rtc_common.jsonbody import parse_body
 from rtc_common.keys import SAMPLING_KEY, extra_headers
@@ -39,6 +44,7 @@ from .pusher import RelayPusher
 from .settings import RelaySettings
 from .storemem import store_memory_sampler
 
+NOT_CONTACTS = "sender and recipient are not mutual contacts"
 log = logging.getLogger("relay.app")
 
 API_PREFIXES = ("/api/v1/relay", "/api/relay")
@@ -107,11 +113,13 @@ async def enqueue(request: web.Request) -> web.Response:
         raise invalid_payload("invalid fields: to")
     if body.convId != conv_id(sender, to):
         raise invalid_payload("convId is not the canonical pair of sender and recipient")
-    if not await app[ACCESS_KEY].are_mutual_contacts(sender, to):
-        raise ApiError("forbidden", "sender and recipient are not mutual contacts")
+    store = app[STORE_KEY]
+    # With a Redis directory in the store's Redis, the enqueue script checks it itself.
+    if store.contacts_prefix is None and not await app[ACCESS_KEY].are_mutual_contacts(sender, to):
+        raise ApiError("forbidden", NOT_CONTACTS)
 
     try:
-        result = await app[STORE_KEY].enqueue(
+        result = await store.enqueue(
             sender=sender,
             to=to,
             conv_id=body.convId,
@@ -125,6 +133,8 @@ async def enqueue(request: web.Request) -> web.Response:
         log.warning("relay store unavailable on enqueue", extra={"error": type(exc).__name__})
         raise unavailable("relay store unavailable, retry with the same messageId") from None
     EXPIRED.inc(result.expired)
+    if result.status == "not_contacts":
+        raise ApiError("forbidden", NOT_CONTACTS)
     if result.status == "queue_full":
         ENQUEUE_REFUSED.labels("queue_full").inc()
         raise ApiError(
@@ -201,6 +211,12 @@ async def _relay_dependencies(app: web.Application) -> AsyncIterator[None]:
         ),
         ttl_seconds=settings.relay_ttl_seconds,
         idempotency_seconds=settings.relay_idempotency_seconds,
+        # The same Redis holds the directory: its contact sets are read by the enqueue script.
+        contacts_prefix=(
+            REDIS_CONTACTS_PREFIX
+            if settings.effective_directory_url == settings.effective_relay_redis_url
+            else None
+        ),
     )
     app[ACCESS_KEY] = AccessCache(app[DIRECTORY_KEY], ttl=settings.flag_cache_seconds)
     # A per-process fallback while the limiter's Redis fails: whether the message can be stored
