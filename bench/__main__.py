@@ -1,4 +1,9 @@
-"""`python -m bench [--mode quick|full] [--only ice,signaling,connections,relay]`.
+"""`python -m bench [--mode quick|full] [--only ice,signaling,connections,relay] [--no-peers]`.
+
+The ice and relay scenarios also measure the nearest public peer, Matrix Synapse (installed
+once into a venv of its own under ~/.cache/rtc-bench; bench/synapse.py), in the same run;
+--no-peers or BENCH_PEERS=0 leaves it out, BENCH_SYNAPSE_DB=postgres puts its data in
+PostgreSQL instead of SQLite.
 
 Prints a progress line per measurement on stderr, then the table; writes
 bench/results/<date>-<mode>.json, and docs/benchmarks.md in full mode (or with --write-docs).
@@ -21,7 +26,7 @@ from typing import Any
 
 from rtc_testkit.processes import REPO_ROOT
 
-from bench import connections, ice, relay, scaleout, signaling
+from bench import connections, ice, relay, scaleout, signaling, synapse
 from bench.harness import LOAD_CPUS, SERVER_CPUS, raise_fd_limit
 from bench.modes import FULL, QUICK, progress
 from bench.report import render_markdown, render_table
@@ -66,6 +71,11 @@ def machine() -> dict[str, Any]:
         "server_cpus": SERVER_CPUS,
         "load_cpus": LOAD_CPUS,
         "git_rev": rev,
+        "peers": (
+            f"Synapse {synapse.version()} ({os.environ.get('BENCH_SYNAPSE_DB', 'sqlite')})"
+            if synapse.peers_enabled()
+            else "off"
+        ),
     }
 
 
@@ -82,6 +92,9 @@ def main() -> None:
     parser.add_argument("--label", default="", help="a suffix for the results file")
     parser.add_argument("--write-docs", action="store_true", help="also in quick mode")
     parser.add_argument(
+        "--no-peers", action="store_true", help="leave out the peer (Synapse); as BENCH_PEERS=0"
+    )
+    parser.add_argument(
         "--render",
         metavar="JSON",
         help="print the table of a results file (and with "
@@ -95,6 +108,8 @@ def main() -> None:
         if args.write_docs:
             write_docs(rendered, path)
         return
+    if args.no_peers:
+        os.environ["BENCH_PEERS"] = "0"
     mode = FULL if args.mode == "full" else QUICK
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(chosen) - set(SCENARIOS)

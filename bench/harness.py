@@ -227,10 +227,14 @@ def run_wrk(
         value, unit = float(match.group(1)), match.group(2)
         return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
+    requests = int(total.group(1)) if total else 0
+    failed = int(non2xx.group(1)) if non2xx else 0
     return {
         "rps": rps,
-        "requests": int(total.group(1)) if total else 0,
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        # Answers of 2xx (or 3xx) only: what the peers' comparisons count, ours as theirs.
+        "ok_rps": rps * (requests - failed) / requests if requests else 0.0,
+        "requests": requests,
+        "non_2xx": failed,
         "socket_errors": errors.group(0) if errors else "",
         "p50_ms": pct("50"),
         "p99_ms": pct("99"),
@@ -281,6 +285,7 @@ def saturation_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """wrk runs of one subject: requests/s (median, min-max), non-2xx, the generator's CPU."""
     return {
         "rps": summary([r["rps"] for r in runs]),
+        "ok_rps": summary([r.get("ok_rps", r["rps"]) for r in runs]),
         "non_2xx": sum(r["non_2xx"] for r in runs),
         "generator_cpu_percent": summary([r["generator_cpu_percent"] for r in runs]),
         "runs": runs,

@@ -4,6 +4,10 @@ Run as its own process (pinned away from the servers): `python -m bench.loadgen 
 Requests go out on schedule whether or not earlier ones answered, and each latency counts from
 when the request was due, so a stall shows up in the percentiles (no coordinated omission).
 Prints one JSON line: counts by status, percentiles, the achieved rate and the generator's CPU.
+
+Spec: url (a `{txn}` in it becomes an id unique per request, for PUT-with-idempotency-key APIs
+such as Matrix's /send/{txnId}), rate, duration, method, headers, body (a kind: relay, matrix),
+connections, ok_only (latencies of 2xx answers only; the others are counted in `statuses`).
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ def body_for(kind: str | None, index: int, run: str) -> bytes | None:
             "payload": "x" * 200,
         }
         return json.dumps(message).encode()
+    if kind == "matrix":
+        # The Synapse peer's m.room.message: the same 200-byte payload as the relay's.
+        return json.dumps({"msgtype": "m.text", "body": "x" * 200}).encode()
     raise ValueError(f"unknown body kind {kind}")
 
 
@@ -62,6 +69,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     method, url = spec.get("method", "GET"), spec["url"]
     headers = spec.get("headers", {})
     total = int(rate * duration)
+    ok_only = bool(spec.get("ok_only", False))
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     run_id = uuid.uuid4().hex[:12]
@@ -74,14 +82,19 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         async def one(index: int, due: float) -> None:
             try:
                 async with session.request(
-                    method, url, headers=headers, data=body_for(spec.get("body"), index, run_id)
+                    method,
+                    url.replace("{txn}", f"{run_id}-{index}"),
+                    headers=headers,
+                    data=body_for(spec.get("body"), index, run_id),
                 ) as response:
                     await response.read()
                     statuses[str(response.status)] += 1
+                    ok = 200 <= response.status < 300
             except (aiohttp.ClientError, TimeoutError) as exc:
                 statuses[type(exc).__name__] += 1
                 return
-            latencies.append(clock() - due)
+            if ok or not ok_only:
+                latencies.append(clock() - due)
 
         # Warm the connection pool outside the measurement.
         for index in range(min(32, total)):

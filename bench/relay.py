@@ -2,6 +2,12 @@
 
 Baselines in the same run: a bare aiohttp handler doing one XADD behind the same gateway
 (bench/baselines.py) and redis-benchmark running XADD itself (Redis's ceiling on this machine).
+
+Peer in the same run (bench/synapse.py; BENCH_PEERS=0 leaves it out): Matrix Synapse's
+`PUT /_matrix/client/v3/rooms/{roomId}/send/m.room.message/{txnId}`, store-and-forward with a
+client-chosen idempotency key as our messageId (a unique txnId per request, the same 200-byte
+payload), behind the same gateway, pinned to the same CPU, in the same round robin. One Synapse
+serves both rounds: its durability does not depend on Redis's fsync setting.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from rtc_testkit.contract import make_token
 from rtc_testkit.processes import Process, RedisServer
 from rtc_testkit.stack import base_env
 
+from bench import synapse
 from bench.harness import (
     LOAD_CPUS,
     BenchGateway,
@@ -36,7 +43,9 @@ from bench.modes import Mode, progress
 SENDER = "bench-sender"
 RECIPIENTS = [f"bench-r{i}" for i in range(2000)]
 SCRIPT = Path(__file__).with_name("relay_enqueue.lua")
+SYNAPSE_SCRIPT = Path(__file__).with_name("synapse_send.lua")
 ENQUEUE = "/api/v1/relay/enqueue"
+SYNAPSE_ROUTE = "/bench/synapse"
 
 
 def seed(redis: RedisServer) -> None:
@@ -109,6 +118,33 @@ async def pull_ack(url: str, token: str, messages: int) -> dict[str, float]:
 
 
 def run(mode: Mode, workdir: Path) -> dict[str, Any]:
+    peer, peer_info = synapse.try_start_peer(workdir / "synapse", "relay")
+    if peer is not None:
+        peer_info["endpoint"] = "PUT /_matrix/client/v3/rooms/{roomId}/send/m.room.message/{txnId}"
+    try:
+        results = rounds(mode, workdir, peer)
+    finally:
+        if peer is not None:
+            peer.stop()
+    for r in results.values():
+        r["peer"] = peer_info
+        if peer is not None:
+            ratios = synapse.peer_ratios(r["saturation"], r["fixed_1000"], "relay", "synapse_send")
+            r["peer_ratios"] = {"relay/synapse_send": ratios}
+    return results
+
+
+def fresh_room(peer: synapse.SynapsePeer | None) -> str:
+    """The gateway path of a new room's send endpoint, up to the txnId: a fresh room per run,
+    as Redis is flushed after each of our runs, so that every run starts alike (concurrent sends
+    fork a room's DAG, and its forward extremities pile up and slow the next sends)."""
+    assert peer is not None
+    peer.new_room()
+    return SYNAPSE_ROUTE + synapse.room_path(peer)
+
+
+def rounds(mode: Mode, workdir: Path, peer: synapse.SynapsePeer | None) -> dict[str, Any]:
+    """The AOF everysec and always rounds, the peer (if any) in each one's round robin."""
     results: dict[str, Any] = {}
     for fsync in ("everysec", "always"):
         redis = start_redis(workdir / f"redis-{fsync}", appendfsync=fsync)
@@ -123,11 +159,14 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
                 "bench.baselines", workdir / f"bare-{fsync}", {"REDIS_URL": redis.url}
             )
             started += [relay, bare]
+            routes = {"/bench/bare": bare.port}
+            if peer is not None:
+                routes[SYNAPSE_ROUTE] = peer.port
             gateway = BenchGateway(
                 workdir / f"gateway-{fsync}",
                 ice=[bare.port],
                 relay=[relay.port],
-                extra_routes={"/bench/bare": bare.port},
+                extra_routes=routes,
             )
             gateway.start()
             started.append(gateway)
@@ -139,18 +178,32 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
                 "relay": gateway.url + ENQUEUE,
                 "bare_aiohttp": gateway.url + "/bench/bare/bench/bare/relay",
             }
+            # What each target is sent: headers, wrk script, loadgen body kind and method.
+            shapes = {name: (headers, SCRIPT, "relay", "POST") for name in targets}
+            if peer is not None:
+                targets["synapse_send"] = gateway.url + SYNAPSE_ROUTE  # + a room's send path
+                peer_headers = {
+                    "Authorization": f"Bearer {peer.token}",
+                    "Content-Type": "application/json",
+                }
+                shapes["synapse_send"] = (peer_headers, SYNAPSE_SCRIPT, "matrix", "PUT")
             saturation: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
             fixed: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
             ceiling: list[float] = []
             for repeat in range(mode.repeats):
                 for name, url in targets.items():
-                    result = run_wrk(
-                        url,
-                        mode.saturation_seconds,
-                        headers=headers,
-                        script=SCRIPT,
-                        script_args=[uuid.uuid4().hex[:8]],
-                    )
+                    hdrs, script, _, _ = shapes[name]
+                    args = [uuid.uuid4().hex[:8]]
+                    with synapse.measuring(peer, name):
+                        if name == "synapse_send":
+                            args.append(fresh_room(peer))  # the script's paths: + the txnId
+                        result = run_wrk(
+                            url,
+                            mode.saturation_seconds,
+                            headers=hdrs,
+                            script=script,
+                            script_args=args,
+                        )
                     saturation[name].append(result)
                     seed(redis)
                     progress(
@@ -158,16 +211,24 @@ def run(mode: Mode, workdir: Path) -> dict[str, Any]:
                         f"{result['rps']:.0f} msg/s ({result['non_2xx']} non-2xx)"
                     )
                 for name, url in targets.items():
-                    result = run_loadgen(
-                        {
-                            "url": url,
-                            "headers": headers,
-                            "rate": 1000,
-                            "duration": mode.fixed_seconds,
-                            "method": "POST",
-                            "body": "relay",
-                        }
-                    )
+                    hdrs, _, body, method = shapes[name]
+                    with synapse.measuring(peer, name):
+                        # The peer's txnId, unique per request, is the path's last part.
+                        if name == "synapse_send":
+                            target = gateway.url + fresh_room(peer) + "{txn}"
+                        else:
+                            target = url
+                        result = run_loadgen(
+                            {
+                                "url": target,
+                                "headers": hdrs,
+                                "rate": 1000,
+                                "duration": mode.fixed_seconds,
+                                "method": method,
+                                "body": body,
+                                "ok_only": True,
+                            }
+                        )
                     fixed[name].append(result)
                     seed(redis)
                     progress(

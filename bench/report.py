@@ -99,6 +99,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     goal,
                 )
             )
+        out += peer_rows("ICE", s["ice"], "ice", "synapse_turn", "ice-service", "req/s")
     if "signaling" in s:
         sat = s["signaling"]["saturation"]
         names: tuple[tuple[str, str], ...] = (
@@ -251,6 +252,9 @@ def rows(results: dict[str, Any]) -> list[Row]:
                         g,
                     )
                 )
+            out += peer_rows(
+                f"Relay ({fsync})", r, "relay", "synapse_send", "relay-service", "msg/s"
+            )
             out.append(
                 (
                     f"Relay ({fsync})",
@@ -261,6 +265,69 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 )
             )
     return out
+
+
+PEER_LABELS = {
+    "synapse_turn": "GET /voip/turnServer",
+    "synapse_send": "PUT /rooms/{room}/send/m.room.message/{txnId}",
+}
+
+
+def peer_rows(
+    scenario: str, result: dict[str, Any], ours: str, theirs: str, ours_label: str, unit: str
+) -> list[Row]:
+    """The peer (Synapse) measured in the same run: 2xx answers per second at saturation and
+    latency at 1,000/s, each with ours over theirs; or why it was skipped."""
+    peer = result.get("peer")
+    if not peer:
+        return []  # results from before the peers
+    sat, fixed = result["saturation"], result["fixed_1000"]
+    name = f"peer: Synapse {peer.get('synapse_version', '?')} ({peer.get('synapse_db', '?')})"
+    if theirs not in sat:
+        reason = str(peer.get("skipped", "not measured")).splitlines()[0][:100]
+        return [(scenario, f"{name} {PEER_LABELS[theirs]}", f"skipped: {reason}", "", "")]
+
+    def ok(name: str) -> dict[str, float]:
+        return dict(sat[name].get("ok_rps", sat[name]["rps"]))
+
+    def failed(name: str) -> str:
+        runs = fixed[name]["runs"]
+        bad, sent = fixed[name]["non_2xx"], sum(r["sent"] for r in runs)
+        return f" ({bad:,} of {sent:,} failed or timed out)" if bad else ""
+
+    rows_: list[Row] = [
+        (
+            scenario,
+            f"{name} {PEER_LABELS[theirs]}, 2xx answers",
+            fmt(ok(theirs), unit)
+            + (f" ({sat[theirs]['non_2xx']} non-2xx)" if sat[theirs]["non_2xx"] else ""),
+            f"{ours_label} {ratio(ok(ours), ok(theirs)):.2f}x Synapse",
+            "",
+        )
+    ]
+    cpu = result.get("peer_ratios", {}).get(f"{ours}/{theirs}", {}).get("cpu_us_per_request")
+    if cpu and cpu.get(theirs, {}).get("n"):
+        rows_.append(
+            (
+                scenario,
+                f"CPU per request at saturation: {ours_label} / Synapse process",
+                f"{fmt(cpu[ours], 'us')} / {fmt(cpu[theirs], 'us')}",
+                f"{ratio(cpu[ours], cpu[theirs]):.2f}x",
+                "",
+            )
+        )
+    rows_.append(
+        (
+            scenario,
+            f"Synapse at 1,000 {unit} p50 / p99 (2xx only)",
+            f"{fmt(fixed[theirs]['p50_ms'], 'ms', 2)} / {fmt(fixed[theirs]['p99_ms'], 'ms', 2)}"
+            + failed(theirs),
+            f"{ours_label} p99 {ratio(fixed[ours]['p99_ms'], fixed[theirs]['p99_ms']):.3f}x"
+            " Synapse's" + (f"; {ours_label}{failed(ours)}" if failed(ours) else ""),
+            "",
+        )
+    )
+    return rows_
 
 
 def failed_rows(results: dict[str, Any]) -> list[Row]:
@@ -420,5 +487,17 @@ make bench-full         # full mode: 3 repeats of 8 s runs, 20,000 sockets; writ
   gateway with Redis AOF `appendfsync everysec` and `always`; baselines: a bare aiohttp handler
   doing one XADD behind the same gateway, and `redis-benchmark` running XADD (Redis's ceiling).
   Pull+ack: one recipient drains its queue 100 messages per pull, acking each batch.
+- **Peer** (ICE and Relay; `--no-peers` or `BENCH_PEERS=0` leaves it out): Matrix Synapse
+  (`bench/synapse.py`: a pinned release from PyPI in a venv of its own, SQLite unless
+  `BENCH_SYNAPSE_DB=postgres`; version and database in the rows and the JSON's `peer`), behind
+  the same gateway, pinned to the servers' CPU, in the same round robin, rate limits raised as
+  ours are. ICE: `GET /_matrix/client/v3/voip/turnServer`, the same coturn REST credential
+  (secret, URIs, lifetime). Relay:
+  `PUT /_matrix/client/v3/rooms/{{room}}/send/m.room.message/{{txnId}}`, a unique txnId per
+  request, the same 200-byte payload, one sender in a room of its own (a fresh room per run,
+  as Redis is flushed per run). Only 2xx answers count, ours as the peer's: throughput in 2xx
+  answers per second, latency percentiles over the 2xx answers, the others counted as failed.
+  Ratios are ours over Synapse's. Synapse runs only during its own runs (paused with SIGSTOP
+  otherwise, once it has worked off what its run left queued).
 
 {findings}"""

@@ -285,6 +285,12 @@ async def check_rolling(gateway: str, numbers_from: int = 300) -> None:
             with contextlib.suppress(CheckFailed):
                 await report(flows, "rolling")
             raise CheckFailed(f"failed requests: ICE {ice.failed}, relay {relay.failed}")
+        if any(flow.acked - flow.delivered() for flow in flows):
+            # What the signal replicas said of their pub/sub connections (a lost listener
+            # connection drops what Redis had handed it).
+            log = await asyncio.to_thread(compose, "logs", "--no-color", "signal-service")
+            for line in [x for x in log.splitlines() if "pub/sub" in x or "lost redis" in x][:8]:
+                say(f"signal-service: {line[-260:]}")
         await report(flows, "rolling")
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
