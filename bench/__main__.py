@@ -26,7 +26,7 @@ from typing import Any
 
 from rtc_testkit.processes import REPO_ROOT
 
-from bench import connections, ice, relay, scaleout, signaling, synapse
+from bench import connections, ice, relay, scaleout, signaling, synapse_install
 from bench.harness import LOAD_CPUS, SERVER_CPUS, raise_fd_limit
 from bench.modes import FULL, QUICK, progress
 from bench.report import render_markdown, render_table
@@ -72,8 +72,8 @@ def machine() -> dict[str, Any]:
         "load_cpus": LOAD_CPUS,
         "git_rev": rev,
         "peers": (
-            f"Synapse {synapse.version()} ({os.environ.get('BENCH_SYNAPSE_DB', 'sqlite')})"
-            if synapse.peers_enabled()
+            f"Synapse {synapse_install.version()} ({os.environ.get('BENCH_SYNAPSE_DB', 'sqlite')})"
+            if synapse_install.peers_enabled()
             else "off"
         ),
     }
