@@ -415,20 +415,18 @@ async def check_admin(gateway: str) -> None:
             if r.status != 200:
                 raise CheckFailed(f"admin: revoke answered {r.status} {await r.text()}")
 
-        async def refused() -> bool:
-            async with http.get(gateway + "/api/v1/rtc/ice", headers=user) as response:
-                return response.status == 403
+        def ice_answers(status: int) -> Callable[[], Awaitable[bool]]:
+            async def probe() -> bool:
+                async with http.get(gateway + "/api/v1/rtc/ice", headers=user) as response:
+                    return response.status == status
 
-        await eventually("ICE refusing the revoked wallet", refused, 5)
+            return probe
+
+        await eventually("ICE refusing the revoked wallet", ice_answers(403), 5)
         async with http.delete(revoke, json={"wallet": wallet}, headers=admin) as response:
             if response.status != 200:
                 raise CheckFailed(f"admin: lifting answered {response.status}")
-
-        async def served() -> bool:
-            async with http.get(gateway + "/api/v1/rtc/ice", headers=user) as response:
-                return response.status == 200
-
-        await eventually("ICE serving the wallet again", served, 5)
+        await eventually("ICE serving the wallet again", ice_answers(200), 5)
     say("admin: ADMIN_TOKEN (a file) revokes a wallet (ICE 403) and lifts it; a user's JWT: 401")
 
 
