@@ -23,10 +23,9 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
-from rtc_common.settings import read_secret_file, with_directory_password, with_redis_password
+from rtc_common.settings import secret_or_file, with_directory_password, with_redis_password
 
 DEFAULTS = {
     "REDIS_URL": "redis://127.0.0.1:6379/0",
@@ -48,10 +47,7 @@ def setting(env: Mapping[str, str], name: str) -> str:
 
 def secret(env: Mapping[str, str], name: str) -> str:
     """`name`'s value, or the content of the file `<name>_FILE` names ("" when neither)."""
-    value, path = setting(env, name), setting(env, f"{name}_FILE")
-    if value and path:
-        raise ValueError(f"{name} and {name}_FILE are both set: use one of them")
-    return read_secret_file(f"{name}_FILE", Path(path)) if path else value
+    return secret_or_file(name, setting(env, name), setting(env, f"{name}_FILE")) or ""
 
 
 def directory_url(env: Mapping[str, str]) -> str:

@@ -64,6 +64,20 @@ def read_secret_file(variable: str, path: Path) -> str:
     return text
 
 
+def secret_or_file(variable: str, value: str | None, path: str | None) -> str | None:
+    """A secret given as `variable`'s value or in the file `<variable>_FILE` names (one trailing
+    newline dropped); both set is an error that names them, never the value."""
+    if not path:
+        return value
+    if value:
+        raise ValueError(f"{variable} and {variable}_FILE are both set: use one of them")
+    return read_secret_file(f"{variable}_FILE", Path(path))
+
+
+def _plain(value: str | SecretStr) -> str:
+    return value if isinstance(value, str) else value.get_secret_value()
+
+
 def with_redis_password(url: str, password: str) -> str:
     """`url` with `password` added, unless it already carries one (then it wins)."""
     return _with_password(url, password, ("redis", "rediss"))
@@ -230,25 +244,17 @@ class CommonSettings(BaseSettings):
         data = dict(data)
         for name in cls.SECRET_FILE_FIELDS:
             path = data.get(f"{name}_file")
-            if not path:
-                continue
-            variable = name.upper()
-            if data.get(name):
-                raise ValueError(f"{variable} and {variable}_FILE are both set: use one of them")
-            data[name] = read_secret_file(f"{variable}_FILE", Path(str(path)))
+            if path:
+                data[name] = secret_or_file(name.upper(), data.get(name), str(path))
         password = data.get("redis_password")
         if password:
-            if not isinstance(password, str):
-                password = password.get_secret_value()
             data.setdefault("redis_url", cls.model_fields["redis_url"].default)
             for name in _REDIS_URL_FIELDS:
                 if name in cls.model_fields and isinstance(data.get(name), str):
-                    data[name] = with_redis_password(data[name], password)
+                    data[name] = with_redis_password(data[name], _plain(password))
         password = data.get("directory_password")
         if password and isinstance(data.get("directory_url"), str):
-            if not isinstance(password, str):
-                password = password.get_secret_value()
-            data["directory_url"] = with_directory_password(data["directory_url"], password)
+            data["directory_url"] = with_directory_password(data["directory_url"], _plain(password))
         return data
 
     @model_validator(mode="after")
