@@ -10,6 +10,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .keys import add_dependency
+from .redis_address import remembering_options
 
 REDIS_KEY = web.AppKey("rtc_redis", Redis)
 CONNECT_TIMEOUT_SECONDS = 1.5
@@ -29,6 +30,7 @@ def make_redis(url: str) -> Redis:
         socket_timeout=2.0,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
         health_check_interval=15,
+        **remembering_options(url),
     )
 
 

@@ -33,6 +33,7 @@ from rtc_common.bus import (
     wallet_of_room,
 )
 from rtc_common.clients import CONNECT_TIMEOUT_SECONDS
+from rtc_common.redis_address import remembering_options
 from rtc_common.rooms import IndexedRooms
 
 from .metrics import BUS_MESSAGES, PUBLISH_FAILURES
@@ -59,6 +60,7 @@ class ObservedRedisManager(IndexedRooms, socketio.AsyncRedisManager):  # type: i
             "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
             "socket_keepalive": True,
             "health_check_interval": 10,
+            **remembering_options(url),
         }
         if instance_id is not None:
             options["client_name"] = CLIENT_NAME_PREFIX + instance_id
