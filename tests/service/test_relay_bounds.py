@@ -1,5 +1,6 @@
 """What one sender can make the relay store hold: bytes per queue, a sender's share of a
-recipient's queue (released on ack and on expiry), and how long idempotency keys live.
+recipient's queue (released on ack and on expiry), how long idempotency keys live, and the
+sender's rate limit when the store's own script decides it.
 
 In-process relay-service on real redis-servers (the relay store with its append-only file).
 """
@@ -16,11 +17,13 @@ from test_relay import (
     A,
     B,
     C,
+    D,
     ack,
     assert_error,
     enqueue,
     pull,
     pulled,
+    queue_length,
 )
 
 WEEK_MS = 7 * 24 * 3600 * 1000
@@ -102,3 +105,67 @@ async def test_idempotency_key_outlives_the_ack_only_briefly(
     await wait_for_async(forgotten, 10, what="the idempotency key to expire after the ack")
     again = await enqueue(client, A, relay_message(A, B, "idem"))
     assert again.status == 202 and again.body["id"] != stored.body["id"]
+
+
+def script_keys(server: RedisServer) -> list[list[str]]:
+    """The keys of each script call Redis logged (the slow log, logging every command)."""
+    calls = []
+    for entry in server.client().slowlog_get(1000):
+        words = entry["command"].decode(errors="replace").split(" ")
+        if words[0].upper() == "EVALSHA":
+            calls.append(words[3 : 3 + int(words[2])])
+    return calls
+
+
+async def test_the_enqueue_script_decides_the_rate_limit_when_it_shares_the_redis(
+    relay_client: RelayFactory, redis_server: RedisServer
+) -> None:
+    # Limiter, store and directory on one Redis: one script call per enqueue, limit included.
+    add_contacts(redis_server, A, B)
+    client = await relay_client(RELAY_REDIS_URL=redis_server.url, RELAY_RATE_LIMIT_PER_MIN="2")
+    redis_server.client().config_set("slowlog-log-slower-than", 0)
+    redis_server.client().config_set("slowlog-max-len", 1000)
+    for n in range(2):
+        stored = await enqueue(client, A, relay_message(A, B, f"f-{n}"))
+        assert stored.status == 202
+        assert stored.headers["RateLimit-Remaining"] == str(1 - n)
+    limited = await enqueue(client, A, relay_message(A, B, "f-2"))
+    assert_error(limited, 429, "rate_limited")
+    assert limited.headers["RateLimit-Limit"] == "2"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    bucket = f"rl:relay:wallet:{A}"
+    with_bucket = [keys for keys in script_keys(redis_server) if bucket in keys]
+    # No call of the limiter's own script: each call with the bucket is an enqueue (a first
+    # call may be logged twice: refused NOSCRIPT, then run).
+    assert with_bucket and all(f"relay:q:{B}" in keys for keys in with_bucket), with_bucket
+    assert {keys[0] for keys in with_bucket} == {f"relay:idem:{A}:f-{n}" for n in range(3)}
+    assert queue_length(redis_server, B) == 2
+    # A repeat of a stored message counts too, and is refused without being looked at.
+    assert_error(await enqueue(client, A, relay_message(A, B, "f-0")), 429, "rate_limited")
+
+
+async def test_the_limit_comes_before_each_directory_read(
+    relay_client: RelayFactory, redis_server: RedisServer, relay_redis: RedisServer
+) -> None:
+    # Limiter and store on one Redis, the directory elsewhere: a message to a wallet whose
+    # answer is not cached is limited before the directory is asked (the hostile account that
+    # writes to many strangers), and a cached answer leaves the limit to the script.
+    client = await relay_client(
+        REDIS_URL=relay_redis.url,
+        RELAY_REDIS_URL=relay_redis.url,
+        DIRECTORY_URL=redis_server.url,
+        RELAY_RATE_LIMIT_PER_MIN="3",
+    )
+    strangers = [f"0x5{n:04x}" for n in range(8)]
+    statuses = [
+        (await enqueue(client, A, relay_message(A, to, "hello"))).status for to in strangers
+    ]
+    assert statuses == [403] * 3 + [429] * 5
+
+    add_contacts(redis_server, C, D)
+    first = await enqueue(client, C, relay_message(C, D, "c-0"))  # not cached: limited first
+    assert first.status == 202
+    for n in (1, 2):  # cached: the script decides, in the same bucket
+        assert (await enqueue(client, C, relay_message(C, D, f"c-{n}"))).status == 202
+    assert_error(await enqueue(client, C, relay_message(C, D, "c-3")), 429, "rate_limited")
+    assert queue_length(relay_redis, D) == 3

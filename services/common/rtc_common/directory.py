@@ -354,6 +354,14 @@ class AccessCache:
             self._entries.popitem(last=False)
         return value
 
+    def known_mutual_contacts(self, wallet_a: str, wallet_b: str) -> bool | None:
+        """The cached answer of are_mutual_contacts(), or None when asking needs the directory."""
+        first, second = sorted((wallet_a, wallet_b))
+        hit = self._entries.get(("mutual", first, second))
+        if hit is None or self._clock() - hit[0] >= self._ttl:
+            return None
+        return bool(hit[1])
+
     async def are_mutual_contacts(self, wallet_a: str, wallet_b: str) -> bool:
         first, second = sorted((wallet_a, wallet_b))
         return bool(

@@ -22,23 +22,26 @@ from .metrics import RATE_LIMIT_DEGRADED, RATE_LIMIT_FALLBACK, RATE_LIMITED
 
 log = logging.getLogger("rtc.ratelimit")
 
-# KEYS[1]: the bucket. ARGV[1]: emission interval (µs). ARGV[2]: burst = interval * limit (µs).
-# Returns {allowed, remaining, reset_after_us, retry_after_us}.
-_GCRA_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - burst
-if now < allow_at then
-  return {0, 0, tat - now, allow_at - now}
+# gcra(bucket, interval µs, burst µs = interval * limit) -> {allowed, remaining, reset_after_us,
+# retry_after_us}. A Lua function so that another script can decide its own work and the limit in
+# one round trip (the relay's enqueue, rtc_common.relay_store).
+GCRA_FUNCTION = """
+local function gcra(bucket, interval, burst)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local tat = tonumber(redis.call('GET', bucket) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - burst
+  if now < allow_at then
+    return {0, 0, tat - now, allow_at - now}
+  end
+  redis.call('SET', bucket, new_tat, 'PX', math.ceil((new_tat - now) / 1000))
+  return {1, math.floor((burst - (new_tat - now)) / interval), new_tat - now, 0}
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000))
-return {1, math.floor((burst - (new_tat - now)) / interval), new_tat - now, 0}
 """
+# KEYS[1]: the bucket. ARGV[1]: emission interval (µs). ARGV[2]: burst (µs).
+_GCRA_LUA = GCRA_FUNCTION + "return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))\n"
 
 _MICRO = 1_000_000
 _FALLBACK_MAX_KEYS = 100_000
@@ -120,11 +123,14 @@ class RateLimiter:
             RATE_LIMIT_FALLBACK.labels(scope)
             RATE_LIMIT_DEGRADED.labels(scope).set(0)
 
+    def script_arguments(self, key: str) -> tuple[str, int, int]:
+        """The bucket, interval and burst of `key`, for a script that calls gcra() itself."""
+        return f"rl:{self.scope}:{key}", self._interval, self._burst
+
     async def hit(self, key: str) -> RateLimitResult:
+        bucket, interval, burst = self.script_arguments(key)
         try:
-            raw = await self._batcher.run(
-                self._script, [f"rl:{self.scope}:{key}"], [self._interval, self._burst]
-            )
+            raw = await self._batcher.run(self._script, [bucket], [interval, burst])
             allowed, remaining, reset_us, retry_us = (int(v) for v in raw)
             if self._degraded:
                 self._degraded = False
@@ -141,8 +147,14 @@ class RateLimiter:
                     extra={"scope": self.scope, "error": type(exc).__name__},
                 )
             RATE_LIMIT_FALLBACK.labels(self.scope).inc()
-            ok, remaining, reset_us, retry_us = self._fallback.hit(key, self._interval, self._burst)
+            ok, remaining, reset_us, retry_us = self._fallback.hit(key, interval, burst)
             allowed = int(ok)
+        return self.verdict(allowed, remaining, reset_us, retry_us)
+
+    def verdict(
+        self, allowed: int, remaining: int, reset_us: int, retry_us: int
+    ) -> RateLimitResult:
+        """gcra()'s answer as a result (counted when refused)."""
         if not allowed:
             RATE_LIMITED.labels(self.scope).inc()
         return RateLimitResult(

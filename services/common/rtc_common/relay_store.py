@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 
 from .batching import batcher_for
 from .clients import as_text
+from .ratelimit import GCRA_FUNCTION, RateLimiter, RateLimitResult
 
 QUEUE_PREFIX = "relay:q:"
 IDEM_PREFIX = "relay:idem:"
@@ -78,45 +79,58 @@ local function expire(queue, acct, ttl_ms)
 end
 """
 
-# KEYS: idem, queue, acct[, the sender's contacts, the recipient's contacts]. ARGV: max_queue,
-# ttl_ms, from, convId, messageId, payload, forced, max_bytes, sender_max_n, sender_max_bytes,
-# to. Returns {status, id, forced, expired}: status 0 = stored, 1 = duplicate, 2 = queue full,
-# 3 = the sender's share of the queue is full, 4 = not mutual contacts (checked only with the
-# contact keys: a Redis directory in this Redis); expired = entries past their TTL trimmed now.
+# KEYS: idem, queue, acct[, the sender's contacts, the recipient's contacts][, the sender's
+# rate-limit bucket]. ARGV: max_queue, ttl_ms, from, convId, messageId, payload, forced,
+# max_bytes, sender_max_n, sender_max_bytes, to, check_contacts ("1": with the contact keys, a
+# Redis directory in this Redis)[, rate interval, rate burst (µs; with the bucket key)].
+# Returns {status, id, forced, expired[, allowed, remaining, reset_us, retry_us]}: status 0 =
+# stored, 1 = duplicate, 2 = queue full, 3 = the sender's share of the queue is full, 4 = not
+# mutual contacts, 5 = rate limited (nothing else looked at); expired = entries past their TTL
+# trimmed now; the last four are gcra()'s answer when the rate limit was asked for.
 _ENQUEUE = (
     _RELEASE
+    + GCRA_FUNCTION
     + """
-if #KEYS == 5 and (redis.call('SISMEMBER', KEYS[4], ARGV[11]) == 0
-                   or redis.call('SISMEMBER', KEYS[5], ARGV[3]) == 0) then
-  return {4, '', '', 0}
+local function enqueue()
+  if ARGV[12] == '1' and (redis.call('SISMEMBER', KEYS[4], ARGV[11]) == 0
+                          or redis.call('SISMEMBER', KEYS[5], ARGV[3]) == 0) then
+    return {4, '', '', 0}
+  end
+  local existing = redis.call('GET', KEYS[1])
+  if existing then
+    local sep = string.find(existing, '|', 1, true)
+    return {1, string.sub(existing, 1, sep - 1), string.sub(existing, sep + 1), 0}
+  end
+  local ttl_ms = tonumber(ARGV[2])
+  local expired = expire(KEYS[2], KEYS[3], ttl_ms)
+  local size = string.len(ARGV[6])
+  local held = redis.call('HMGET', KEYS[3], 'bytes', 'n:' .. ARGV[3], 'b:' .. ARGV[3])
+  local queued_bytes = tonumber(held[1] or '0')
+  if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[1])
+      or queued_bytes + size > tonumber(ARGV[8]) then
+    return {2, '', '', expired}
+  end
+  local sender_n = tonumber(held[2] or '0')
+  local sender_b = tonumber(held[3] or '0')
+  if sender_n + 1 > tonumber(ARGV[9]) or sender_b + size > tonumber(ARGV[10]) then
+    return {3, '', '', expired}
+  end
+  local id = redis.call('XADD', KEYS[2], '*', 'from', ARGV[3], 'convId', ARGV[4],
+                        'messageId', ARGV[5], 'payload', ARGV[6], 'forced', ARGV[7])
+  redis.call('HINCRBY', KEYS[3], 'bytes', size)
+  redis.call('HINCRBY', KEYS[3], 'n:' .. ARGV[3], 1)
+  redis.call('HINCRBY', KEYS[3], 'b:' .. ARGV[3], size)
+  redis.call('SET', KEYS[1], id .. '|' .. ARGV[7], 'PX', ttl_ms)
+  redis.call('PEXPIRE', KEYS[2], ttl_ms)
+  redis.call('PEXPIRE', KEYS[3], ttl_ms)
+  return {0, id, ARGV[7], expired}
 end
-local existing = redis.call('GET', KEYS[1])
-if existing then
-  local sep = string.find(existing, '|', 1, true)
-  return {1, string.sub(existing, 1, sep - 1), string.sub(existing, sep + 1), 0}
-end
-local ttl_ms = tonumber(ARGV[2])
-local expired = expire(KEYS[2], KEYS[3], ttl_ms)
-local size = string.len(ARGV[6])
-local held = redis.call('HMGET', KEYS[3], 'bytes', 'n:' .. ARGV[3], 'b:' .. ARGV[3])
-local queued_bytes = tonumber(held[1] or '0')
-if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[1]) or queued_bytes + size > tonumber(ARGV[8]) then
-  return {2, '', '', expired}
-end
-local sender_n = tonumber(held[2] or '0')
-local sender_b = tonumber(held[3] or '0')
-if sender_n + 1 > tonumber(ARGV[9]) or sender_b + size > tonumber(ARGV[10]) then
-  return {3, '', '', expired}
-end
-local id = redis.call('XADD', KEYS[2], '*', 'from', ARGV[3], 'convId', ARGV[4],
-                      'messageId', ARGV[5], 'payload', ARGV[6], 'forced', ARGV[7])
-redis.call('HINCRBY', KEYS[3], 'bytes', size)
-redis.call('HINCRBY', KEYS[3], 'n:' .. ARGV[3], 1)
-redis.call('HINCRBY', KEYS[3], 'b:' .. ARGV[3], size)
-redis.call('SET', KEYS[1], id .. '|' .. ARGV[7], 'PX', ttl_ms)
-redis.call('PEXPIRE', KEYS[2], ttl_ms)
-redis.call('PEXPIRE', KEYS[3], ttl_ms)
-return {0, id, ARGV[7], expired}
+if not ARGV[13] then return enqueue() end
+local verdict = gcra(KEYS[#KEYS], tonumber(ARGV[13]), tonumber(ARGV[14]))
+if verdict[1] == 0 then return {5, '', '', 0, unpack(verdict)} end
+local result = enqueue()
+for _, v in ipairs(verdict) do table.insert(result, v) end
+return result
 """
 )
 
@@ -161,8 +175,14 @@ return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 
+def sender_rate_key(sender: str) -> str:
+    """The key a sender's enqueues are rate-limited under."""
+    return f"wallet:{sender}"
+
+
 ENQUEUE_STATUSES = {
-    0: "stored", 1: "duplicate", 2: "queue_full", 3: "sender_share_full", 4: "not_contacts"
+    0: "stored", 1: "duplicate", 2: "queue_full", 3: "sender_share_full", 4: "not_contacts",
+    5: "rate_limited",
 }  # fmt: skip
 
 
@@ -172,10 +192,12 @@ def queued_at_ms(stream_id: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Enqueued:
-    status: str  # "stored" | "duplicate" | "queue_full" | "sender_share_full" | "not_contacts"
+    # "stored" | "duplicate" | "queue_full" | "sender_share_full" | "not_contacts" | "rate_limited"
+    status: str
     id: str
     forced: bool
     expired: int = 0  # entries of the recipient's queue dropped for their TTL on the way
+    rate: RateLimitResult | None = None  # the sender's rate limit, when the store decides it
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,11 +257,15 @@ class RelayStore:
         ttl_seconds: int = 604800,
         idempotency_seconds: int = 86400,
         contacts_prefix: str | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         """`contacts_prefix`: the Redis directory's contact sets live in this Redis under it;
-        enqueue then checks mutual contacts in its own script (one round trip, no cache)."""
+        enqueue then checks mutual contacts in its own script (one round trip, no cache).
+        `limiter`: its buckets live in this Redis; enqueue then decides the sender's rate limit
+        in the same script (one round trip and one fsync wait for both)."""
         self._redis = redis
         self.contacts_prefix = contacts_prefix
+        self.limiter = limiter
         self.limits = limits or QueueLimits()
         self._ttl_ms = ttl_seconds * 1000
         self._idempotency_ms = idempotency_seconds * 1000
@@ -250,31 +276,53 @@ class RelayStore:
         self._batcher = batcher_for(redis)
 
     async def enqueue(
-        self, *, sender: str, to: str, conv_id: str, message_id: str, payload: str, forced: bool
+        self,
+        *,
+        sender: str,
+        to: str,
+        conv_id: str,
+        message_id: str,
+        payload: str,
+        forced: bool,
+        rate_limit: bool = True,
     ) -> Enqueued:
+        """`rate_limit`: decide the sender's limit too (with a `limiter`; False when the caller
+        already did)."""
+        limiter = self.limiter if rate_limit else None
         limits = self.limits
         keys = [f"{IDEM_PREFIX}{sender}:{message_id}", QUEUE_PREFIX + to, ACCOUNT_PREFIX + to]
+        args: list[str | int] = [
+            limits.max_queue,
+            self._ttl_ms,
+            sender,
+            conv_id,
+            message_id,
+            payload,
+            int(forced),
+            limits.max_bytes,
+            limits.sender_max_messages,
+            limits.sender_max_bytes,
+            to,
+            int(self.contacts_prefix is not None),
+        ]
         if self.contacts_prefix is not None:
             keys += [self.contacts_prefix + sender, self.contacts_prefix + to]
-        status, stream_id, stored_forced, expired = await self._batcher.run(
-            self._enqueue,
-            keys,
-            [
-                limits.max_queue,
-                self._ttl_ms,
-                sender,
-                conv_id,
-                message_id,
-                payload,
-                int(forced),
-                limits.max_bytes,
-                limits.sender_max_messages,
-                limits.sender_max_bytes,
-                to,
-            ],
+        if limiter is not None:
+            bucket, interval, burst = limiter.script_arguments(sender_rate_key(sender))
+            keys.append(bucket)
+            args += [interval, burst]
+        raw = await self._batcher.run(self._enqueue, keys, args)
+        status, stream_id, stored_forced, expired = raw[:4]
+        rate = None
+        if limiter is not None:
+            rate = limiter.verdict(*(int(v) for v in raw[4:8]))
+        return Enqueued(
+            ENQUEUE_STATUSES[int(status)],
+            as_text(stream_id),
+            as_text(stored_forced) == "1",
+            int(expired),
+            rate,
         )
-        kind = ENQUEUE_STATUSES[int(status)]
-        return Enqueued(kind, as_text(stream_id), as_text(stored_forced) == "1", int(expired))
 
     async def pull(self, wallet: str, limit: int) -> Pulled:
         """The oldest `limit` messages of the wallet's queue, and whether more are waiting."""

@@ -23,7 +23,13 @@ from rtc_common.errors import ApiError, invalid_payload, unavailable
 from rtc_common.jsonbody import parse_body
 from rtc_common.keys import SAMPLING_KEY, extra_headers
 from rtc_common.ratelimit import RateLimiter
-from rtc_common.relay_store import QueueLimits, RelayMessage, RelayStore, queued_at_ms
+from rtc_common.relay_store import (
+    QueueLimits,
+    RelayMessage,
+    RelayStore,
+    queued_at_ms,
+    sender_rate_key,
+)
 from rtc_common.revocation import revocations_context
 from rtc_common.times import iso_ms
 from rtc_common.web import create_base_app, serve_openapi
@@ -91,13 +97,21 @@ def message_body(message: RelayMessage) -> dict[str, Any]:
     }
 
 
+async def _check_rate(request: web.Request, sender: str) -> None:
+    verdict = await request.app[LIMITER_KEY].hit(sender_rate_key(sender))
+    extra_headers(request).update(verdict.headers())
+    verdict.raise_if_limited()
+
+
 async def enqueue(request: web.Request) -> web.Response:
     app = request.app
     settings = app[RELAY_SETTINGS_KEY]
     sender = get_identity(request).wallet
-    verdict = await app[LIMITER_KEY].hit(f"wallet:{sender}")
-    extra_headers(request).update(verdict.headers())
-    verdict.raise_if_limited()
+    store = app[STORE_KEY]
+    # With the limiter's buckets in the store's Redis, the enqueue script decides the limit.
+    limit_in_store = store.limiter is not None
+    if not limit_in_store:
+        await _check_rate(request, sender)
 
     body = await parse_body(request, EnqueueRequest)
     try:
@@ -113,10 +127,18 @@ async def enqueue(request: web.Request) -> web.Response:
         raise invalid_payload("invalid fields: to")
     if body.convId != conv_id(sender, to):
         raise invalid_payload("convId is not the canonical pair of sender and recipient")
-    store = app[STORE_KEY]
     # With a Redis directory in the store's Redis, the enqueue script checks it itself.
-    if store.contacts_prefix is None and not await app[ACCESS_KEY].are_mutual_contacts(sender, to):
-        raise ApiError("forbidden", NOT_CONTACTS)
+    if store.contacts_prefix is None:
+        access = app[ACCESS_KEY]
+        mutual = access.known_mutual_contacts(sender, to)
+        if mutual is None:
+            if limit_in_store:
+                # The limit comes before a directory read: it bounds how many one account asks.
+                await _check_rate(request, sender)
+                limit_in_store = False
+            mutual = await access.are_mutual_contacts(sender, to)
+        if not mutual:
+            raise ApiError("forbidden", NOT_CONTACTS)
 
     try:
         result = await store.enqueue(
@@ -126,12 +148,16 @@ async def enqueue(request: web.Request) -> web.Response:
             message_id=body.messageId,
             payload=body.payload,
             forced=body.force,
+            rate_limit=limit_in_store,
         )
     except RedisError as exc:
         # Not stored, so never a 2xx: the client retries with the same messageId.
         ENQUEUE_REFUSED.labels("unavailable").inc()
         log.warning("relay store unavailable on enqueue", extra={"error": type(exc).__name__})
         raise unavailable("relay store unavailable, retry with the same messageId") from None
+    if result.rate is not None:
+        extra_headers(request).update(result.rate.headers())
+        result.rate.raise_if_limited()
     EXPIRED.inc(result.expired)
     if result.status == "not_contacts":
         raise ApiError("forbidden", NOT_CONTACTS)
@@ -202,6 +228,12 @@ async def ack(request: web.Request) -> web.Response:
 async def _relay_dependencies(app: web.Application) -> AsyncIterator[None]:
     settings = app[RELAY_SETTINGS_KEY]
     store_redis = app[RELAY_REDIS_KEY]
+    # A per-process fallback while the limiter's Redis fails: whether the message can be stored
+    # is the store's answer (503 when it is down), not the limiter's (a rolling restart once
+    # turned a limiter hiccup into a 503 for a message the store would have taken).
+    app[LIMITER_KEY] = RateLimiter(
+        app[REDIS_KEY], scope="relay", limit=settings.relay_rate_limit_per_min
+    )
     app[STORE_KEY] = RelayStore(
         store_redis,
         limits=QueueLimits(
@@ -217,14 +249,12 @@ async def _relay_dependencies(app: web.Application) -> AsyncIterator[None]:
             if settings.effective_directory_url == settings.effective_relay_redis_url
             else None
         ),
+        # The limiter's buckets are in the store's Redis: one script decides both.
+        limiter=(
+            app[LIMITER_KEY] if settings.redis_url == settings.effective_relay_redis_url else None
+        ),
     )
     app[ACCESS_KEY] = AccessCache(app[DIRECTORY_KEY], ttl=settings.flag_cache_seconds)
-    # A per-process fallback while the limiter's Redis fails: whether the message can be stored
-    # is the store's answer (503 when it is down), not the limiter's (a rolling restart once
-    # turned a limiter hiccup into a 503 for a message the store would have taken).
-    app[LIMITER_KEY] = RateLimiter(
-        app[REDIS_KEY], scope="relay", limit=settings.relay_rate_limit_per_min
-    )
     pusher = RelayPusher(app[REDIS_KEY], channel=settings.socketio_channel)
     app[PUSHER_KEY] = pusher
     TTL.set(settings.relay_ttl_seconds)
