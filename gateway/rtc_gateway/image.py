@@ -29,14 +29,29 @@ def log(message: str) -> None:
     print(f"gateway: {message}", file=sys.stderr, flush=True)
 
 
+# The last addresses each name resolved to: a look-up that fails for a while (the DNS server
+# slow or an answer lost, EAI_AGAIN) keeps them; only "no such name" (every replica gone) or an
+# answer empties the set. Otherwise one lost answer took a service out of the gateway until the
+# next look-up (compose-test's rolling check saw "ice 0" for 2 s).
+_known: dict[str, list[str]] = {}
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
 def resolve(upstream: Upstream) -> list[str]:
     """Every address the name resolves to (every replica of a compose service), sorted so that
     an unchanged set renders the same file; none when it does not resolve (yet)."""
     try:
         infos = socket.getaddrinfo(upstream.host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno in _NO_SUCH_NAME:
+            _known.pop(upstream.host, None)
+            return []
+        return _known.get(upstream.host, [])
     except OSError:
-        return []
-    return sorted({str(info[4][0]) for info in infos})
+        return _known.get(upstream.host, [])
+    addresses = sorted({str(info[4][0]) for info in infos})
+    _known[upstream.host] = addresses
+    return addresses
 
 
 # ice and relay replicas are interchangeable for every request: one that fails is never set
