@@ -121,7 +121,10 @@ def windows_of(times: list[float]) -> str:
 
 
 async def restart_one(container: str, service: str = "") -> float:
-    """SIGTERM (10 s grace), start again, healthy: the seconds it took."""
+    """SIGTERM (10 s grace), start again, healthy, and routed to by the gateway: the seconds it
+    took. A restarted container may come back on a new address, which the gateway learns at its
+    next look-up (GATEWAY_RESOLVE_SECONDS): the next replica must not stop before that, or the
+    gateway is left with one address that is gone and one that is stopping."""
     started = time.monotonic()
     await asyncio.to_thread(_podman, "restart", "-t", "10", container)
     stopped_started = time.monotonic()
@@ -134,6 +137,23 @@ async def restart_one(container: str, service: str = "") -> float:
 
     await eventually(f"{container[:12]} healthy again", healthy, HEALTHY_WITHIN)
     RESTARTS.append((service, started - STARTED, stopped_started - STARTED))
+    address = await asyncio.to_thread(
+        _podman, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+        container,
+    )  # fmt: skip
+    gateway = (await asyncio.to_thread(compose, "ps", "-q", "gateway")).split()[0]
+
+    async def routed() -> bool:
+        conf = await asyncio.to_thread(
+            _podman,
+            "exec",
+            gateway,
+            "cat",
+            "/tmp/rtc-gateway/nginx.conf",  # noqa: S108 (in the container)
+        )
+        return any(f"server {ip}:" in conf for ip in address.split())
+
+    await eventually(f"the gateway routing to {container[:12]} again", routed, HEALTHY_WITHIN)
     return time.monotonic() - started
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 
 from pydantic import Field
@@ -10,7 +11,10 @@ from rtc_common.settings import RelayStoreSettings
 
 
 def _default_instance_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    # Unique per start, not only per host: a restarted container has the same hostname and,
+    # under its init, the same pid, and an id reused by the new process made presence records
+    # the old one left point at it (signals acked there, with no such socket, until reconciled).
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 class SignalSettings(RelayStoreSettings):
