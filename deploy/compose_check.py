@@ -265,9 +265,10 @@ async def check_relay(gateway: str, sender: Client, recipient: Client) -> None:
 
 
 def container_of(instance: str) -> str:
-    """signal-service instance ids are `<hostname>-<pid>`, the hostname the container's id."""
+    """signal-service instance ids are `<hostname>-<pid>-<random>`, the hostname the
+    container's id."""
     ids = compose("ps", "-q", "signal-service").split()
-    hostname = instance.rsplit("-", 1)[0]
+    hostname = instance.split("-", 1)[0]
     for cid in ids:
         if cid.startswith(hostname):
             return cid
