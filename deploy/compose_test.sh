@@ -11,11 +11,12 @@
 # different signal-service replicas, a relay message enqueued and pulled, and a replica stopped
 # with its client reconnecting to another; then signal-service is scaled 2 -> 4 -> 2 while
 # clients signal through the gateway (deploy/compose_scale.py); then, two replicas of each
-# service, each replica is restarted in turn under load (deploy/compose_rolling.py). Before those, every container's hardening (read-only
-# root, no capabilities, no-new-privileges, memory and pids limits) and the networks (the stores
-# reachable from the services only, the services' /metrics from the monitoring network, Redis
-# only with its password). Everything is torn down at the end (also on failure):
-# containers, networks, volumes, the podman service this script started.
+# service, each replica is restarted in turn under load (deploy/compose_rolling.py). Before
+# those, every container's hardening (read-only root, no capabilities, no-new-privileges,
+# memory and pids limits) and the networks (the stores reachable from the services only, the
+# services' /metrics from the monitoring network, Redis only with its password). Everything is
+# torn down at the end (also on failure): containers, networks, volumes, the podman service
+# this script started.
 #
 # Env: SIGNAL_REPLICAS (3), KEEP_STACK=1 (leave the stack up and print how to reach it),
 #      COMPOSE_ROLLING=0 (skip the rolling restart under load),
