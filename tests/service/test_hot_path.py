@@ -2,8 +2,9 @@
 
 - A verified JWT is remembered until its exp: it is refused once expired, and a token that
   differs in any byte (a forged signature on the same claims) is verified from scratch.
-- Lua scripts of one loop turn share a pipeline: each caller still gets its own answer, a
-  flushed script cache is reloaded, and a failed round trip reaches every caller as RedisError.
+- Lua scripts of one loop turn share a pipeline, and a limiter's hits of one turn are one script
+  call: each caller still gets its own answer, a flushed script cache is reloaded, and a failed
+  round trip reaches every caller as RedisError.
 - Log lines are written in batches: INFO lines appear within the flush interval, warnings at
   once, and a close writes what is pending; the redaction shortcut still masks secrets.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import time
 
@@ -113,9 +115,14 @@ async def test_batched_scripts_answer_each_caller(redis_server: RedisServer) -> 
     client = make_redis(redis_server.url)
     try:
         limiter = RateLimiter(client, scope="batch", limit=10)
-        # 50 hits in one loop turn: one pipeline, and exactly the limit is allowed.
+        assert (await limiter.hit("warm-up")).allowed  # loads the script into Redis
+        direct = redis_server.client()
+        direct.config_resetstat()
+        # 50 hits in one loop turn: ONE script call, and exactly the limit is allowed.
         verdicts = await asyncio.gather(*(limiter.hit("same") for _ in range(50)))
         assert sum(v.allowed for v in verdicts) == 10
+        assert [v.remaining for v in verdicts[:10]] == list(range(9, -1, -1))  # in call order
+        assert direct.info("commandstats")["cmdstat_evalsha"]["calls"] == 1
         others = await asyncio.gather(*(limiter.hit(f"k{n}") for n in range(20)))
         assert all(v.allowed for v in others)
         # Scripts gone from Redis (a restart, SCRIPT FLUSH): the batch loads them again.
@@ -141,8 +148,23 @@ async def test_a_failed_batch_reaches_every_caller(redis_server: RedisServer) ->
             *(batcher.run(script, [], []) for _ in range(5)), return_exceptions=True
         )
         assert all(isinstance(r, RedisError) for r in results)
+        # A limiter's one call for the turn: every hit of it is refused, none left waiting.
+        limiter = RateLimiter(client, scope="down", limit=10, fallback=False)
+        hits = await asyncio.gather(
+            *(limiter.hit(f"k{n}") for n in range(5)), return_exceptions=True
+        )
+        assert [getattr(r, "code", r) for r in hits] == ["unavailable"] * 5
     finally:
         await client.aclose()
+
+
+def test_a_line_orjson_refuses_is_still_written() -> None:
+    formatter = JsonFormatter("test")
+    line = formatter.line(0.0, "INFO", "rtc.test", "m", "-", {"big": 2**70, 3: "key", "é": "ü"})
+    assert json.loads(line) == {
+        "ts": "1970-01-01T00:00:00.000Z", "level": "INFO", "service": "test",
+        "logger": "rtc.test", "msg": "m", "big": 2**70, "3": "key", "é": "ü",
+    }  # fmt: skip
 
 
 def test_fast_info_line_is_the_line_logger_info_writes() -> None:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from .context import request_id_var
+from .responses import json_response
 
 STATUS_BY_CODE: dict[str, int] = {
     "unauthorized": 401,
@@ -55,7 +56,7 @@ def error_response(
     status: int | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    return web.json_response(
+    return json_response(
         error_body(code, message),
         status=status if status is not None else STATUS_BY_CODE.get(code, 400),
         headers=headers,

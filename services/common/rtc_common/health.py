@@ -21,6 +21,7 @@ from aiohttp import web
 from .errors import error_body
 from .keys import DEPENDENCIES_KEY, READINESS_KEY, ReadinessCheck
 from .metrics import READY, READY_CHECK
+from .responses import json_response
 from .sampling import READINESS_TIMEOUT, Sampler
 from .times import iso_ms
 
@@ -71,7 +72,7 @@ async def run_readiness(app: web.Application) -> dict[str, str]:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def _readyz(request: web.Request) -> web.Response:
@@ -85,8 +86,8 @@ async def _readyz(request: web.Request) -> web.Response:
     )
     if failing:
         body = {**error_body("unavailable", "not ready: " + ", ".join(failing)), "checks": results}
-        return web.json_response(body, status=503)
-    return web.json_response({"status": "ready", "checks": results, "degraded": degraded})
+        return json_response(body, status=503)
+    return json_response({"status": "ready", "checks": results, "degraded": degraded})
 
 
 async def _deps(request: web.Request) -> web.Response:
@@ -105,7 +106,7 @@ async def _deps(request: web.Request) -> web.Response:
             for name, state in states.items()
         },
     }
-    return web.json_response(body)
+    return json_response(body)
 
 
 def readiness_sampler(app: web.Application) -> Sampler:

@@ -15,15 +15,16 @@ import secrets
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from .auth import IDENTITY_KEY
 from .context import request_id_var
 from .keys import REQUEST_ID_KEY, STARTED_KEY, route_label
+from .times import iso_ms
 
 _REDACTIONS = (
     # JWTs and any other three-part base64url token.
@@ -162,9 +163,7 @@ class JsonFormatter(logging.Formatter):
         fields: dict[str, Any],
     ) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "ts": iso_ms(created),
             "level": level,
             "service": self.service,
             "logger": logger,
@@ -173,7 +172,11 @@ class JsonFormatter(logging.Formatter):
         if request_id != "-":
             entry["requestId"] = request_id
         entry.update(fields)
-        return redact(json.dumps(entry, default=str, separators=(",", ":")))
+        try:
+            text = orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except orjson.JSONEncodeError:  # what orjson refuses (e.g. an int beyond 64 bits)
+            text = json.dumps(entry, default=str, separators=(",", ":"))
+        return redact(text)
 
 
 # The handler setup_logging installed: access lines go to it directly (see JsonAccessLogger).

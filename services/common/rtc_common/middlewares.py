@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,7 +37,7 @@ _CODE_BY_STATUS = {
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, the error envelope and request metrics, outermost of all middlewares."""
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _REQUEST_ID.match(incoming) else secrets.token_hex(16)
     request[REQUEST_ID_KEY] = request_id
     token = request_id_var.set(request_id)
     started = request[STARTED_KEY] = time.perf_counter()

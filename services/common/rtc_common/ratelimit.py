@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .batching import batcher_for
+from .batching import KeyedScriptBatch, batcher_for
 from .errors import ApiError, unavailable
 from .metrics import RATE_LIMIT_DEGRADED, RATE_LIMIT_FALLBACK, RATE_LIMITED
 
@@ -40,8 +40,19 @@ local function gcra(bucket, interval, burst)
   return {1, math.floor((burst - (new_tat - now)) / interval), new_tat - now, 0}
 end
 """
-# KEYS[1]: the bucket. ARGV[1]: emission interval (µs). ARGV[2]: burst (µs).
-_GCRA_LUA = GCRA_FUNCTION + "return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))\n"
+# KEYS: the buckets of one loop turn's hits, in order (a key may repeat). ARGV[1]: emission
+# interval (µs). ARGV[2]: burst (µs). One gcra() answer per key.
+_GCRA_LUA = (
+    GCRA_FUNCTION
+    + """
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i, bucket in ipairs(KEYS) do
+  out[i] = gcra(bucket, interval, burst)
+end
+return out
+"""
+)
 
 _MICRO = 1_000_000
 _FALLBACK_MAX_KEYS = 100_000
@@ -113,8 +124,10 @@ class RateLimiter:
         # At least 1 µs: a limit above a million a second must not divide by zero in the script.
         self._interval = max(1, int(period * _MICRO) // limit)
         self._burst = self._interval * limit
-        self._script = redis.register_script(_GCRA_LUA)
-        self._batcher = batcher_for(redis)
+        # A limiter's hits of one loop turn go to Redis as one script call (batching.py).
+        self._hits = KeyedScriptBatch(
+            batcher_for(redis), redis.register_script(_GCRA_LUA), [self._interval, self._burst]
+        )
         self._fallback = _LocalGcra() if fallback else None
         self._degraded = False
         # The scope's series exist from the start (a rate() needs a first sample at 0).
@@ -130,7 +143,7 @@ class RateLimiter:
     async def hit(self, key: str) -> RateLimitResult:
         bucket, interval, burst = self.script_arguments(key)
         try:
-            raw = await self._batcher.run(self._script, [bucket], [interval, burst])
+            raw = await self._hits.run(bucket)
             allowed, remaining, reset_us, retry_us = (int(v) for v in raw)
             if self._degraded:
                 self._degraded = False

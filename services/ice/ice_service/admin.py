@@ -21,6 +21,7 @@ from rtc_common.jsonbody import parse_body
 from rtc_common.keys import extra_headers
 from rtc_common.logs import info_line, wallet_hash
 from rtc_common.ratelimit import RateLimiter
+from rtc_common.responses import json_response
 from rtc_common.revocation import REVOCATIONS_KEY, REVOKE_MAX_SECONDS
 from rtc_common.times import iso_ms
 from rtc_common.web import client_ip
@@ -96,7 +97,7 @@ async def revoke(request: web.Request) -> web.Response:
         raise
     ADMIN_REQUESTS.labels("revoke", "ok").inc()
     info_line(log, "wallet revoked", {"walletHash": wallet_hash(wallet), "seconds": body.seconds})
-    return web.json_response(
+    return json_response(
         {
             "wallet": wallet,
             "revoked": True,
@@ -117,7 +118,7 @@ async def lift(request: web.Request) -> web.Response:
         raise unavailable("the change could not be recorded, retry") from None
     ADMIN_REQUESTS.labels("lift", "ok").inc()
     info_line(log, "revocation lifted", {"walletHash": wallet_hash(wallet)})
-    return web.json_response({"wallet": wallet, "revoked": False, "wasRevoked": was_revoked})
+    return json_response({"wallet": wallet, "revoked": False, "wasRevoked": was_revoked})
 
 
 def add_admin_routes(app: web.Application, settings: IceSettings) -> None:

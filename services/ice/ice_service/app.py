@@ -20,6 +20,7 @@ from rtc_common.jsonbody import error_fields, read_json
 from rtc_common.keys import add_dependency, extra_headers, route_label
 from rtc_common.metrics import labelled
 from rtc_common.ratelimit import RateLimiter
+from rtc_common.responses import json_response
 from rtc_common.revocation import REVOCATIONS_KEY, revocations_context
 from rtc_common.tasks import stop_task
 from rtc_common.times import iso_ms
@@ -121,7 +122,7 @@ async def _answer_ice(request: web.Request) -> tuple[web.Response, str]:
         FALLBACK_USED.labels(credentials.provider).inc()
 
     now = time.time()
-    response = web.json_response(
+    response = json_response(
         {
             "iceServers": credentials.ice_servers,
             "ttl": max(0, math.ceil(credentials.expires_at - now)),

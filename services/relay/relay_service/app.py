@@ -30,6 +30,7 @@ from rtc_common.relay_store import (
     queued_at_ms,
     sender_rate_key,
 )
+from rtc_common.responses import json_response
 from rtc_common.revocation import revocations_context
 from rtc_common.times import iso_ms
 from rtc_common.web import create_base_app, serve_openapi
@@ -185,14 +186,14 @@ async def enqueue(request: web.Request) -> web.Response:
     }
     if result.status == "duplicate":
         ENQUEUED.labels("duplicate", str(result.forced).lower()).inc()
-        return web.json_response({**answer, "duplicate": True}, status=200)
+        return json_response({**answer, "duplicate": True}, status=200)
     ENQUEUED.labels("stored", str(result.forced).lower()).inc()
     message = RelayMessage(
         result.id, sender, body.convId, body.messageId, body.payload, result.forced
     )
     # Published in the background: the answer does not wait for the push (best effort).
     app[PUSHER_KEY].push(to, "relay:message", message_body(message))
-    return web.json_response(answer, status=202)
+    return json_response(answer, status=202)
 
 
 async def pull(request: web.Request) -> web.Response:
@@ -209,7 +210,7 @@ async def pull(request: web.Request) -> web.Response:
         raise unavailable("relay store unavailable") from None
     PULLED.inc(len(pulled.messages))
     EXPIRED.inc(pulled.expired)
-    return web.json_response(
+    return json_response(
         {"messages": [message_body(m) for m in pulled.messages], "more": pulled.more}
     )
 
@@ -222,7 +223,7 @@ async def ack(request: web.Request) -> web.Response:
     except RedisError:
         raise unavailable("relay store unavailable") from None
     ACKED.inc(acked)
-    return web.json_response({"acked": acked})
+    return json_response({"acked": acked})
 
 
 async def _relay_dependencies(app: web.Application) -> AsyncIterator[None]:
