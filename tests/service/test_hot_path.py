@@ -160,7 +160,8 @@ async def test_a_failed_batch_reaches_every_caller(redis_server: RedisServer) ->
 
 def test_a_line_orjson_refuses_is_still_written() -> None:
     formatter = JsonFormatter("test")
-    line = formatter.line(0.0, "INFO", "rtc.test", "m", "-", {"big": 2**70, "by": {3: "key"}, "é": "ü"})
+    fields = {"big": 2**70, "by": {3: "key"}, "é": "ü"}
+    line = formatter.line(0.0, "INFO", "rtc.test", "m", "-", fields)
     assert json.loads(line) == {
         "ts": "1970-01-01T00:00:00.000Z", "level": "INFO", "service": "test",
         "logger": "rtc.test", "msg": "m", "big": 2**70, "by": {"3": "key"}, "é": "ü",
