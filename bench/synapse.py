@@ -427,6 +427,9 @@ def measuring(peer: SynapsePeer | None, name: str) -> Iterator[None]:
         if not peer.wait_idle():
             progress(f"{name}: Synapse still busy 60 s after the run")
         peer.pause()
+        # What its run left for the disk (its database, its logs) is written now: the kernel's
+        # writeback would otherwise bill the next subject, an fsync-per-write Redis above all.
+        os.sync()
 
 
 def ratio(a: Mapping[str, float], b: Mapping[str, float]) -> float:
