@@ -136,6 +136,8 @@ def main() -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     suffix = f"-{args.label}" if args.label else ""
     path = out_dir / f"{stamp}-{mode.name}{suffix}.json"
+    if path.exists():  # an earlier run of the same day is kept: this one gets the time too
+        path = path.with_name(f"{path.stem}-{datetime.now(UTC).strftime('%H%M%S')}.json")
     with tempfile.TemporaryDirectory(prefix="rtc-bench-") as tmp:
         for name in chosen:
             progress(f"== {name} ({mode.name})")
